@@ -1,0 +1,51 @@
+"""Small checks shared by the kernel launchers."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def check_rows(name: str, t: torch.Tensor, ndim: int) -> None:
+    """Raise ValueError unless `t` has `ndim` dims and a unit-stride last dim."""
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dim (stride {t.stride(-1)}); "
+                         f"call .contiguous() first")
+
+
+def check_index(name: str, t: torch.Tensor, n: int | None = None) -> None:
+    """Raise ValueError unless `t` is a 1-D int64 index tensor (of length n when given)."""
+    if t.dim() != 1 or t.dtype != torch.int64:
+        raise ValueError(f"{name} must be a 1-D int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    if n is not None and t.shape[0] != n:
+        raise ValueError(f"{name} must have {n} entries, got {t.shape[0]}")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 attention must not silently drop to tf32 on tensor cores."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def pow2(n: int, at_least: int = 1) -> int:
+    return max(at_least, triton.next_power_of_2(n))
+
+
+def dot_upcast(dtype: torch.dtype) -> bool:
+    """Whether `mma` must widen bf16 operands to float32 first.
+
+    NOTE: Triton's interpreter multiplies bf16 tiles as their raw uint16 bit patterns (it stores
+    bf16 as uint16 for numpy), so under TRITON_INTERPRET=1 bf16 dots go through float32. The
+    products are the same (bf16 x bf16 is exact in float32, and accumulation is float32 anyway).
+    """
+    return dtype == torch.bfloat16 and bool(triton.knobs.runtime.interpret)
+
+
+@triton.jit
+def mma(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """tl.dot(a, b) accumulating in float32; see dot_upcast for UPCAST."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)

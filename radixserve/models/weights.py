@@ -1,0 +1,95 @@
+"""Copy HF-named tensors into a model whose q/k/v and gate/up projections are fused."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# HF module name -> (our fused module name, shard index within it)
+STACKED = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+
+
+def _shard_range(module: nn.Module, fused: str, shard: int) -> tuple[int, int]:
+    """(start, size) along dim 0 of shard `shard` of a fused projection owned by `module`."""
+    if fused == "qkv_proj":
+        sizes = [module.q_size, module.kv_size, module.kv_size]
+    else:
+        sizes = [module.intermediate, module.intermediate]
+    return sum(sizes[:shard]), sizes[shard]
+
+
+def _fmt(names: Iterable[str], limit: int = 8) -> str:
+    names = sorted(names)
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load (HF name, tensor) pairs; raise ValueError naming missing, unexpected or mis-shaped tensors.
+
+    Expects the model to have `tie_word_embeddings` and HF-like module names below the
+    `model.` prefix (embed_tokens, layers.N.self_attn/mlp, norm) plus lm_head.
+    """
+    params = dict(model.named_parameters())
+    needed: set[tuple[str, int | None]] = set()
+    for name, _ in params.items():
+        module_name, _, leaf = name.rpartition(".")
+        fused = module_name.rpartition(".")[2]
+        if fused in ("qkv_proj", "gate_up_proj"):
+            needed.update((name, s) for s in range(3 if fused == "qkv_proj" else 2))
+        else:
+            needed.add((name, None))
+    loaded: set[tuple[str, int | None]] = set()
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    with torch.no_grad():
+        for hf_name, tensor in weights:
+            if hf_name.endswith(IGNORED_SUFFIXES):
+                continue
+            name = hf_name.removeprefix("model.")
+            if name == "lm_head.weight" and model.tie_word_embeddings:
+                name = "embed_tokens.weight"
+            parts = name.split(".")
+            shard = None
+            if len(parts) >= 2 and parts[-2] in STACKED:
+                fused, shard = STACKED[parts[-2]]
+                parts[-2] = fused
+                name = ".".join(parts)
+            param = params.get(name)
+            if param is None:
+                unexpected.append(hf_name)
+                continue
+            target = param.data
+            if shard is not None:
+                owner = model.get_submodule(".".join(parts[:-2]))
+                start, size = _shard_range(owner, parts[-2], shard)
+                target = target[start:start + size]
+            if tuple(target.shape) != tuple(tensor.shape):
+                mismatched.append(f"{hf_name}: checkpoint {tuple(tensor.shape)} vs model {tuple(target.shape)}")
+                continue
+            target.copy_(tensor)
+            loaded.add((name, shard))
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatches: {_fmt(mismatched)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_fmt(unexpected)}")
+    missing = needed - loaded
+    if missing:
+        problems.append("missing tensors: " + _fmt(f"{n}" + (f"[shard {s}]" if s is not None else "")
+                                                   for n, s in missing))
+    if problems:
+        raise ValueError(f"checkpoint does not fit {type(model).__name__} "
+                         f"(check config.json matches the weights): " + "; ".join(problems))
+    logger.debug("loaded %d tensors into %s", len(loaded), type(model).__name__)

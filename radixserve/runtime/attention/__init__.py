@@ -1,0 +1,1 @@
+"""Attention backends: read and write the paged KV pool for a ForwardBatch."""

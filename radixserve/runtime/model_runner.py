@@ -1,0 +1,104 @@
+"""ModelRunner: loads the model, sizes the KV pool, runs a ForwardBatch to logits."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from radixserve.cache.allocator import PageAllocator
+from radixserve.cache.kv_pool import KVPool
+from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.config import EngineConfig
+from radixserve.models.loader import load_model
+from radixserve.runtime.forward_batch import ForwardBatch
+
+logger = logging.getLogger(__name__)
+
+CPU_KV_BUDGET_BYTES = 2 << 30  # default KV pool on CPU when max_total_tokens is not given
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        loaded = load_model(config.model, self.dtype, self.device, seed=config.seed, tokenizer=config.tokenizer)
+        self.model, self.hf_config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
+        self.source, self.name = loaded.source, loaded.name
+        self.max_context_len = min(config.max_context_len or loaded.max_context_len, loaded.max_context_len)
+        self.vocab_size = int(self.hf_config.vocab_size)
+        m = self.model
+        per_token = KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype)
+        tokens = config.max_total_tokens or self._tokens_from_memory(config, per_token)
+        ps = config.page_size
+        num_pages = max(2, tokens // ps)
+        self.allocator = PageAllocator(num_pages, ps)
+        # NOTE: page 0 is reserved (padding rows write there), so the pool holds num_pages + 1 pages.
+        self.pool = KVPool(m.num_layers, (num_pages + 1) * ps, m.num_kv_heads, m.head_dim, self.dtype, self.device)
+        # NOTE: the extra row is the reserved all-zero padding row of CUDA-graph batches.
+        self.req_table = ReqToTokenTable(config.max_running_requests + 1, self.max_context_len + ps, self.device,
+                                         reserve_padding_row=True)
+        self.backend_name = self._backend_name(config.attention_backend)
+        self.attn = self._make_backend(self.backend_name)
+        logger.info("model %s on %s (%s); KV pool %d tokens (%.2f GiB), page size %d", self.source, self.device,
+                    self.dtype, num_pages * ps, num_pages * ps * per_token / 2**30, ps)
+        self.graphs = self._make_graphs(config)
+
+    def _tokens_from_memory(self, config: EngineConfig, per_token: int) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * config.kv_memory_fraction)
+        else:
+            budget = CPU_KV_BUDGET_BYTES
+        return max(2 * config.page_size, budget // per_token)
+
+    def _backend_name(self, name: str) -> str:
+        if name == "auto":
+            return "triton" if self.device.type == "cuda" else "torch"
+        return name
+
+    def _make_backend(self, name: str, num_kv_splits: int | None = None):
+        if name == "triton":
+            from radixserve.runtime.attention.triton_backend import TritonAttentionBackend
+            return TritonAttentionBackend(self.pool, self.req_table, num_heads=self.model.num_heads,
+                                          num_kv_splits=num_kv_splits)
+        from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
+        return TorchAttentionBackend(self.pool, self.req_table)
+
+    def _make_graphs(self, config: EngineConfig):
+        """CUDA-graph decode when asked for and possible (CUDA and the Triton backend), else None."""
+        if not config.cuda_graph or self.device.type != "cuda":
+            return None
+        if self.backend_name != "triton":
+            logger.warning("CUDA graphs need the Triton attention backend (got %r); decode runs eagerly",
+                           self.backend_name)
+            return None
+        from radixserve.runtime.cuda_graph import CudaGraphDecoder
+        graphs = CudaGraphDecoder(self.model, self._make_backend("triton", num_kv_splits=1), self.req_table,
+                                  config.max_running_requests, self.device)
+        graphs.capture()
+        return graphs
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """-> logits [len(batch.logits_indices), vocab] float32."""
+        if self.graphs is not None:
+            bucket = self.graphs.bucket_for(batch)
+            if bucket is not None:
+                return self.graphs.replay(batch, bucket)
+        hidden = self.model(batch, self.attn)
+        if batch.logits_indices.numel() == 0:
+            return hidden.new_empty((0, self.vocab_size), dtype=torch.float32)
+        return self.model.compute_logits(hidden[batch.logits_indices])

@@ -1,0 +1,96 @@
+"""Batched sampling on the device: penalties, masks, temperature, top-k/top-p/min-p, draw.
+
+Pipeline per row (vLLM / OpenAI conventions):
+  1. penalties on the raw logits: repetition (seen prompt+output tokens: positive logits divided,
+     negative multiplied), presence (minus p once per present output token), frequency (minus
+     f x count); then forbidden tokens (min_new_tokens / ignore_eos block, grammar vocab_mask)
+     set to -inf;
+  2. greedy rows (temperature 0 or top_k 1) take the argmax of these logits;
+  3. other rows: divide by temperature, keep the top-k, then the smallest prefix (by probability,
+     renormalised over the top-k) whose mass reaches top_p, then drop tokens with probability
+     below min_p x the largest probability; draw with the exponential race
+     argmax(log p - log E), E ~ Exp(1) from a counter-based hash of (seed, step, token).
+No host sync happens inside; the Python branches test host flags and None-ness only.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from radixserve.sampling.logprobs import raw_logprobs
+from radixserve.sampling.noise import gumbel_noise
+from radixserve.sampling.tensors import SamplingTensors
+
+
+class SampleResult(NamedTuple):
+    token_ids: torch.Tensor  # [B] int64
+    logprobs: torch.Tensor | None  # [B] float32: sampled token under log_softmax of the raw logits
+    top_ids: torch.Tensor | None  # [B, k] int64, best first (k = top_logprobs_k)
+    top_logprobs: torch.Tensor | None  # [B, k] float32
+
+
+def penalized_logits(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
+    """logits [B, V] -> [B, V] float32 after penalties and masks (forbidden tokens at -inf)."""
+    x = logits.to(torch.float32)
+    if t.seen_mask is not None:
+        rp = t.repetition_penalties[:, None]  # [B, 1]
+        x = torch.where(t.seen_mask, torch.where(x > 0, x / rp, x * rp), x)
+    if t.token_counts is not None:
+        counts = t.token_counts  # [B, V]
+        x = x - t.frequency_penalties[:, None] * counts - t.presence_penalties[:, None] * (counts > 0)
+    if t.min_tokens_block is not None:
+        x = x.masked_fill(t.min_tokens_block, float("-inf"))
+    if t.vocab_mask is not None:
+        x = x.masked_fill(~t.vocab_mask, float("-inf"))
+    return x
+
+
+def filtered_logits(x: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
+    """Penalised logits [B, V] -> temperature-scaled logits [B, V] with filtered-out tokens at -inf.
+
+    Greedy rows are scaled by 1 (their temperature 0 is replaced) and filtered like the others;
+    callers pick their argmax separately.
+    """
+    greedy = t.temperatures == 0  # [B]
+    temp = torch.where(greedy, torch.ones_like(t.temperatures), t.temperatures)
+    x = x / temp[:, None]  # [B, V]
+    if not t.need_filter:
+        return x
+    vocab = x.shape[-1]
+    sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)  # [B, V]
+    ranks = torch.arange(vocab, device=x.device)[None, :]  # [1, V]
+    keep = ranks < t.top_ks[:, None]  # [B, V] top-k, in sorted order
+    probs = torch.softmax(sorted_x.masked_fill(~keep, float("-inf")), dim=-1)  # renormalised over top-k
+    mass_before = probs.cumsum(dim=-1) - probs  # [B, V] exclusive prefix sum
+    keep &= mass_before < t.top_ps[:, None]  # smallest prefix reaching top_p; rank 0 always kept
+    keep &= probs >= t.min_ps[:, None] * probs[:, :1]  # min-p relative to the most likely token
+    keep_vocab = torch.zeros_like(keep).scatter_(1, order, keep)  # back to vocabulary order
+    return x.masked_fill(~keep_vocab, float("-inf"))
+
+
+def processed_probs(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
+    """The distribution each row samples from, [B, V] float32; greedy rows are one-hot."""
+    x = penalized_logits(logits, t)
+    probs = torch.softmax(filtered_logits(x, t), dim=-1)  # [B, V]
+    one_hot = torch.zeros_like(probs).scatter_(1, x.argmax(dim=-1, keepdim=True), 1.0)
+    return torch.where((t.temperatures == 0)[:, None], one_hot, probs)
+
+
+def sample(logits: torch.Tensor, t: SamplingTensors) -> SampleResult:
+    """Draw one token per row of logits [B, V] (float32 raw model logits)."""
+    x = penalized_logits(logits, t)  # [B, V]
+    greedy_ids = x.argmax(dim=-1)  # [B]
+    if t.all_greedy:
+        token_ids = greedy_ids
+    else:
+        noisy = filtered_logits(x, t) + gumbel_noise(t.seeds, t.steps, x.shape[-1])  # [B, V]
+        token_ids = torch.where(t.temperatures == 0, greedy_ids, noisy.argmax(dim=-1))
+    if not t.want_logprobs:
+        return SampleResult(token_ids, None, None, None)
+    raw = raw_logprobs(logits)  # [B, V]
+    lp = raw.gather(1, token_ids[:, None]).squeeze(1)  # [B]
+    if t.top_logprobs_k <= 0:
+        return SampleResult(token_ids, lp, None, None)
+    top_lps, top_ids = raw.topk(t.top_logprobs_k, dim=-1)  # [B, k], sorted best first
+    return SampleResult(token_ids, lp, top_ids, top_lps)

@@ -1,0 +1,143 @@
+"""Per-step sampling tensors: each request's SamplingParams turned into batched device tensors."""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+from radixserve.sampling_params import SamplingParams
+
+_U64 = (1 << 64) - 1
+
+
+class SamplingRow(NamedTuple):
+    """What the sampler needs to know about one request this step."""
+
+    params: SamplingParams
+    seed: int  # the request's seed (the scheduler draws one for unseeded requests)
+    step: int  # index of the output token being sampled: 0 for the first
+    prompt_ids: Sequence[int]
+    output_ids: Sequence[int]
+    eos_ids: Sequence[int]
+    vocab_mask: torch.Tensor | None = None  # [V] bool, True = allowed (grammar); None = all allowed
+
+
+class SamplingTensors(NamedTuple):
+    """Batched sampling parameters of B rows over a vocabulary of V tokens."""
+
+    temperatures: torch.Tensor  # [B] float32, 0 = greedy row
+    top_ks: torch.Tensor  # [B] int64, V when off
+    top_ps: torch.Tensor  # [B] float32, 1 when off
+    min_ps: torch.Tensor  # [B] float32, 0 when off
+    repetition_penalties: torch.Tensor  # [B] float32, 1 when off
+    presence_penalties: torch.Tensor  # [B] float32
+    frequency_penalties: torch.Tensor  # [B] float32
+    seeds: torch.Tensor  # [B] int64
+    steps: torch.Tensor  # [B] int64
+    token_counts: torch.Tensor | None  # [B, V] float32 output-token counts; None when no row has presence/frequency
+    seen_mask: torch.Tensor | None  # [B, V] bool prompt+output tokens; None when no row has repetition penalty
+    vocab_mask: torch.Tensor | None  # [B, V] bool, True = allowed; None = all allowed
+    min_tokens_block: torch.Tensor | None  # [B, V] bool, True = forbidden (EOS / stop ids before min_new_tokens)
+    top_logprobs_k: int  # max over rows of requested alternatives; 0 = none
+    want_logprobs: bool  # some row asked for logprobs
+    need_filter: bool = True  # some sampled row uses top-k / top-p / min-p (host flag: skips the sort)
+    all_greedy: bool = False  # every row is greedy (host flag: skips the noise)
+
+
+def _as_int64(seed: int) -> int:
+    """Any Python int -> the int64 with the same low 64 bits."""
+    s = seed & _U64
+    return s - (1 << 64) if s >= 1 << 63 else s
+
+
+def _row_index_pairs(id_lists: Sequence[Sequence[int]], vocab_size: int, what: str,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten per-row id lists into (row index [N], token id [N]) int64 tensors on `device`."""
+    rows: list[int] = []
+    ids: list[int] = []
+    for b, lst in enumerate(id_lists):
+        rows.extend([b] * len(lst))
+        ids.extend(lst)
+    ids_t = torch.tensor(ids, dtype=torch.int64)
+    if ids and (int(ids_t.min()) < 0 or int(ids_t.max()) >= vocab_size):
+        raise ValueError(f"{what} contain a token id outside the vocabulary [0, {vocab_size}); "
+                         "check that the tokenizer matches the model")
+    return torch.tensor(rows, dtype=torch.int64).to(device), ids_t.to(device)
+
+
+def _mask_from_ids(id_lists: Sequence[Sequence[int]], vocab_size: int, what: str,
+                   device: torch.device) -> torch.Tensor:
+    rows, ids = _row_index_pairs(id_lists, vocab_size, what, device)
+    mask = torch.zeros(len(id_lists), vocab_size, dtype=torch.bool, device=device)  # [B, V]
+    mask[rows, ids] = True
+    return mask
+
+
+def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
+                           device: torch.device | str = "cpu") -> SamplingTensors:
+    """Turn B rows into SamplingTensors on `device` (one host->device copy per tensor)."""
+    device = torch.device(device)
+    ps = [r.params for r in rows]
+    greedy = [p.greedy for p in ps]
+
+    def f32(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).to(device)
+
+    def i64(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64).to(device)
+
+    top_ks = [vocab_size if p.top_k <= 0 else min(p.top_k, vocab_size) for p in ps]
+    need_filter = any(not g and (k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0)
+                      for g, k, p in zip(greedy, top_ks, ps))
+
+    seen_mask = None
+    if any(p.repetition_penalty != 1.0 for p in ps):
+        seen_mask = _mask_from_ids([list(r.prompt_ids) + list(r.output_ids) for r in rows],
+                                   vocab_size, "prompt/output ids", device)
+
+    token_counts = None
+    if any(p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in ps):
+        rix, ids = _row_index_pairs([r.output_ids for r in rows], vocab_size, "output ids", device)
+        token_counts = torch.zeros(len(rows), vocab_size, dtype=torch.float32, device=device)  # [B, V]
+        token_counts.index_put_((rix, ids), torch.ones_like(ids, dtype=torch.float32), accumulate=True)
+
+    vocab_mask = None
+    if any(r.vocab_mask is not None for r in rows):
+        vocab_mask = torch.ones(len(rows), vocab_size, dtype=torch.bool, device=device)  # [B, V]
+        for b, r in enumerate(rows):
+            if r.vocab_mask is not None:
+                if tuple(r.vocab_mask.shape) != (vocab_size,) or r.vocab_mask.dtype != torch.bool:
+                    raise ValueError(f"vocab_mask of row {b} must be a bool tensor of shape [{vocab_size}], "
+                                     f"got {r.vocab_mask.dtype} {tuple(r.vocab_mask.shape)}")
+                vocab_mask[b] = r.vocab_mask.to(device)
+
+    blocked: list[list[int]] = []
+    for r in rows:
+        ids: set[int] = set()
+        if r.params.ignore_eos or len(r.output_ids) < r.params.min_new_tokens:
+            ids.update(r.eos_ids)
+        if len(r.output_ids) < r.params.min_new_tokens:
+            ids.update(r.params.stop_token_ids)
+        blocked.append(sorted(i for i in ids if i < vocab_size))  # ids past the vocab cannot be sampled anyway
+    min_tokens_block = (_mask_from_ids(blocked, vocab_size, "eos/stop token ids", device)
+                        if any(blocked) else None)
+
+    return SamplingTensors(
+        temperatures=f32([0.0 if g else p.temperature for g, p in zip(greedy, ps)]),
+        top_ks=i64(top_ks),
+        top_ps=f32([p.top_p for p in ps]),
+        min_ps=f32([p.min_p for p in ps]),
+        repetition_penalties=f32([p.repetition_penalty for p in ps]),
+        presence_penalties=f32([p.presence_penalty for p in ps]),
+        frequency_penalties=f32([p.frequency_penalty for p in ps]),
+        seeds=i64([_as_int64(r.seed) for r in rows]),
+        steps=i64([r.step for r in rows]),
+        token_counts=token_counts,
+        seen_mask=seen_mask,
+        vocab_mask=vocab_mask,
+        min_tokens_block=min_tokens_block,
+        top_logprobs_k=max([p.logprobs or 0 for p in ps], default=0),
+        want_logprobs=any(p.logprobs is not None for p in ps),
+        need_filter=need_filter,
+        all_greedy=all(greedy),
+    )

@@ -1,0 +1,77 @@
+"""User-facing sampling parameters, validated when constructed."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one request. Invalid values raise ValueError at construction."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = -1  # -1 or 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    n: int = 1
+    logprobs: int | None = None  # None = off; k >= 0: sampled token's logprob plus top-k alternatives
+    prompt_logprobs_start: int | None = None  # None = off; else logprobs of prompt tokens at positions >= start
+    prompt_top_logprobs: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+               f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        _check(isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens,
+               f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
+        _check(self.min_new_tokens <= self.max_new_tokens,
+               f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
+        _check(_is_num(self.temperature) and self.temperature >= 0,
+               f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}")
+        _check(isinstance(self.top_k, int) and (self.top_k >= 0 or self.top_k == -1),
+               f"top_k must be -1 (off), 0 (off) or a positive integer, got {self.top_k!r}")
+        _check(_is_num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
+        _check(_is_num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
+        _check(_is_num(self.repetition_penalty) and self.repetition_penalty > 0,
+               f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        _check(_is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+               f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}")
+        _check(_is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+               f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}")
+        _check(self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _check(isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}")
+        _check(all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings")
+        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+               "stop_token_ids must be non-negative integers")
+        _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+               f"logprobs must be None or an integer in [0, 20], got {self.logprobs!r}")
+        _check(self.prompt_logprobs_start is None
+               or (isinstance(self.prompt_logprobs_start, int) and self.prompt_logprobs_start >= 0),
+               f"prompt_logprobs_start must be None or an integer >= 0, got {self.prompt_logprobs_start!r}")
+        _check(isinstance(self.prompt_top_logprobs, int) and 0 <= self.prompt_top_logprobs <= 20,
+               f"prompt_top_logprobs must be an integer in [0, 20], got {self.prompt_top_logprobs!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # rejects NaN
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -1,0 +1,67 @@
+"""Turn the rows chosen for one step into a ForwardBatch."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.scheduler.request import Request
+
+
+class Row(NamedTuple):
+    req: Request
+    extend_len: int  # tokens computed for this request in this step (1 for decode)
+
+
+class LogitsPlan(NamedTuple):
+    """Which logits rows belong to what: sampling rows and prompt-logprob spans."""
+
+    sample_rows: list[int]  # indices into rows of requests that sample a next token
+    sample_logits: list[int]  # their positions in the logits tensor
+    prompt_spans: list[tuple[int, int, int, int]]  # (row, first logits pos, count, first target position)
+
+
+def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPlan]:
+    ids: list[int] = []
+    pos: list[int] = []
+    out_slots: list[int] = []
+    starts, logits_idx = [], []
+    plan = LogitsPlan([], [], [])
+    for i, (req, ext) in enumerate(rows):
+        start, kv = len(ids), req.kv_len
+        fill = req.fill_ids
+        ids.extend(fill[kv:kv + ext])
+        pos.extend(range(kv, kv + ext))
+        out_slots.extend(req.slots[kv:kv + ext])
+        starts.append(start)
+        first, last = _prompt_logprob_positions(req, kv, ext)
+        if first <= last:
+            plan.prompt_spans.append((i, len(logits_idx), last - first + 1, first + 1))
+            logits_idx.extend(range(start + first - kv, start + last - kv + 1))
+        if kv + ext == len(fill):
+            plan.sample_rows.append(i)
+            plan.sample_logits.append(len(logits_idx))
+            logits_idx.append(start + ext - 1)
+    ext_lens = [ext for _, ext in rows]
+    seq_lens = [req.kv_len + ext for req, ext in rows]
+
+    def t(x: list[int]) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.int64).to(device, non_blocking=True)
+
+    batch = ForwardBatch(
+        input_ids=t(ids), positions=t(pos), out_slots=t(out_slots),
+        req_rows=t([req.row for req, _ in rows]), seq_lens=t(seq_lens), extend_lens=t(ext_lens),
+        extend_starts=t(starts), logits_indices=t(logits_idx),
+        max_seq_len=max(seq_lens), max_extend_len=max(ext_lens), is_decode=all(e == 1 for e in ext_lens))
+    return batch, plan
+
+
+def _prompt_logprob_positions(req: Request, kv: int, ext: int) -> tuple[int, int]:
+    """Positions p in [kv, kv+ext) whose logits give a still-missing prompt logprob of token p+1."""
+    start = req.logprob_start()
+    if start is None:
+        return 0, -1
+    first = max(kv, start - 1 + len(req.prompt_logprobs))
+    last = min(kv + ext - 1, len(req.prompt_ids) - 2)
+    return first, last

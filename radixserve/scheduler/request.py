@@ -1,0 +1,83 @@
+"""Request: one sequence's state as it moves through the scheduler."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from radixserve.outputs import TokenLogprob
+from radixserve.sampling_params import SamplingParams
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    """A sequence: prompt tokens, tokens generated so far, and where its KV lives.
+
+    NOTE: token i of `fill_ids` has its K/V at `slots[i]` for i < kv_len. The first `tree_len`
+    slots belong to the radix tree (locked through `node`); slots[tree_len:] are private to this
+    request. len(slots) is a multiple of the page size (whole pages are allocated).
+    """
+
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+    namespace: str | None = None
+    index: int = 0  # which of the n samples of its prompt
+    group: list["Request"] | None = None  # siblings sharing the prompt (n > 1), self included
+    arrival: int = 0  # submission order, for fcfs and ties
+    eos_ids: tuple[int, ...] = ()
+    on_event: Callable[["Request", list[int], bool], None] | None = None  # (req, new token ids, finished)
+
+    state: State = State.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    row: int | None = None  # row in the request table while running
+    slots: list[int] = field(default_factory=list)
+    kv_len: int = 0
+    tree_len: int = 0
+    node: Any = None  # locked tree node while running
+    cached_tokens: int | None = None  # prompt tokens served from the tree at first admission
+    enqueue_step: int = 0
+    admitted_once: bool = False
+    aborted: bool = False
+    finish_reason: str | None = None
+    matched_stop: str | int | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    text: str = ""  # output text so far, with any stop string cut off
+    detail: Any = None  # engine-side text state (detokenizer, stop buffer)
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """All tokens known so far: the prompt then the output."""
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def prefill_done(self) -> bool:
+        return self.kv_len >= len(self.prompt_ids)
+
+    @property
+    def private_slots(self) -> int:
+        return len(self.slots) - self.tree_len
+
+    @property
+    def max_len(self) -> int:
+        """The most tokens this request can ever hold in the KV cache."""
+        return len(self.prompt_ids) + self.params.max_new_tokens
+
+    def logprob_start(self) -> int | None:
+        """First prompt position whose logprob is wanted (>= 1), or None."""
+        start = self.params.prompt_logprobs_start
+        if start is None:
+            return None
+        return max(1, start)

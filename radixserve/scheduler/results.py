@@ -1,0 +1,102 @@
+"""After each model step: sample, append tokens, detokenise, check stops, emit events."""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from radixserve.engine.detokenizer import IncrementalDetokenizer
+from radixserve.outputs import TokenLogprob
+from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
+from radixserve.sampling.sampler import sample
+from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors
+from radixserve.sampling.stop import StopChecker
+from radixserve.scheduler.batch_builder import LogitsPlan, Row
+from radixserve.scheduler.request import Request
+
+
+class Event(NamedTuple):
+    """What a request produced in one step (sent to whoever waits on it)."""
+
+    req: Request
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finished: bool
+
+
+class _TextState:
+    def __init__(self, req: Request, tokenizer, eos_ids: set[int]) -> None:
+        p = req.params
+        self.detok = IncrementalDetokenizer(tokenizer, req.prompt_ids[-8:], p.skip_special_tokens)
+        self.checker = StopChecker(p.stop, set(p.stop_token_ids), eos_ids, p.ignore_eos,
+                                   p.max_new_tokens, p.min_new_tokens)
+
+
+class ResultProcessor:
+    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int], emit: Callable[[Event], None]) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.eos_ids = eos_ids
+        self.emit = emit
+        self.generated_tokens = 0
+        self.finished_by_reason: dict[str, int] = {}
+
+    def process(self, rows: list[Row], plan: LogitsPlan, logits: torch.Tensor) -> list[Request]:
+        """logits [L, V] float32 laid out as `plan` says. Returns the requests that finished."""
+        for row, pos, count, target in plan.prompt_spans:
+            req = rows[row].req
+            ids = torch.tensor(req.prompt_ids[target:target + count], device=logits.device)
+            k = req.params.prompt_top_logprobs
+            lp, top_ids, top_lps = prompt_logprobs(logits[pos:pos + count], ids, k)
+            req.prompt_logprobs.extend(to_token_logprobs(ids, lp, top_ids, top_lps, k))
+        finished: list[Request] = []
+        sampling = [(rows[i].req, j) for i, j in zip(plan.sample_rows, plan.sample_logits)]
+        done_now = [req for req, _ in sampling if req.params.max_new_tokens == 0]
+        for req in done_now:
+            req.finish_reason = "length"
+            finished.append(req)
+        sampling = [(req, j) for req, j in sampling if req.params.max_new_tokens > 0]
+        if not sampling:
+            return finished
+        reqs = [req for req, _ in sampling]
+        idx = torch.tensor([j for _, j in sampling], device=logits.device)
+        tensors = build_sampling_tensors(
+            [SamplingRow(r.params, r.seed, len(r.output_ids), r.prompt_ids, r.output_ids, tuple(self.eos_ids), None)
+             for r in reqs], self.vocab_size, logits.device)
+        result = sample(logits[idx], tensors)
+        tokens = result.token_ids.tolist()
+        lps = None
+        if result.logprobs is not None:
+            ks = [r.params.logprobs or 0 for r in reqs]
+            lps = to_token_logprobs(result.token_ids, result.logprobs, result.top_ids, result.top_logprobs, ks)
+        for i, (req, tok) in enumerate(zip(reqs, tokens)):
+            new_lp = [lps[i]] if lps is not None and req.params.logprobs is not None else []
+            if self._append(req, tok, new_lp):
+                finished.append(req)
+        return finished
+
+    def _append(self, req: Request, token: int, lps: list[TokenLogprob]) -> bool:
+        if req.detail is None:
+            req.detail = _TextState(req, self.tokenizer, self.eos_ids)
+        st: _TextState = req.detail
+        req.output_ids.append(token)
+        req.logprobs.extend(lps)
+        self.generated_tokens += 1
+        reason = st.checker.check_token(token, len(req.output_ids))
+        piece, text_reason = st.checker.check_text(st.detok.add([token]))
+        if text_reason is not None:
+            reason = text_reason
+        elif reason is not None:  # ends for another reason: release held-back text
+            piece += st.checker.check_text(st.detok.flush())[0] + st.checker.strings.flush()
+        req.matched_stop = st.checker.matched_stop
+        req.text += piece
+        req.finish_reason = reason
+        self.emit(Event(req, piece, [token], lps, False))
+        return reason is not None
+
+    def finish(self, req: Request) -> None:
+        reason = req.finish_reason or "abort"
+        req.finish_reason = reason
+        self.finished_by_reason[reason] = self.finished_by_reason.get(reason, 0) + 1
+        self.emit(Event(req, "", [], [], True))

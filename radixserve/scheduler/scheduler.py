@@ -1,0 +1,184 @@
+"""Continuous-batching scheduler: each step picks decode rows, continues chunked prefills,
+admits waiting requests in cache-aware order, runs the model, and hands results on."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from radixserve.config import EngineConfig
+from radixserve.scheduler import batch_builder
+from radixserve.scheduler.batch_builder import Row
+from radixserve.scheduler.kv_manager import KVManager
+from radixserve.scheduler.policy import order_waiting
+from radixserve.scheduler.request import Request, State
+
+logger = logging.getLogger(__name__)
+
+# NOTE: admission keeps this fraction of each running request's remaining new tokens free, so
+# decode rarely has to retract; retraction stays correct when the estimate is wrong.
+DECODE_RESERVE_RATIO = 0.3
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, kv: KVManager,
+                 forward: Callable[[object], torch.Tensor], results, device: torch.device) -> None:
+        self.config = config
+        self.kv = kv
+        self.forward = forward  # ForwardBatch -> logits [L, V]
+        self.results = results  # ResultProcessor
+        self.device = device
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.step_count = 0
+        self.retractions = 0
+
+    # ---- queue -------------------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        req.enqueue_step = self.step_count
+        self.waiting.append(req)
+
+    def abort(self, rid: str) -> None:
+        for req in self.waiting + self.running:
+            if req.rid == rid or req.rid.startswith(rid + "#"):
+                req.aborted = True
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one step ----------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Run one model step; False when there was nothing to do."""
+        self._reap_aborted()
+        rows = self._schedule()
+        if not rows:
+            return False
+        self.step_count += 1
+        batch, plan = batch_builder.build(rows, self.device)
+        logits = self.forward(batch)
+        for req, ext in rows:
+            req.kv_len += ext
+        for req, ext in rows:
+            if ext > 1:
+                self.kv.cache_prefix(req)  # chunked prefill caches as it goes; n>1 siblings hit it
+        finished = self.results.process(rows, plan, logits)
+        for req in finished:
+            self._finish(req)
+        return True
+
+    def _schedule(self) -> list[Row]:
+        while True:
+            rows = self._decode_rows()
+            budget = self.config.max_prefill_tokens
+            for req in [r for r in self.running if r.seq_len - r.kv_len > 1]:
+                ext = self._prefill_chunk(req, budget)
+                if ext:
+                    rows.append(Row(req, ext))
+                    budget -= ext
+            rows += self._admit(budget, reserved=self._reserved())
+            if rows or not self.running:
+                return rows
+            if len(self.running) == 1:
+                raise RuntimeError("a lone request cannot get KV slots; raise max_total_tokens")
+            # Every running request is stuck waiting for memory: free some by retraction.
+            self._retract(self._victim(self.running))
+
+    def _decode_rows(self) -> list[Row]:
+        decoding = [r for r in self.running if r.seq_len - r.kv_len == 1]
+        while decoding:
+            need = sum(self.kv.pages_for(r, 1) for r in decoding) * self.kv.page_size
+            if self.kv.make_free(need) or len(self.running) == 1:
+                break
+            victim = self._victim(self.running)
+            self._retract(victim)
+            if victim in decoding:
+                decoding.remove(victim)
+        rows = []
+        for req in decoding:
+            if not self.kv.grow(req, 1):
+                raise RuntimeError("KV pool cannot hold one more token for a lone request; raise max_total_tokens")
+            rows.append(Row(req, 1))
+        return rows
+
+    def _prefill_chunk(self, req: Request, budget: int) -> int:
+        remaining = req.seq_len - req.kv_len
+        ext = min(remaining, self.config.chunked_prefill_size, budget)
+        if ext <= 0 or not self.kv.grow(req, ext):
+            return 0
+        return ext
+
+    def _reserved(self) -> int:
+        return int(sum(max(0, r.params.max_new_tokens - len(r.output_ids)) for r in self.running)
+                   * DECODE_RESERVE_RATIO)
+
+    def _admit(self, budget: int, reserved: int) -> list[Row]:
+        if not self.waiting or budget <= 0:
+            return []
+        cfg = self.config
+        order = order_waiting(self.waiting, cfg.schedule_policy, self.step_count, cfg.aging_tokens_per_step,
+                              self.kv.match_len)
+        rows: list[Row] = []
+        for req in order:
+            if budget <= 0 or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
+                break
+            if self._sibling_prefilling(req):
+                continue
+            cached, _ = self.kv.match_len(req)
+            ext = min(req.seq_len - cached, cfg.chunked_prefill_size, budget)
+            need = -(-ext // self.kv.page_size) * self.kv.page_size
+            future = int(max(0, req.params.max_new_tokens - len(req.output_ids)) * DECODE_RESERVE_RATIO)
+            if self.running and need + reserved + future > self.kv.available_slots():
+                break
+            self.kv.admit(req)
+            if not self.kv.grow(req, ext):
+                self.kv.release(req)
+                break
+            if req.cached_tokens is None:
+                req.cached_tokens = min(req.kv_len, len(req.prompt_ids))
+            self.waiting.remove(req)
+            req.state = State.RUNNING
+            self.running.append(req)
+            rows.append(Row(req, ext))
+            budget -= ext
+            reserved += future
+        return rows
+
+    @staticmethod
+    def _sibling_prefilling(req: Request) -> bool:
+        """n > 1: siblings wait until one of them has prefilled (and cached) the shared prompt."""
+        return req.group is not None and any(
+            s is not req and s.state is State.RUNNING and not s.prefill_done for s in req.group)
+
+    # ---- leaving the running set ---------------------------------------------------------------
+    @staticmethod
+    def _victim(candidates: list[Request]) -> Request:
+        """Least progress first, newest first among equals."""
+        return min(candidates, key=lambda r: (len(r.output_ids), -r.arrival))
+
+    def _retract(self, req: Request) -> None:
+        """Take a running request back to the waiting queue; its computed tokens stay cached."""
+        self.kv.release(req)
+        self.running.remove(req)
+        req.state = State.WAITING
+        self.retractions += 1
+        self.waiting.append(req)  # enqueue_step kept: it keeps its age
+        logger.debug("retracted %s with %d output tokens", req.rid, len(req.output_ids))
+
+    def _finish(self, req: Request) -> None:
+        if req.state is State.RUNNING:
+            self.kv.release(req)
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        req.state = State.FINISHED
+        self.results.finish(req)
+
+    def _reap_aborted(self) -> None:
+        for req in [r for r in self.waiting + self.running if r.aborted]:
+            req.finish_reason = "abort"
+            self._finish(req)
+
+    def check_integrity(self) -> None:
+        self.kv.check(self.running)

@@ -1,0 +1,52 @@
+"""The FastAPI application: configuration, guards, error handlers and routes around one Engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+from radixserve.server.errors import install_handlers
+from radixserve.server.metrics import ServerMetrics
+from radixserve.server.middleware import GuardMiddleware
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"  # loopback by default: exposing the server is an explicit choice
+    port: int = 8000
+    api_key: str | None = None  # when set, every route but /health needs 'Authorization: Bearer <key>'
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_n: int = 64  # most samples per prompt (n) one request may ask for
+    served_model_name: str | None = None  # the id /v1/models reports; default: the engine's model name
+    graceful_shutdown_s: float = 30.0  # on SIGTERM, in-flight requests get this long before abort
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        if self.max_n < 1:
+            raise ValueError(f"max_n must be >= 1, got {self.max_n}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key must not be empty; leave it unset to disable authentication")
+        if self.graceful_shutdown_s < 0:
+            raise ValueError(f"graceful_shutdown_s must be >= 0, got {self.graceful_shutdown_s}")
+
+
+def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
+    """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
+    from radixserve.server import native_routes, openai_routes
+
+    config = config or ServerConfig()
+    app = FastAPI(title="radixserve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.state.config = config
+    app.state.model_name = config.served_model_name or engine.model_name
+    app.state.metrics = ServerMetrics(engine)
+    install_handlers(app)
+    app.include_router(openai_routes.router)
+    app.include_router(native_routes.router)
+    app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    return app

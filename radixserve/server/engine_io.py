@@ -1,0 +1,116 @@
+"""Running requests on the engine for a route: all prompts of one HTTP request, with aborts.
+
+Each prompt of a request gets its own engine request id (`<rid>-<i>`); the n samples of a prompt
+share it. Whatever ends a request early (client gone, cancellation, error) aborts every id.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from radixserve.outputs import RequestOutput, StreamDelta
+from radixserve.sampling_params import SamplingParams
+from radixserve.server.errors import error_body, user_errors
+from radixserve.server.metrics import RequestClock
+from radixserve.server.streaming import DONE, merge, prime, sse, until_disconnect
+
+logger = logging.getLogger(__name__)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def request_ids(rid: str, num_prompts: int) -> list[str]:
+    return [rid] if num_prompts == 1 else [f"{rid}-{i}" for i in range(num_prompts)]
+
+
+async def generate_all(request: Request, prompts: list[list[int]], sp: SamplingParams, rid: str,
+                       cache_salt: str | None, clock: RequestClock) -> list[list[RequestOutput]]:
+    """All samples of all prompts, one list per prompt (ordered by sample index)."""
+    engine = request.app.state.engine
+    ids = request_ids(rid, len(prompts))
+
+    async def one(prompt: list[int], req_id: str) -> list[RequestOutput]:
+        with user_errors():
+            outs = await engine.agenerate(prompt, sp, request_id=req_id, cache_salt=cache_salt)
+        return sorted(outs, key=lambda o: o.index)
+
+    def abort_all() -> None:
+        for req_id in ids:
+            engine.abort(req_id)
+
+    groups = await until_disconnect(request, asyncio.gather(*(one(p, i) for p, i in zip(prompts, ids))), abort_all)
+    clock.done()
+    return list(groups)
+
+
+async def stream_all(request: Request, prompts: list[list[int]], sp: SamplingParams, rid: str,
+                     cache_salt: str | None) -> tuple[AsyncIterator[tuple[int, StreamDelta]], list[str]]:
+    """Merged deltas of every prompt, tagged with the prompt's position, primed (errors raise here)."""
+    engine = request.app.state.engine
+    ids = request_ids(rid, len(prompts))
+    streams = [engine.generate_stream(p, sp, request_id=i, cache_salt=cache_salt) for p, i in zip(prompts, ids)]
+    try:
+        return await prime(merge(streams)), ids
+    except BaseException:
+        for req_id in ids:
+            engine.abort(req_id)
+        raise
+
+
+class UsageTracker:
+    """Usage of a streamed request, summed from its deltas."""
+
+    def __init__(self) -> None:
+        self.prompt: dict[int, int] = {}
+        self.cached: dict[int, int] = {}
+        self.completion = 0
+
+    def add(self, prompt_index: int, d: StreamDelta) -> None:
+        self.prompt[prompt_index] = d.prompt_tokens
+        if d.index == 0 or prompt_index not in self.cached:
+            self.cached[prompt_index] = d.cached_tokens
+        self.completion += len(d.token_ids)
+
+    def usage(self) -> dict:
+        from radixserve.server.responses import usage
+
+        return usage(sum(self.prompt.values()), self.completion, sum(self.cached.values()))
+
+
+def sse_response(request: Request, events: AsyncIterator[bytes], ids: list[str]) -> Response:
+    """Stream `events` as text/event-stream; an unfinished stream (client gone) aborts the requests."""
+    from starlette.responses import StreamingResponse
+
+    engine = request.app.state.engine
+
+    async def body() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            async for chunk in events:
+                yield chunk
+            finished = True
+        except Exception:  # an engine failure mid-stream: the status line is gone, say it in-band
+            logger.exception("stream %s failed", ids[0])
+            yield sse(error_body(500, "Internal error while streaming; see the server log."))
+            yield DONE
+        finally:
+            # NOTE: abort synchronously first: under anyio's cancellation every later await in
+            # this block may raise again, and the slots must be freed regardless.
+            if not finished:
+                for req_id in ids:
+                    engine.abort(req_id)
+            await events.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,52 @@
+"""Run the HTTP server in the foreground until SIGINT/SIGTERM, then shut down cleanly (exit 0)."""
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from radixserve.server.app import ServerConfig, build_app
+
+logger = logging.getLogger(__name__)
+
+
+def serve(config: ServerConfig, **engine_options: Any) -> int:
+    """Load the engine with `engine_options` (EngineConfig fields), serve it, return the exit code.
+
+    On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish for up to
+    `config.graceful_shutdown_s` and then cancels them (their engine requests are aborted);
+    afterwards the engine is shut down.
+    """
+    import uvicorn
+
+    from radixserve import Engine
+
+    engine = Engine(**engine_options)
+    try:
+        app = build_app(engine, config)
+        uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                   timeout_graceful_shutdown=int(config.graceful_shutdown_s) or None,
+                                   lifespan="off", access_log=config.log_level == "debug")
+        server = uvicorn.Server(uv_config)
+        if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
+            logger.warning("serving on %s without an API key: anyone who can reach this address can use it",
+                           config.host)
+        _absorb_resent_signals()
+        logger.info("serving %s on http://%s:%d", app.state.model_name, config.host, config.port)
+        server.run()
+    finally:
+        engine.shutdown()
+    logger.info("shut down cleanly")
+    return 0
+
+
+def _absorb_resent_signals() -> None:
+    """uvicorn re-raises the signal that stopped it once it has shut down, to the handler that
+    was installed before it started; with the default handlers that would kill the process
+    (exit 143) before the engine is shut down. Install handlers that only log."""
+
+    def note(signum: int, frame: Any) -> None:
+        logger.info("received %s after shutdown", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, note)
+    signal.signal(signal.SIGINT, note)

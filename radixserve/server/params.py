@@ -1,0 +1,143 @@
+"""From validated request bodies to what the engine takes: prompt token ids and SamplingParams."""
+from __future__ import annotations
+
+from typing import Any
+
+from radixserve.sampling_params import SamplingParams
+from radixserve.server.errors import APIError, user_errors
+from radixserve.server.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest,
+                                        GenerateRequest, _OpenAIRequest)
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
+
+
+def check_model(requested: str | None, served: str) -> None:
+    if requested is not None and requested != served:
+        raise APIError(404, f"The model '{requested}' does not exist; this server serves '{served}'.",
+                       param="model", code="model_not_found")
+
+
+def check_n(n: int, num_prompts: int, max_n: int) -> None:
+    if n < 1 or n > max_n:
+        raise APIError(400, f"n must be between 1 and {max_n} on this server, got {n}.", param="n")
+    if n * num_prompts > max_n * 4:
+        raise APIError(400, f"{num_prompts} prompts x n={n} asks for {n * num_prompts} completions; "
+                       f"this server allows at most {max_n * 4} per request.", param="n")
+
+
+def check_stream_options(req: _OpenAIRequest) -> None:
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "stream_options is only allowed when stream is true.", param="stream_options")
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    if not messages:
+        raise APIError(400, "messages must contain at least one message.", param="messages")
+    out = []
+    for m in messages:
+        role = "system" if m.role == "developer" else m.role
+        out.append({"role": role, "content": m.text()})
+    return out
+
+
+def chat_prompt(engine: Any, messages: list[ChatMessage]) -> list[int]:
+    with user_errors("messages"):
+        return list(engine.apply_chat_template(chat_messages(messages)))
+
+
+def completion_prompts(engine: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    """The four OpenAI prompt shapes, as lists of token ids (one list per prompt)."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty.", param="prompt")
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
+    if isinstance(prompt[0], str):
+        return [encode(engine, p) for p in prompt]
+    if any(not p for p in prompt):
+        raise APIError(400, "prompt must not contain an empty list of token ids.", param="prompt")
+    return [list(p) for p in prompt]
+
+
+def native_prompts(engine: Any, req: GenerateRequest) -> tuple[list[list[int]], bool]:
+    """Returns (prompts, batched): batched is True when the caller sent a list of prompts."""
+    if (req.text is None) == (req.input_ids is None):
+        raise APIError(400, "Give exactly one of 'text' or 'input_ids'.", param="text")
+    if req.text is not None:
+        texts = [req.text] if isinstance(req.text, str) else req.text
+        if not texts:
+            raise APIError(400, "text must not be an empty list.", param="text")
+        return [encode(engine, t) for t in texts], isinstance(req.text, list)
+    ids = req.input_ids
+    if not ids:
+        raise APIError(400, "input_ids must not be empty.", param="input_ids")
+    if isinstance(ids[0], int):
+        return [list(ids)], False
+    return [list(p) for p in ids], True
+
+
+def encode(engine: Any, text: str) -> list[int]:
+    return list(engine.tokenizer.encode(text, add_special_tokens=True))
+
+
+def _common(req: _OpenAIRequest, max_new_tokens: int) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens, "n": req.n, "stop": req.stop, "seed": req.seed,
+        "temperature": req.temperature, "top_p": req.top_p, "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty, "top_k": req.top_k, "min_p": req.min_p,
+        "repetition_penalty": req.repetition_penalty, "min_new_tokens": req.min_tokens,
+        "ignore_eos": req.ignore_eos, "stop_token_ids": req.stop_token_ids,
+        "skip_special_tokens": req.skip_special_tokens,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int) -> SamplingParams:
+    max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if max_new is None:  # OpenAI: the rest of the context
+        max_new = max(1, max_context_len - prompt_len)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
+    fields = _common(req, max_new)
+    if req.logprobs:
+        fields["logprobs"] = req.top_logprobs or 0
+    return make_sampling(fields)
+
+
+def completion_sampling(req: CompletionRequest) -> SamplingParams:
+    max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
+    fields = _common(req, max_new)
+    if req.logprobs is not None:
+        fields["logprobs"] = req.logprobs
+    return make_sampling(fields)
+
+
+def native_sampling(req: GenerateRequest) -> SamplingParams:
+    fields = (req.sampling_params.model_dump() if req.sampling_params is not None else {})
+    if req.return_logprob:
+        fields["logprobs"] = req.top_logprobs_num
+        if req.logprob_start_len >= 0:
+            fields["prompt_logprobs_start"] = req.logprob_start_len
+            fields["prompt_top_logprobs"] = req.top_logprobs_num
+    return make_sampling(fields)
+
+
+def make_sampling(fields: dict[str, Any]) -> SamplingParams:
+    with user_errors():
+        return SamplingParams(**fields)
+
+
+def check_requests(engine: Any, prompts: list[list[int]], sp: SamplingParams) -> None:
+    """The engine's own checks, plus OpenAI's rule that prompt + max_tokens must fit the context
+    (the engine alone would silently shorten max_tokens)."""
+    ctx = engine.max_context_len
+    for i, ids in enumerate(prompts):
+        param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        with user_errors(param):
+            engine.check_request(ids, sp)
+        if len(ids) + sp.max_new_tokens > ctx:
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens, but {len(ids) + sp.max_new_tokens} "
+                           f"were requested ({len(ids)} in the prompt, {sp.max_new_tokens} for the completion); "
+                           "shorten the prompt or lower max_tokens.", param="max_tokens",
+                           code="context_length_exceeded")

@@ -1,0 +1,186 @@
+"""Decode and extend attention kernels vs their torch references over paged slot tables.
+
+On CPU the kernels run in Triton's interpreter (importing radixserve.kernels turns it on), so the
+shapes here are small; the gpu-marked tests repeat them at serving sizes.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radixserve.kernels.decode_attention import (choose_num_kv_splits, decode_attention, decode_attention_ref,
+                                                 decode_scratch)
+from radixserve.kernels.extend_attention import extend_attention, extend_attention_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bfloat16: (3e-2, 2e-2)}  # (atol, rtol)
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def make_table(seq_lens: list[int], page_size: int, num_rows: int, share_prefix: int = 0,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A req_to_token table whose rows 1..B (row 0 unused) hold disjoint random pages.
+
+    page_size 1 gives slots scattered as a random permutation; page_size 16 gives runs of 16.
+    With share_prefix > 0 every row after the first reuses the first row's slots for its first
+    share_prefix tokens, as rows sharing a radix-tree prefix do. Page 0 is never used.
+    Returns (table [num_rows, max_ctx], req_rows [B], num_slots).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    max_ctx = max(seq_lens)
+    pages_per_row = -(-max_ctx // page_size)
+    num_pages = 1 + len(seq_lens) * pages_per_row + 3
+    order = 1 + torch.randperm(num_pages - 1, generator=gen)  # [P-1], page 0 excluded
+    table = torch.zeros((num_rows, max_ctx), dtype=torch.int64)
+    req_rows = torch.randperm(num_rows - 1, generator=gen)[:len(seq_lens)] + 1
+    for b, row in enumerate(req_rows.tolist()):
+        pages = order[b * pages_per_row:(b + 1) * pages_per_row]
+        slots = (pages[:, None] * page_size + torch.arange(page_size)).flatten()[:max_ctx]
+        table[row] = slots
+        if b and share_prefix:
+            table[row, :share_prefix] = table[req_rows[0], :share_prefix]
+    return table.to(DEVICE), req_rows.to(DEVICE), num_pages * page_size
+
+
+def make_pools(num_slots: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+               seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn((num_slots, num_kv_heads, head_dim), generator=gen)
+    v = torch.randn((num_slots, num_kv_heads, head_dim), generator=gen)
+    return k.to(DEVICE, dtype), v.to(DEVICE, dtype)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+
+
+def run_decode(seq_lens, num_heads, num_kv_heads, head_dim, dtype, page_size, splits_list,
+               share_prefix=0, block_n=16):
+    table, rows, num_slots = make_table(seq_lens, page_size, num_rows=len(seq_lens) + 3, share_prefix=share_prefix)
+    k_pool, v_pool = make_pools(num_slots, num_kv_heads, head_dim, dtype)
+    q = torch.randn((len(seq_lens), num_heads, head_dim), generator=torch.Generator().manual_seed(2)).to(DEVICE, dtype)
+    lens = torch.tensor(seq_lens, device=DEVICE)
+    scale = head_dim ** -0.5
+    ref = decode_attention_ref(q, k_pool, v_pool, table, rows, lens, scale)
+    part_out, part_lse = decode_scratch(len(seq_lens) + 2, num_heads, head_dim, max(splits_list), DEVICE)
+    for splits in splits_list:
+        out = decode_attention(q, k_pool, v_pool, table, rows, lens, scale, splits, part_out, part_lse,
+                               block_n=block_n)
+        assert out.dtype == dtype and out.shape == q.shape
+        assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,dtype,page_size", [
+    (2, 2, 64, torch.float32, 1),     # MHA, scattered slots
+    (8, 2, 80, torch.float32, 16),    # GQA 4, padded head_dim, paged
+    (8, 1, 128, torch.float32, 1),    # GQA 8
+    (4, 1, 64, torch.bfloat16, 16),
+    (8, 1, 80, torch.float16, 1),
+])
+def test_decode_matches_reference(num_heads, num_kv_heads, head_dim, dtype, page_size):
+    # seq_len 1 with 8 splits leaves 7 splits empty; 50 is not a multiple of the block or splits.
+    run_decode([1, 50, 17], num_heads, num_kv_heads, head_dim, dtype, page_size, splits_list=[1, 8])
+
+
+def test_decode_rows_sharing_a_prefix():
+    run_decode([40, 33, 21], 4, 2, 64, torch.float32, page_size=1, splits_list=[4], share_prefix=20)
+
+
+def test_decode_picks_row_by_req_rows():
+    """Same q under a permuted req_rows -> permuted outputs; a wrong row lookup would differ."""
+    table, rows, num_slots = make_table([9, 30], page_size=1, num_rows=5)
+    k_pool, v_pool = make_pools(num_slots, 1, 64, torch.float32)
+    q = torch.randn((1, 2, 64), device=DEVICE).expand(2, 2, 64).contiguous()
+    lens = torch.tensor([9, 30], device=DEVICE)
+    scratch = decode_scratch(2, 2, 64, 2, DEVICE)
+    out = decode_attention(q, k_pool, v_pool, table, rows, lens, 0.125, 2, *scratch).clone()
+    swapped = decode_attention(q, k_pool, v_pool, table, rows.flip(0), lens.flip(0), 0.125, 2, *scratch)
+    assert_close(swapped, out.flip(0), torch.float32)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_choose_num_kv_splits():
+    assert choose_num_kv_splits(1, 1, 8) == 1
+    assert choose_num_kv_splits(100, 1, 8) == 1  # short context: no split
+    assert choose_num_kv_splits(4096, 1, 8, max_splits=16) == 16  # long context, small batch
+    assert choose_num_kv_splits(4096, 256, 8) == 1  # grid already full
+    for args in [(3000, 2, 4), (777, 5, 2), (10**6, 1, 1)]:
+        s = choose_num_kv_splits(*args, max_splits=8)
+        assert 1 <= s <= 8 and s & (s - 1) == 0
+
+
+def test_decode_rejects_bad_input():
+    q = torch.zeros((2, 6, 64), device=DEVICE)
+    k_pool = torch.zeros((8, 4, 64), device=DEVICE)
+    table = torch.zeros((2, 4), dtype=torch.int64, device=DEVICE)
+    idx = torch.ones(2, dtype=torch.int64, device=DEVICE)
+    scratch = decode_scratch(2, 6, 64, 4, DEVICE)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        decode_attention(q, k_pool, k_pool, table, idx, idx, 1.0, 2, *scratch)
+    with pytest.raises(ValueError, match="power of two"):
+        decode_attention(q, k_pool[:, :3], k_pool[:, :3], table, idx, idx, 1.0, 3, *scratch)
+    with pytest.raises(ValueError, match="decode_scratch"):
+        decode_attention(q, k_pool[:, :3], k_pool[:, :3], table, idx, idx, 1.0, 8, *scratch)
+
+
+def run_extend(seq_lens, extend_lens, num_heads, num_kv_heads, head_dim, dtype, page_size, share_prefix=0,
+               block=16):
+    table, rows, num_slots = make_table(seq_lens, page_size, num_rows=len(seq_lens) + 2, share_prefix=share_prefix)
+    k_pool, v_pool = make_pools(num_slots, num_kv_heads, head_dim, dtype)
+    ext = torch.tensor(extend_lens, device=DEVICE)
+    starts = torch.cumsum(ext, 0) - ext
+    total = sum(extend_lens)
+    q = torch.randn((total, num_heads, head_dim), generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+    lens = torch.tensor(seq_lens, device=DEVICE)
+    scale = head_dim ** -0.5
+    out = extend_attention(q, k_pool, v_pool, table, rows, lens, ext, starts, max(extend_lens), scale,
+                           block_m=block, block_n=block)
+    ref = extend_attention_ref(q, k_pool, v_pool, table, rows, lens, ext, starts, scale)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,dtype,page_size", [
+    (2, 2, 64, torch.float32, 16),
+    (8, 2, 80, torch.float32, 1),
+    (8, 1, 128, torch.float32, 16),
+    (4, 1, 128, torch.bfloat16, 1),
+    (4, 4, 80, torch.float16, 16),
+])
+def test_extend_matches_reference(num_heads, num_kv_heads, head_dim, dtype, page_size):
+    # rows: pure prefill of 1 token; prefill of 37 (spans blocks); a 1-token extend after a long
+    # prefix; a 20-token chunk after a 19-token prefix (diagonal not block-aligned).
+    run_extend([1, 37, 61, 39], [1, 37, 1, 20], num_heads, num_kv_heads, head_dim, dtype, page_size)
+
+
+def test_extend_rows_sharing_a_prefix():
+    run_extend([30, 45], [6, 13], 4, 2, 64, torch.float32, page_size=1, share_prefix=24)
+
+
+def test_extend_is_causal_within_new_tokens():
+    """Changing the K/V of the last new token must not change any earlier token's output."""
+    table, rows, num_slots = make_table([24], page_size=1, num_rows=2)
+    k_pool, v_pool = make_pools(num_slots, 1, 64, torch.float32)
+    q = torch.randn((10, 2, 64), device=DEVICE)
+    args = (rows, torch.tensor([24], device=DEVICE), torch.tensor([10], device=DEVICE),
+            torch.tensor([0], device=DEVICE), 10, 0.125)
+    before = extend_attention(q, k_pool, v_pool, table, *args, block_m=16, block_n=16)
+    last = table[rows[0], 23]
+    k_pool[last] += 5.0
+    v_pool[last] += 5.0
+    after = extend_attention(q, k_pool, v_pool, table, *args, block_m=16, block_n=16)
+    torch.testing.assert_close(after[:9], before[:9], atol=0, rtol=0)
+    assert not torch.allclose(after[9], before[9])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(32, 8, 128), (14, 2, 64), (32, 32, 80)])
+def test_attention_serving_sizes_gpu(dtype, num_heads, num_kv_heads, head_dim):
+    seq_lens = [1, 17, 511, 2048, 4000, 129, 64, 3333]
+    run_decode(seq_lens, num_heads, num_kv_heads, head_dim, dtype, page_size=16, splits_list=[1, 4, 16],
+               block_n=64)
+    run_extend(seq_lens, [1, 17, 200, 2048, 1, 128, 63, 1000], num_heads, num_kv_heads, head_dim, dtype,
+               page_size=16, block=64)

@@ -1,0 +1,434 @@
+"""End-to-end tests of the HTTP server: a real uvicorn server on loopback around the embedded model,
+driven by the official `openai` SDK and raw httpx. The oracle for every generated text is
+`Engine.generate` / `Engine.chat` on the same engine with the same sampling parameters."""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from radixserve import Engine, SamplingParams
+from radixserve.server import ServerConfig, build_app
+from radixserve.server.testing import ServerThread
+
+API_KEY = "sk-test-radixserve"
+CONTEXT = 1024
+BODY_LIMIT = 64 * 1024
+MAX_N = 8
+LONG_SYSTEM = ("You are a meticulous assistant for a small bakery. " * 3 +
+               "Always answer politely, mention the opening hours (8am to 6pm), and never invent prices. " * 4)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = Engine(max_total_tokens=4096, max_context_len=CONTEXT, max_queued_requests=256)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    app = build_app(engine, ServerConfig(api_key=API_KEY, max_body_bytes=BODY_LIMIT, max_n=MAX_N,
+                                         served_model_name="smollm2"))
+    with ServerThread(app) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
+        yield c
+
+
+def greedy(n_tokens: int, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n_tokens, temperature=0.0, **kw)
+
+
+def wait_idle(engine, timeout: float = 20.0) -> dict:
+    """Poll until no request is running or waiting; return the stats then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = engine.stats()
+        if stats["running"] == 0 and stats["waiting"] == 0:
+            return stats
+        assert time.monotonic() < deadline, f"engine still busy: {stats}"
+        time.sleep(0.05)
+
+
+def assert_no_leak(engine) -> None:
+    stats = wait_idle(engine)
+    assert stats["kv_private_tokens"] == 0, repr(stats)
+    assert stats["kv_used_tokens"] == stats["kv_tree_tokens"], repr(stats)
+    engine.check_integrity()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+# ---- OpenAI SDK: chat -----------------------------------------------------------------------------
+
+def test_models_and_health(client, http, server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["smollm2"]
+    assert httpx.get(server.url + "/health").status_code == 200  # no API key needed
+    assert client.models.retrieve("smollm2").id == "smollm2"
+
+
+def test_chat_matches_engine(client, engine):
+    messages = [{"role": "user", "content": "Name a colour of the sky."}]
+    resp = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8, temperature=0)
+    ref = engine.chat(messages, greedy(8))
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == ref.text
+    assert choice.finish_reason == ref.finish_reason
+    assert resp.usage.prompt_tokens == len(engine.apply_chat_template(messages))
+    assert resp.usage.completion_tokens == len(ref.token_ids)
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert resp.usage.prompt_tokens_details.cached_tokens is not None
+
+
+def test_chat_stream_with_usage(client, engine):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
+    ref = engine.chat(messages, greedy(8))
+    chunks = list(client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    content_chunks = [c for c in chunks if c.choices]
+    assert content_chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in content_chunks) == ref.text
+    assert [c.choices[0].finish_reason for c in content_chunks if c.choices[0].finish_reason] == [ref.finish_reason]
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert usage.completion_tokens == len(ref.token_ids)
+    assert usage.prompt_tokens == len(engine.apply_chat_template(messages))
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_chat_n2_seeded_reproducible(client, engine):
+    messages = [{"role": "user", "content": "Write a word."}]
+    kw = dict(model="smollm2", messages=messages, max_tokens=6, temperature=1.0, seed=1234, n=2)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert [c.index for c in a.choices] == [0, 1]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    ref = engine.chat(messages, SamplingParams(max_new_tokens=6, temperature=1.0, seed=1234, n=2))
+    assert [c.message.content for c in a.choices] == [r.text for r in ref]
+    assert a.usage.completion_tokens == sum(len(r.token_ids) for r in ref)
+
+
+def test_chat_logprobs(client, engine):
+    messages = [{"role": "user", "content": "Count: one, two,"}]
+    resp = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=5, temperature=0,
+                                          logprobs=True, top_logprobs=3)
+    ref = engine.chat(messages, greedy(5, logprobs=3))
+    content = resp.choices[0].logprobs.content
+    assert len(content) == len(ref.token_ids)
+    assert "".join(e.token for e in content) == resp.choices[0].message.content
+    for entry, lp in zip(content, ref.logprobs):
+        assert entry.logprob == pytest.approx(lp.logprob, abs=1e-4)
+        assert len(entry.top_logprobs) == 3
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert tops == sorted(tops, reverse=True)
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-4)  # greedy = best token
+        assert bytes(entry.bytes) == entry.token.encode()
+
+
+def test_chat_stop(client, engine):
+    messages = [{"role": "user", "content": "List three fruits separated by commas."}]
+    full = engine.chat(messages, greedy(16)).text
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]
+    resp = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=16, temperature=0, stop=[stop])
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].message.content == full[:full.index(stop)]
+    assert resp.choices[0].message.content == engine.chat(messages, greedy(16, stop=[stop])).text
+
+
+# ---- OpenAI SDK: completions ----------------------------------------------------------------------
+
+def test_completions_batch_n2(client, engine):
+    prompts = ["The capital of France is", "1, 2, 3,"]
+    resp = client.completions.create(model="smollm2", prompt=prompts, max_tokens=5, temperature=0, n=2)
+    ref = engine.generate(prompts, greedy(5, n=2))
+    assert [c.index for c in resp.choices] == [0, 1, 2, 3]
+    assert [c.text for c in resp.choices] == [r.text for r in ref]
+    assert resp.usage.prompt_tokens == sum(len(engine.tokenizer.encode(p)) for p in prompts)
+    assert resp.usage.completion_tokens == sum(len(r.token_ids) for r in ref)
+
+
+def test_completions_token_ids_and_logprobs(client, engine):
+    ids = engine.tokenizer.encode("Water boils at")
+    by_ids = client.completions.create(model="smollm2", prompt=ids, max_tokens=5, temperature=0, logprobs=2)
+    by_text = client.completions.create(model="smollm2", prompt="Water boils at", max_tokens=5, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text == engine.generate(input_ids=ids, sampling_params=greedy(5))[0].text
+    lp = by_ids.choices[0].logprobs
+    assert "".join(lp.tokens) == by_ids.choices[0].text
+    assert len(lp.token_logprobs) == by_ids.usage.completion_tokens
+    assert all(len(t) <= 2 for t in lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+
+
+def test_completions_stream(client, engine):
+    prompts = ["Roses are red,", "Once upon a time"]
+    ref = engine.generate(prompts, greedy(6))
+    texts = {0: "", 1: ""}
+    chunks = list(client.completions.create(model="smollm2", prompt=prompts, max_tokens=6, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.text
+    assert [texts[0], texts[1]] == [r.text for r in ref]
+    assert chunks[-1].usage.completion_tokens == sum(len(r.token_ids) for r in ref)
+
+
+# ---- prefix cache, tenants, metrics ---------------------------------------------------------------
+
+def test_shared_prefix_is_cached_and_metrics_move(client, http, engine):
+    before = http.get("/metrics").text
+    usages = []
+    for question in ("When do you open?", "Do you sell bread?"):
+        resp = client.chat.completions.create(
+            model="smollm2", max_tokens=3, temperature=0, extra_body={"cache_salt": "metrics-test"},
+            messages=[{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": question}])
+        usages.append(resp.usage)
+    assert usages[0].prompt_tokens > 100
+    assert usages[0].prompt_tokens_details.cached_tokens == 0  # a fresh namespace
+    shared = len(engine.apply_chat_template([{"role": "system", "content": LONG_SYSTEM}]))
+    assert usages[1].prompt_tokens_details.cached_tokens >= shared - 8  # the system prompt, minus the template tail
+    after = http.get("/metrics").text
+    delta = lambda name, labels="": metric(after, name, labels) - metric(before, name, labels)  # noqa: E731
+    assert delta("radixserve_prompt_tokens_total") == sum(u.prompt_tokens for u in usages)
+    assert delta("radixserve_cached_tokens_total") == sum(u.prompt_tokens_details.cached_tokens for u in usages)
+    assert delta("radixserve_generated_tokens_total") == sum(u.completion_tokens for u in usages)
+    assert delta("radixserve_requests_finished_total", '{finish_reason="length"}') == 2
+    assert delta("radixserve_e2e_request_latency_seconds_count") == 2
+    assert "radixserve_kv_usage " in after and "radixserve_time_to_first_token_seconds_bucket" in after
+
+
+def test_cache_salt_isolates_tenants(client):
+    messages = [{"role": "system", "content": LONG_SYSTEM + " Tenant test."}, {"role": "user", "content": "Hi"}]
+
+    def cached(salt):
+        resp = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=1, temperature=0,
+                                              extra_body={"cache_salt": salt})
+        return resp.usage.prompt_tokens_details.cached_tokens
+
+    assert cached("tenant-a") == 0
+    assert cached("tenant-b") == 0  # same prompt, other namespace: nothing shared
+    assert cached("tenant-a") > 100
+
+
+# ---- native routes --------------------------------------------------------------------------------
+
+def test_native_generate(http, engine):
+    sp = {"max_new_tokens": 4, "temperature": 0}
+    one = http.post("/generate", json={"text": "The sun is", "sampling_params": sp}).json()
+    ref = engine.generate("The sun is", greedy(4))[0]
+    assert one["text"] == ref.text and one["output_ids"] == ref.token_ids
+    assert one["meta_info"]["completion_tokens"] == len(ref.token_ids)
+    assert one["meta_info"]["prompt_tokens"] == ref.prompt_tokens
+    assert one["meta_info"]["finish_reason"] == ref.finish_reason
+    batch = http.post("/generate", json={"input_ids": [ref.token_ids, [1, 2, 3]], "sampling_params": sp}).json()
+    refs = engine.generate(input_ids=[ref.token_ids, [1, 2, 3]], sampling_params=greedy(4))
+    assert [b["text"] for b in batch] == [r.text for r in refs]
+    with http.stream("POST", "/generate", json={"text": "The sun is", "sampling_params": sp, "stream": True}) as s:
+        events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = orjson.loads(events[-2])
+    assert last["text"] == ref.text and last["meta_info"]["finish_reason"] == ref.finish_reason
+
+
+def test_tokenize_detokenize(http, engine):
+    tok = http.post("/tokenize", json={"prompt": "héllo wörld 😀"}).json()
+    assert tok["tokens"] == engine.tokenizer.encode("héllo wörld 😀") and tok["count"] == len(tok["tokens"])
+    assert http.post("/detokenize", json={"tokens": tok["tokens"]}).json()["prompt"] == "héllo wörld 😀"
+    chat = http.post("/tokenize", json={"messages": [{"role": "user", "content": "x"}]}).json()
+    assert chat["tokens"] == engine.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+# ---- disconnects ----------------------------------------------------------------------------------
+
+def test_client_disconnect_mid_stream_aborts(server, engine):
+    body = {"prompt": "Tell me a long story.", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    finished_before = engine.stats()["requests_finished"].get("abort", 0)
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json=body) as s:
+            lines = s.iter_lines()
+            got = [next(lines) for _ in range(6)]  # a few events, then hang up
+    assert any(line.startswith("data: ") for line in got)
+    stats = wait_idle(engine)
+    assert stats["requests_finished"].get("abort", 0) == finished_before + 1
+    assert_no_leak(engine)
+
+
+def test_client_timeout_non_streaming_aborts(server, engine):
+    body = {"prompt": "Tell me a long story.", "max_tokens": 400, "ignore_eos": True}
+    aborted_before = engine.stats()["requests_finished"].get("abort", 0)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
+                   timeout=1.0)
+    stats = wait_idle(engine)
+    assert stats["requests_finished"].get("abort", 0) == aborted_before + 1
+    assert_no_leak(engine)
+
+
+def test_concurrent_streams(server, engine):
+    """32 streaming clients at once: every one completes, with its own text, and nothing leaks."""
+    prompts = [f"Item {i}: the number after {i} is" for i in range(32)]
+
+    async def one(c, prompt):
+        text, finish, usage = "", None, None
+        stream = await c.completions.create(model="smollm2", prompt=prompt, max_tokens=4, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.text
+                finish = choice.finish_reason or finish
+            usage = chunk.usage or usage
+        return text, finish, usage
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120) as c:
+            return await asyncio.gather(*(one(c, p) for p in prompts))
+
+    results = asyncio.run(run())
+    refs = engine.generate(prompts, greedy(4))
+    assert [r[0] for r in results] == [r.text for r in refs]
+    assert all(r[1] in ("length", "stop") and r[2].completion_tokens >= 1 for r in results)
+    assert_no_leak(engine)
+
+
+# ---- bad input: every case gets the right status and an OpenAI error body -------------------------
+
+CHAT = "/v1/chat/completions"
+CMPL = "/v1/completions"
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def chat(**kw):
+    return {"model": "smollm2", "messages": MSG, "max_tokens": 2, **kw}
+
+
+def cmpl(**kw):
+    return {"model": "smollm2", "prompt": "hi", "max_tokens": 2, **kw}
+
+
+BAD = [  # (id, path, json body or raw bytes, expected status, expected param or None)
+    ("malformed-json", CHAT, b'{"messages": [', 400, None),
+    ("body-not-object", CHAT, b"[1, 2]", 400, None),
+    ("invalid-utf8", CMPL, b'{"prompt": "\xff\xfe", "max_tokens": 2}', 400, None),
+    ("lone-surrogate", CMPL, b'{"prompt": "\\ud800", "max_tokens": 2}', 400, None),
+    ("nan-temperature", CMPL, b'{"prompt": "hi", "temperature": NaN}', 400, "temperature"),
+    ("missing-messages", CHAT, {"model": "smollm2"}, 400, "messages"),
+    ("empty-messages", CHAT, chat(messages=[]), 400, "messages"),
+    ("unknown-role", CHAT, chat(messages=[{"role": "wizard", "content": "hi"}]), 400, "messages.0.role"),
+    ("content-wrong-type", CHAT, chat(messages=[{"role": "user", "content": 5}]), 400, "messages.0.content"),
+    ("image-part", CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]),
+     400, "messages.0.content"),
+    ("max-tokens-string", CHAT, chat(max_tokens="ten"), 400, "max_tokens"),
+    ("max-tokens-float", CHAT, chat(max_tokens=2.5), 400, "max_tokens"),
+    ("max-tokens-negative", CHAT, chat(max_tokens=-1), 400, None),
+    ("temperature-negative", CHAT, chat(temperature=-0.5), 400, None),
+    ("top-p-zero", CHAT, chat(top_p=0.0), 400, None),
+    ("top-p-above-one", CMPL, cmpl(top_p=1.5), 400, None),
+    ("presence-penalty-range", CMPL, cmpl(presence_penalty=5), 400, None),
+    ("n-zero", CHAT, chat(n=0), 400, "n"),
+    ("n-huge", CHAT, chat(n=100000), 400, "n"),
+    ("top-logprobs-range", CHAT, chat(logprobs=True, top_logprobs=50), 400, None),
+    ("top-logprobs-without-logprobs", CHAT, chat(top_logprobs=2), 400, "top_logprobs"),
+    ("min-tokens-over-max", CMPL, cmpl(min_tokens=5, max_tokens=2), 400, None),
+    ("seed-string", CMPL, cmpl(seed="42"), 400, "seed"),
+    ("unknown-model", CHAT, chat(model="gpt-7"), 404, "model"),
+    ("unknown-field", CHAT, chat(tools=[]), 400, "tools"),
+    ("empty-stop", CMPL, cmpl(stop=[""]), 400, None),
+    ("stop-wrong-type", CMPL, cmpl(stop=5), 400, "stop"),
+    ("stream-options-without-stream", CMPL, cmpl(stream_options={"include_usage": True}), 400, "stream_options"),
+    ("prompt-over-context", CMPL, cmpl(prompt=[100] * (CONTEXT + 10)), 400, None),
+    ("prompt-plus-max-tokens-over-context", CMPL, cmpl(max_tokens=CONTEXT), 400, "max_tokens"),
+    ("token-id-out-of-vocab", CMPL, cmpl(prompt=[10 ** 9]), 400, None),
+    ("token-id-negative", CMPL, cmpl(prompt=[5, -1]), 400, None),
+    ("mixed-prompt-list", CMPL, cmpl(prompt=[1, "a"]), 400, "prompt"),
+    ("empty-prompt-list", CMPL, cmpl(prompt=[]), 400, "prompt"),
+    ("empty-prompt-string", CMPL, cmpl(prompt=""), 400, None),
+    ("generate-text-and-ids", "/generate", {"text": "a", "input_ids": [1]}, 400, "text"),
+    ("generate-unknown-sampling-key", "/generate", {"text": "a", "sampling_params": {"beam": 2}}, 400,
+     "sampling_params.beam"),
+    ("detokenize-bad-id", "/detokenize", {"tokens": [-3]}, 400, "tokens"),
+    ("tokenize-nothing", "/tokenize", {}, 400, None),
+    ("oversized-body", CMPL, cmpl(prompt="x" * (BODY_LIMIT + 10)), 413, None),
+]
+
+
+def assert_error_body(resp: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    assert "Traceback" not in resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and len(err["message"]) > 10
+    assert isinstance(err["type"], str) and err["type"]
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input(http, case):
+    _, path, body, status, param = case
+    if isinstance(body, bytes):
+        resp = http.post(path, content=body, headers={"Content-Type": "application/json"})
+    else:
+        resp = http.post(path, json=body)
+    assert_error_body(resp, status, param)
+
+
+def test_bad_auth_routes_and_methods(server):
+    url = server.url
+    err = assert_error_body(httpx.post(url + CHAT, json=chat()), 401)
+    assert err["type"] == "authentication_error"
+    assert_error_body(httpx.post(url + CHAT, json=chat(), headers={"Authorization": "Bearer wrong"}), 401)
+    assert_error_body(httpx.get(url + "/metrics", headers={"Authorization": API_KEY}), 401)  # no Bearer scheme
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert_error_body(httpx.get(url + "/v1/nothing-here", headers=auth), 404)
+    assert_error_body(httpx.get(url + CHAT, headers=auth), 405)
+    assert_error_body(httpx.get(url + "/v1/models/gpt-7", headers=auth), 404)
+
+
+def test_oversized_chunked_body(server):
+    def chunks():
+        for _ in range(BODY_LIMIT // 1024 + 8):
+            yield b" " * 1024  # no Content-Length: the server must count
+
+    resp = httpx.post(server.url + CMPL, content=chunks(), headers={"Authorization": f"Bearer {API_KEY}"})
+    assert_error_body(resp, 413)
+
+
+def test_sdk_maps_errors(client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2", messages=MSG, max_tokens=2, temperature=-1)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-7", messages=MSG, max_tokens=2)
+
+
+def test_after_bad_inputs_server_is_healthy_and_nothing_leaked(client, engine, http):
+    resp = client.chat.completions.create(model="smollm2", messages=MSG, max_tokens=3, temperature=0)
+    assert resp.choices[0].message.content == engine.chat(MSG, greedy(3)).text
+    assert_no_leak(engine)
+    assert http.post("/flush_cache").json() == {"flushed": True}
+    stats = engine.stats()
+    assert stats["kv_used_tokens"] == 0, stats

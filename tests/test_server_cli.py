@@ -1,0 +1,72 @@
+"""`python -m radixserve serve` as a user runs it: a subprocess on the embedded model. SIGTERM lets
+the in-flight stream finish, refuses new work, shuts the engine down and exits 0."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import orjson
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_serve_sigterm_finishes_in_flight_and_exits_0():
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port), "--api-key", "k",
+                             "--max-total-tokens", "2048", "--max-context-len", "512", "--log-level", "warning"],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.5)
+        first_event = threading.Event()
+        events: list[bytes] = []
+
+        def stream() -> None:
+            body = {"prompt": "Count slowly:", "max_tokens": 24, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": "Bearer k"},
+                              timeout=120) as s:
+                for line in s.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:].encode())
+                        first_event.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert first_event.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        reader.join(120)
+        assert proc.wait(60) == 0, proc.stdout.read().decode()
+        assert events[-1] == b"[DONE]"
+        finals = [orjson.loads(e)["choices"][0]["finish_reason"] for e in events[:-1]]
+        assert finals[-1] == "length"  # the in-flight request ran to completion
+        assert sum(len(orjson.loads(e)["choices"][0]["text"]) > 0 for e in events[:-1]) >= 20
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
