@@ -25,7 +25,7 @@ class EngineConfig:
     disable_radix_cache: bool = False
     max_context_len: int | None = None  # defaults to the model's max_position_embeddings
     max_queued_requests: int = 4096
-    attention_backend: str = "auto"  # auto | torch | triton
+    attention_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | torch-ref | triton
     cuda_graph: bool = True
     check_integrity: bool = False  # run the tree's integrity check every idle step (tests)
 
@@ -45,5 +45,6 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.aging_tokens_per_step < 0:
             raise ValueError(f"aging_tokens_per_step must be >= 0, got {self.aging_tokens_per_step}")
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
+        if self.attention_backend not in ("auto", "torch", "torch-ref", "triton"):
+            raise ValueError("attention_backend must be auto, torch, torch-ref or triton, "
+                             f"got {self.attention_backend!r}")

@@ -74,8 +74,11 @@ class ModelRunner:
             from radixserve.runtime.attention.triton_backend import TritonAttentionBackend
             return TritonAttentionBackend(self.pool, self.req_table, num_heads=self.model.num_heads,
                                           num_kv_splits=num_kv_splits)
-        from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
-        return TorchAttentionBackend(self.pool, self.req_table)
+        if name == "torch-ref":
+            from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
+            return TorchAttentionBackend(self.pool, self.req_table)
+        from radixserve.runtime.attention.torch_native import TorchNativeBackend
+        return TorchNativeBackend(self.pool, self.req_table)
 
     def _make_graphs(self, config: EngineConfig):
         """CUDA-graph decode when asked for and possible (CUDA and the Triton backend), else None."""

@@ -1,0 +1,154 @@
+"""Engine API behaviour: multi-turn reuse, n > 1 sharing one prefill, seeds, stops, aborts,
+and bad input answered with a ValueError while the engine keeps serving."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from engine_fixtures import make_engine
+from radixserve import Engine, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = make_engine(max_context_len=1024)
+    yield e
+    e.shutdown()
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_multi_turn_hits_prompt_and_answer(engine):
+    params = SamplingParams(max_new_tokens=24, temperature=0)
+    turn1_msgs = [{"role": "user", "content": "Name one large river in Europe and one in Africa."}]
+    turn1_ids = engine.apply_chat_template(turn1_msgs)
+    turn1 = engine.chat(turn1_msgs, params)
+    turn2_msgs = turn1_msgs + [{"role": "assistant", "content": turn1.text},
+                               {"role": "user", "content": "Which of them is longer?"}]
+    turn2_ids = engine.apply_chat_template(turn2_msgs)
+    turn2 = engine.chat(turn2_msgs, params)
+    computed = turn1_ids + turn1.token_ids[:-1]  # the last sampled token was never fed back
+    shared = _common(turn2_ids, computed)
+    assert shared >= len(turn1_ids) + len(turn1.token_ids) - 2  # the template re-renders the answer
+    assert turn2.cached_tokens == shared
+    engine.check_integrity()
+
+
+def test_n_samples_share_one_prefill(engine):
+    ids = engine.tokenizer.encode("Write a short poem about the sea. " * 6)
+    outs = engine.generate(input_ids=[ids], sampling_params=SamplingParams(n=4, max_new_tokens=12, temperature=1.0,
+                                                                           seed=7))
+    assert [o.index for o in outs] == [0, 1, 2, 3]
+    cached = sorted(o.cached_tokens for o in outs)
+    assert cached[0] < len(ids) - 1  # the first sibling computed the prompt...
+    assert all(c == len(ids) - 1 for c in cached[1:])  # ...the others reused all of it but the last token
+    assert len({tuple(o.token_ids) for o in outs}) > 1  # different seeds per sample
+    again = engine.generate(input_ids=[ids], sampling_params=SamplingParams(n=4, max_new_tokens=12, temperature=1.0,
+                                                                            seed=7))
+    assert [o.token_ids for o in again] == [o.token_ids for o in outs]
+
+
+def test_seed_independent_of_batch(engine):
+    tok = engine.tokenizer
+    target = tok.encode("My favourite colour is")
+    p = SamplingParams(max_new_tokens=10, temperature=0.9, top_p=0.95, seed=1234)
+    alone = engine.generate(input_ids=[target], sampling_params=p)[0].token_ids
+    others = [tok.encode(f"Story number {i}: there was a") for i in range(5)]
+    mixed = engine.generate(input_ids=others[:2] + [target] + others[2:],
+                            sampling_params=[SamplingParams(max_new_tokens=10, temperature=1.0)] * 2 + [p]
+                            + [SamplingParams(max_new_tokens=10, temperature=1.0)] * 3)
+    assert mixed[2].token_ids == alone
+
+
+def test_stop_string_is_cut_and_reported(engine):
+    ids = engine.tokenizer.encode("1, 2, 3, 4, 5,")
+    full = engine.generate(input_ids=[ids], sampling_params=SamplingParams(max_new_tokens=12, temperature=0))[0]
+    assert " 8," in full.text
+    out = engine.generate(input_ids=[ids], sampling_params=SamplingParams(max_new_tokens=12, temperature=0,
+                                                                          stop=[" 8,"]))[0]
+    assert out.finish_reason == "stop" and out.matched_stop == " 8,"
+    assert out.text == full.text[:full.text.index(" 8,")]
+
+
+def test_stream_close_aborts_and_frees(engine):
+    ids = engine.tokenizer.encode("Tell me a very long story about dragons.")
+
+    async def consume_two():
+        stream = engine.generate_stream(input_ids=ids, sampling_params=SamplingParams(max_new_tokens=200, ignore_eos=True,
+                                                                                      temperature=0))
+        got = []
+        async for delta in stream:
+            got.append(delta)
+            if len(got) == 2:
+                break
+        await stream.aclose()
+        return got
+
+    got = asyncio.run(consume_two())
+    assert len(got) == 2
+    for _ in range(100):
+        s = engine.stats()
+        if s["running"] == 0 and s["waiting"] == 0:
+            break
+        time.sleep(0.05)
+    s = engine.stats()
+    assert s["running"] == 0 and s["kv_private_tokens"] == 0
+    assert s["requests_finished"].get("abort", 0) >= 1
+    engine.check_integrity()
+
+
+BAD_PARAMS = [
+    dict(temperature=-0.5), dict(top_p=0.0), dict(top_p=1.5), dict(max_new_tokens=-1), dict(top_k=-3),
+    dict(min_p=2.0), dict(n=0), dict(repetition_penalty=0.0), dict(logprobs=100), dict(stop=[""]),
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_PARAMS)
+def test_bad_sampling_params(kwargs):
+    with pytest.raises(ValueError):
+        SamplingParams(**kwargs)
+
+
+def test_bad_requests_raise_and_engine_keeps_serving(engine):
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate(input_ids=[[]])
+    with pytest.raises(ValueError, match="context"):
+        engine.generate(input_ids=[[5] * 2000])
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.generate(input_ids=[[1, 2, engine.vocab_size]])
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.generate(input_ids=[[1, -4]])
+    with pytest.raises(ValueError):
+        engine.generate(prompts="hi", input_ids=[1])
+    with pytest.raises(ValueError, match="messages"):
+        engine.chat([])
+    with pytest.raises(ValueError, match="role"):
+        engine.chat([{"role": "wizard", "content": "hi"}])
+    with pytest.raises(ValueError, match="sampling_params"):
+        engine.generate(["a", "b"], [SamplingParams()])
+    out = engine.generate("The capital of France is", SamplingParams(max_new_tokens=4, temperature=0))[0]
+    assert len(out.token_ids) == 4
+    s = engine.stats()
+    assert s["running"] == 0 and s["kv_private_tokens"] == 0
+    engine.check_integrity()
+
+
+def test_unknown_model_and_corrupt_weights(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        Engine(str(tmp_path / "no-such-model"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(256))
+    with pytest.raises(ValueError):
+        Engine(str(bad))
+    with pytest.raises(ValueError, match="unknown Engine options"):
+        Engine(no_such_option=1)
+    with pytest.raises(ValueError, match="page_size"):
+        Engine(page_size=3)

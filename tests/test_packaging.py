@@ -1,0 +1,32 @@
+"""kernels/ installs as radixserve.kernels and never as a bare top-level `kernels` (an unrelated
+package of that name is probed by transformers)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+def test_installed_package_maps_kernels_under_radixserve(tmp_path):
+    code = ("import importlib.util, radixserve.kernels as k; "
+            "print(importlib.util.find_spec('kernels') is None, k.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "radixserve.kernels"]
+
+
+@pytest.mark.slow
+def test_wheel_has_no_top_level_kernels(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), ROOT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    names = zipfile.ZipFile(tmp_path / wheel).namelist()
+    assert "radixserve/kernels/decode_attention.py" in names
+    assert "radixserve/server/app.py" in names and "radixserve/runtime/attention/triton_backend.py" in names
+    assert not any(n.startswith("kernels/") for n in names)
