@@ -62,11 +62,13 @@ def hf_smollm2():
 
 
 def hf_greedy(model, ids: list[int], max_new_tokens: int, eos: set[int]) -> list[int]:
-    """transformers' generate, greedy, one prompt (no padding), cut after the first EOS."""
+    """transformers' generate, greedy, one prompt (no padding), cut after the first EOS.
+    An empty `eos` means ignore_eos: EOS is blocked, as transformers' min_new_tokens does."""
+    extra = dict(eos_token_id=sorted(eos), pad_token_id=sorted(eos)[0]) if eos else dict(
+        min_new_tokens=max_new_tokens, pad_token_id=0)
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(eos),
-                             pad_token_id=sorted(eos)[0])
+                             max_new_tokens=max_new_tokens, do_sample=False, **extra)
     new = out[0, len(ids):].tolist()
     for i, t in enumerate(new):
         if t in eos:
