@@ -30,8 +30,7 @@ def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPl
     plan = LogitsPlan([], [], [])
     for i, (req, ext) in enumerate(rows):
         start, kv = len(ids), req.kv_len
-        fill = req.fill_ids
-        ids.extend(fill[kv:kv + ext])
+        ids.extend(req.fill_slice(kv, kv + ext))
         pos.extend(range(kv, kv + ext))
         out_slots.extend(req.slots[kv:kv + ext])
         starts.append(start)
@@ -39,7 +38,7 @@ def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPl
         if first <= last:
             plan.prompt_spans.append((i, len(logits_idx), last - first + 1, first + 1))
             logits_idx.extend(range(start + first - kv, start + last - kv + 1))
-        if kv + ext == len(fill):
+        if kv + ext == req.seq_len:
             plan.sample_rows.append(i)
             plan.sample_logits.append(len(logits_idx))
             logits_idx.append(start + ext - 1)

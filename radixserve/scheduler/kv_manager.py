@@ -75,7 +75,7 @@ class KVManager:
         point its row at the tree's slots (duplicates of another request's work are freed)."""
         if req.kv_len == 0 or self.tree.disable:
             return
-        m = self.tree.insert(req.fill_ids[:req.kv_len], torch.tensor(req.slots[:req.kv_len], dtype=torch.int64),
+        m = self.tree.insert(req.fill_slice(0, req.kv_len), torch.tensor(req.slots[:req.kv_len], dtype=torch.int64),
                              req.namespace)
         n = m.slots.numel()
         self.tree.lock(m.node)
@@ -93,7 +93,7 @@ class KVManager:
         if req.row is None:
             return
         if req.kv_len > 0:
-            self.tree.insert(req.fill_ids[:req.kv_len],
+            self.tree.insert(req.fill_slice(0, req.kv_len),
                              torch.tensor(req.slots[:req.kv_len], dtype=torch.int64), req.namespace)
         # NOTE: insert takes charge of the page-truncated computed part (the tree keeps it, or
         # frees it as a duplicate or because the cache is off); the rest of the allocation
@@ -112,12 +112,11 @@ class KVManager:
     def _matchable(self, req: Request) -> list[int]:
         """Tokens that may be served from the tree: never the last known token (its logits are
         needed to sample), never positions whose prompt logprobs were asked for."""
-        fill = req.fill_ids
-        limit = len(fill) - 1
+        limit = req.seq_len - 1
         start = req.logprob_start()
         if start is not None:
             limit = min(limit, start - 1 + len(req.prompt_logprobs))
-        return fill[:max(limit, 0)]
+        return req.fill_slice(0, max(limit, 0))
 
     # ---- invariants ---------------------------------------------------------------------------
     def check(self, running: Sequence[Request]) -> None:
