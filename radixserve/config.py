@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 POLICIES = ("fcfs", "lpm", "dfs-weight")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "torch", "torch-ref", "triton")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,5 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.aging_tokens_per_step < 0:
             raise ValueError(f"aging_tokens_per_step must be >= 0, got {self.aging_tokens_per_step}")
-        if self.attention_backend not in ("auto", "torch", "torch-ref", "triton"):
-            raise ValueError("attention_backend must be auto, torch, torch-ref or triton, "
-                             f"got {self.attention_backend!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
