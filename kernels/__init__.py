@@ -15,7 +15,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+# NOTE: only as radixserve.kernels; if this folder is ever imported as a bare `kernels` (the repo
+# root on sys.path, and transformers probing for the unrelated hub package of that name), it must
+# do nothing.
+if __name__ == "radixserve.kernels" and "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
     logger.info("no CUDA device: Triton kernels run in the interpreter (TRITON_INTERPRET=1); "
                 "this is for tests only, use the torch attention backend to serve on CPU")

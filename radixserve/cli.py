@@ -1,4 +1,5 @@
-"""The `radixserve` command: `serve` (HTTP server) and `generate` (one prompt, printed).
+"""The `radixserve` command: `serve` (HTTP server), `generate` (one prompt, printed) and `bench`
+(benchmarks; see benchmarks/README.md).
 
 Engine flags are derived from EngineConfig's fields, so every engine option is settable and a new
 field needs no CLI change: `max_total_tokens` becomes `--max-total-tokens`, booleans get
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=-1)
     gen.add_argument("--sampling-seed", type=int, default=None)
     _add_engine_flags(gen)
+
+    from radixserve.bench.cli import add_bench_parser
+    add_bench_parser(sub, common)
     return parser
 
 
@@ -71,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            from radixserve.bench.cli import run_bench
+            return run_bench(args)
         return _generate(args)
     except ValueError as exc:  # bad option values: say which, no traceback
         sys.stderr.write(f"radixserve: error: {exc}\n")

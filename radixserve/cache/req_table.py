@@ -40,3 +40,8 @@ class ReqToTokenTable:
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         """Set columns start..start+len(slots)-1 of `row`."""
         self.table[row, start:start + slots.numel()] = slots.to(self.table.device, non_blocking=True)
+
+    def write_cells(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """table[rows[i], cols[i]] = slots[i] for all i, in one copy and one scatter."""
+        dev = self.table.device
+        self.table[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = slots.to(dev, non_blocking=True)

@@ -235,7 +235,7 @@ class Engine:
         for i in range(params.n):
             req = Request(rid=rid if params.n == 1 else f"{rid}#{i}", prompt_ids=list(ids), params=params,
                           seed=(base_seed + 1_000_003 * i) % (1 << 62), namespace=namespace, index=i,
-                          group=group if params.n > 1 else None, arrival=next(self._arrival),
+                          arrival=next(self._arrival),
                           eos_ids=tuple(self.eos_ids))
             group.append(req)
         with self._lock:
@@ -257,7 +257,10 @@ class Engine:
                 self._sinks.pop(id(ev.req), None)
                 self.stats_.on_finish(ev.req)
         if sink is not None:
-            sink(ev)
+            try:
+                sink(ev)
+            except RuntimeError:  # e.g. the caller's event loop closed: nobody is listening any more
+                logger.debug("dropping an event of %s: its receiver is gone", ev.req.rid)
 
     @staticmethod
     def _output(r: Request) -> RequestOutput:

@@ -69,8 +69,9 @@ class DecoderLayer(nn.Module):
                             dtype, device)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, attn: AttentionBackend) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), batch, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.self_attn(self.input_layernorm(x), batch, attn)
+        normed, x = self.post_attention_layernorm.add_forward(h, x)  # NOTE: may update x in place
+        return x + self.mlp(normed)
 
 
 class LlamaForCausalLM(nn.Module):

@@ -86,7 +86,8 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         dummy.init_dummy_weights(net, seed)
         has_tokenizer = os.path.isdir(spec) and any(
             os.path.exists(os.path.join(spec, f)) for f in ("tokenizer.json", "tokenizer.model"))
-        source, tok_path = model, spec if has_tokenizer else embedded_model_path()
+        # NOTE: the embedded tokenizer is only looked up when neither the spec nor the caller gives one.
+        source, tok_path = model, spec if has_tokenizer else (tokenizer or embedded_model_path())
     elif os.path.isdir(model):
         config = _hf_config(model)
         net = _build(config, dtype, device)

@@ -45,13 +45,15 @@ def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPl
     ext_lens = [ext for _, ext in rows]
     seq_lens = [req.kv_len + ext for req, ext in rows]
 
-    def t(x: list[int]) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.int64).to(device, non_blocking=True)
-
+    # NOTE: one host->device copy for the whole batch; the fields are views into it.
+    parts = [ids, pos, out_slots, [req.row for req, _ in rows], seq_lens, ext_lens, starts, logits_idx]
+    flat = torch.tensor([x for part in parts for x in part], dtype=torch.int64)
+    if device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    f = flat.split([len(part) for part in parts])
     batch = ForwardBatch(
-        input_ids=t(ids), positions=t(pos), out_slots=t(out_slots),
-        req_rows=t([req.row for req, _ in rows]), seq_lens=t(seq_lens), extend_lens=t(ext_lens),
-        extend_starts=t(starts), logits_indices=t(logits_idx),
+        input_ids=f[0], positions=f[1], out_slots=f[2], req_rows=f[3], seq_lens=f[4], extend_lens=f[5],
+        extend_starts=f[6], logits_indices=f[7],
         max_seq_len=max(seq_lens), max_extend_len=max(ext_lens), is_decode=all(e == 1 for e in ext_lens))
     return batch, plan
 

@@ -30,7 +30,6 @@ class Request:
     seed: int
     namespace: str | None = None
     index: int = 0  # which of the n samples of its prompt
-    group: list["Request"] | None = None  # siblings sharing the prompt (n > 1), self included
     arrival: int = 0  # submission order, for fcfs and ties
     eos_ids: tuple[int, ...] = ()
     on_event: Callable[["Request", list[int], bool], None] | None = None  # (req, new token ids, finished)

@@ -16,6 +16,11 @@ from radixserve.scheduler.request import Request, State
 
 logger = logging.getLogger(__name__)
 
+# NOTE: requests admitted together that share tokens beyond their cached prefix would each compute
+# them. A request whose next IN_BATCH_KEY tokens after its cached prefix equal those of a request
+# being prefilled waits; the other caches them as its chunks finish, and this one then hits the
+# tree. (n > 1 samples of one prompt are the extreme case: one prefill serves them all.)
+IN_BATCH_KEY = 32
 # NOTE: admission keeps this fraction of each running request's remaining new tokens free, so
 # decode rarely has to retract; retraction stays correct when the estimate is wrong.
 DECODE_RESERVE_RATIO = 0.3
@@ -95,12 +100,9 @@ class Scheduler:
             self._retract(victim)
             if victim in decoding:
                 decoding.remove(victim)
-        rows = []
-        for req in decoding:
-            if not self.kv.grow(req, 1):
-                raise RuntimeError("KV pool cannot hold one more token for a lone request; raise max_total_tokens")
-            rows.append(Row(req, 1))
-        return rows
+        if decoding and not self.kv.grow_each_by_one(decoding):
+            raise RuntimeError("KV pool cannot hold one more token for a lone request; raise max_total_tokens")
+        return [Row(req, 1) for req in decoding]
 
     def _prefill_chunk(self, req: Request, budget: int) -> int:
         remaining = req.seq_len - req.kv_len
@@ -120,12 +122,15 @@ class Scheduler:
         order = order_waiting(self.waiting, cfg.schedule_policy, self.step_count, cfg.aging_tokens_per_step,
                               self.kv.match_len)
         rows: list[Row] = []
+        ps = self.kv.page_size
+        prefilling = {self._prefill_key(r, r.kv_len // ps * ps) for r in self.running if r.seq_len - r.kv_len > 1}
         for req in order:
             if budget <= 0 or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
                 break
-            if self._sibling_prefilling(req):
-                continue
             cached, _ = self.kv.match_len(req)
+            key = self._prefill_key(req, cached)
+            if key is not None and key in prefilling:
+                continue  # another request is computing the same tokens right now
             ext = min(req.seq_len - cached, cfg.chunked_prefill_size, budget)
             need = -(-ext // self.kv.page_size) * self.kv.page_size
             future = int(max(0, req.params.max_new_tokens - len(req.output_ids)) * DECODE_RESERVE_RATIO)
@@ -143,13 +148,16 @@ class Scheduler:
             rows.append(Row(req, ext))
             budget -= ext
             reserved += future
+            prefilling.add(key)
         return rows
 
     @staticmethod
-    def _sibling_prefilling(req: Request) -> bool:
-        """n > 1: siblings wait until one of them has prefilled (and cached) the shared prompt."""
-        return req.group is not None and any(
-            s is not req and s.state is State.RUNNING and not s.prefill_done for s in req.group)
+    def _prefill_key(req: Request, start: int) -> tuple | None:
+        """What identifies the tokens a request would compute next from `start` on."""
+        n = min(IN_BATCH_KEY, req.seq_len - 1 - start)
+        if n <= 0:
+            return None
+        return req.namespace, start, tuple(req.fill_slice(start, start + n))
 
     # ---- leaving the running set ---------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,369 @@
+"""GPU runtime benchmarks (issue 5), one process: copy bandwidth, batch-1 decode vs the floor and
+transformers, decode sweep, prefill / radix-hit TTFT, decode-attention kernel GB/s, fused ops.
+
+Usage: python benchmarks/gpu_runtime.py --out benchmarks/results [--tokenizer DIR] [--sections batch1,kernel,...]
+Writes gpu_runtime_<device>.json and .md. Every section is timed after warm-up; GPU-only times
+use CUDA events (median), engine times use wall clock around Engine.generate.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import triton
+
+from radixserve import Engine
+from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.sampling_params import SamplingParams
+
+log = logging.getLogger("gpu_runtime")
+KV_TOKENS = 180_000  # engine KV pool (tokens): holds batch 256 x 640 tokens with room to spare
+
+
+def cuda_ms(fn, iters: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of fn() over iters, CUDA events, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy GB/s (read + write bytes) of a 2 GiB buffer."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.int16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
+    del src, dst
+    return 2 * 2 * n / ms / 1e6
+
+
+def rand_ids(n: int, gen: torch.Generator, vocab: int = 30000) -> list[int]:
+    return torch.randint(100, vocab, (n,), generator=gen).tolist()
+
+
+def timed_generate(engine: Engine, prompts: list[list[int]], new_tokens: int) -> float:
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = engine.generate(input_ids=prompts, sampling_params=params)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    assert all(len(o.token_ids) == new_tokens for o in outs), [len(o.token_ids) for o in outs]
+    return dt
+
+
+def decode_batch(runner, batch: int, ctx: int) -> tuple[ForwardBatch, list[int], torch.Tensor]:
+    """A decode ForwardBatch of `batch` rows with `ctx` tokens each, on freshly allocated slots."""
+    slots = runner.allocator.alloc(batch * ctx)  # page size 1
+    rows = [runner.req_table.alloc() for _ in range(batch)]
+    table = runner.req_table.table
+    dev = runner.device
+    for i, r in enumerate(rows):
+        table[r, :ctx] = slots[i * ctx:(i + 1) * ctx].to(dev)
+    last = slots.view(batch, ctx)[:, -1].to(dev)
+    fb = ForwardBatch(
+        input_ids=torch.randint(100, 30000, (batch,), device=dev), positions=torch.full((batch,), ctx - 1, device=dev),
+        out_slots=last, req_rows=torch.tensor(rows, device=dev), seq_lens=torch.full((batch,), ctx, device=dev),
+        extend_lens=torch.ones(batch, dtype=torch.int64, device=dev), extend_starts=torch.arange(batch, device=dev),
+        logits_indices=torch.arange(batch, device=dev), max_seq_len=ctx, max_extend_len=1, is_decode=True)
+    return fb, rows, slots
+
+
+def release(runner, rows: list[int], slots: torch.Tensor) -> None:
+    for r in rows:
+        runner.req_table.free(r)
+    runner.allocator.free(slots)
+
+
+def weight_bytes(model) -> tuple[int, int]:
+    """(bytes read per decode step excluding the embedding table, embedding bytes)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    emb = model.embed_tokens.weight
+    emb_bytes = emb.numel() * emb.element_size()
+    tied = model.lm_head is model.embed_tokens
+    return (total if tied else total - emb_bytes), emb_bytes
+
+
+def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> None:
+    runner = engine.runner
+    wbytes, _ = weight_bytes(runner.model)
+    prompt, new = 128, 256
+    timed_generate(engine, [rand_ids(prompt, gen)], 16)  # warm-up
+    ttft = statistics.median(timed_generate(engine, [rand_ids(prompt, gen)], 1) for _ in range(3))
+    total = statistics.median(timed_generate(engine, [rand_ids(prompt, gen)], new) for _ in range(2))
+    decode_tps = (new - 1) / (total - ttft)
+    kv_per_token = 2 * runner.model.num_layers * runner.model.num_kv_heads * runner.model.head_dim * 2
+    avg_ctx = prompt + new / 2
+    step_bytes = wbytes + kv_per_token * avg_ctx
+    floor_ms = step_bytes / bw / 1e6
+    fb, rows, slots = decode_batch(runner, 1, int(avg_ctx))
+    graph_ms = cuda_ms(lambda: runner.forward(fb), iters=50)
+    graphs, runner.graphs = runner.graphs, None
+    eager_ms = cuda_ms(lambda: runner.forward(fb), iters=20)
+    runner.graphs = graphs
+    release(runner, rows, slots)
+    res["batch1_decode"] = dict(
+        prompt_tokens=prompt, new_tokens=new, engine_seconds=total, ttft_seconds=ttft,
+        engine_tokens_per_s=new / total, engine_decode_tokens_per_s=decode_tps,
+        engine_decode_step_ms=1e3 / decode_tps, step_bytes=step_bytes, floor_step_ms=floor_ms,
+        floor_tokens_per_s=1e3 / floor_ms, engine_pct_of_floor=100 * floor_ms * decode_tps / 1e3,
+        graph_step_ms=graph_ms, graph_pct_of_floor=100 * floor_ms / graph_ms, eager_step_ms=eager_ms)
+    log.info("batch1: %s", res["batch1_decode"])
+
+
+def bench_sweep(engine: Engine, res: dict, gen: torch.Generator) -> None:
+    runner = engine.runner
+    out = []
+    for b in (1, 2, 4, 8, 16, 32, 64, 128, 192, 256):
+        ctx = 512
+        fb, rows, slots = decode_batch(runner, b, ctx)
+        ms = cuda_ms(lambda: runner.forward(fb), iters=20)
+        release(runner, rows, slots)
+        entry = dict(batch=b, context=ctx, graph_step_ms=ms, graph_tokens_per_s=b * 1e3 / ms)
+        if b in (1, 8, 64, 256):  # end to end through the scheduler: 128-token prompts, 64 new tokens
+            prompts = [rand_ids(128, gen) for _ in range(b)]
+            t_pref = timed_generate(engine, [rand_ids(128, gen) for _ in range(b)], 1)
+            t_all = timed_generate(engine, prompts, 64)
+            entry.update(engine_seconds=t_all, engine_prefill_seconds=t_pref,
+                         engine_decode_step_ms=1e3 * (t_all - t_pref) / 63,
+                         engine_decode_tokens_per_s=b * 63 / (t_all - t_pref))
+        out.append(entry)
+        log.info("sweep: %s", entry)
+    res["decode_sweep"] = out
+
+
+def bench_prefill(engine: Engine, res: dict, gen: torch.Generator) -> None:
+    n, hit = 2048, 1900
+    timed_generate(engine, [rand_ids(n, gen)], 1)  # warm-up
+    cold = statistics.median(timed_generate(engine, [rand_ids(n, gen)], 1) for _ in range(3))
+    batch4 = statistics.median(timed_generate(engine, [rand_ids(n, gen) for _ in range(4)], 1) for _ in range(2))
+    warm = []
+    for _ in range(3):
+        base = rand_ids(n, gen)
+        timed_generate(engine, [base], 1)  # puts the prompt in the radix tree
+        warm.append(timed_generate(engine, [base[:hit] + rand_ids(n - hit, gen)], 1))
+    res["prefill"] = dict(prompt_tokens=n, ttft_cold_s=cold, prefill_tokens_per_s_batch1=n / cold,
+                          batch4_seconds=batch4, prefill_tokens_per_s_batch4=4 * n / batch4,
+                          cached_prefix_tokens=hit, ttft_radix_hit_s=statistics.median(warm),
+                          ttft_speedup=cold / statistics.median(warm))
+    log.info("prefill: %s", res["prefill"])
+
+
+def bench_kernel(res: dict) -> None:
+    from radixserve.kernels.decode_attention import choose_num_kv_splits, decode_attention, decode_scratch
+    b, hq, hkv, d = 64, 32, 8, 128
+    out = []
+    for ctx in (4096, 16384):
+        slots = b * ctx + 1
+        k = torch.randn(slots, hkv, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        table = (torch.randperm(b * ctx, device="cuda") + 1).view(b, ctx)  # scattered slots, page size 1
+        q = torch.randn(b, hq, d, device="cuda", dtype=torch.bfloat16)
+        rows = torch.arange(b, device="cuda")
+        lens = torch.full((b,), ctx, device="cuda")
+        scratch = decode_scratch(b, hq, d, 16, "cuda")
+        nbytes = 2 * b * ctx * hkv * d * 2 + b * ctx * 8  # K + V + slot table
+        chosen = choose_num_kv_splits(ctx, b, hkv)
+        for splits in sorted({1, 2, 4, chosen}):
+            ms = cuda_ms(lambda: decode_attention(q, k, v, table, rows, lens, d ** -0.5, splits, *scratch), iters=30)
+            out.append(dict(batch=b, context=ctx, num_kv_splits=splits, chosen=splits == chosen, ms=ms,
+                            bytes=nbytes, gb_per_s=nbytes / ms / 1e6))
+            log.info("kernel: %s", out[-1])
+        del k, v, table
+        torch.cuda.empty_cache()
+    res["decode_attention_kernel"] = out
+
+
+def bench_fused(engine: Engine, res: dict) -> None:
+    """Graph step time with the fused Triton ops (the default on CUDA) vs the plain torch ops."""
+    from radixserve.models import layers
+    from radixserve.runtime.cuda_graph import CudaGraphDecoder
+    runner = engine.runner
+    out = []
+    old = runner.graphs
+    try:
+        for fused in (False, True):
+            layers.FUSED_CUDA_OPS = fused
+            runner.graphs = CudaGraphDecoder(runner.model, old.attn, runner.req_table, 64, runner.device)
+            runner.graphs.capture()
+            for b in (1, 64):
+                fb, rows, slots = decode_batch(runner, b, 512)
+                out.append(dict(ops="fused" if fused else "torch", batch=b,
+                                graph_step_ms=cuda_ms(lambda: runner.forward(fb), iters=30)))
+                release(runner, rows, slots)
+                log.info("fused: %s", out[-1])
+    finally:
+        layers.FUSED_CUDA_OPS = True
+        runner.graphs = old
+    res["fused_ops"] = out
+
+
+def bench_hf(res: dict, static: bool, gen: torch.Generator) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from radixserve.models.dummy import dummy_config
+    cfg = dummy_config("llama-3.1-8b")
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    prompt, new = 128, 256
+
+    def run(**kw) -> float:
+        ids = torch.tensor([rand_ids(prompt, gen)], device="cuda")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                 do_sample=False, pad_token_id=0, **kw)
+        torch.cuda.synchronize()
+        assert out.shape[1] == prompt + new
+        return time.perf_counter() - t0
+
+    if not static:
+        run()
+        t = run()
+        res["hf_default_cache"] = dict(seconds=t, tokens_per_s=new / t)
+        log.info("hf default: %s", res["hf_default_cache"])
+    else:
+        t0 = time.perf_counter()
+        run(cache_implementation="static")
+        first = time.perf_counter() - t0
+        t = run(cache_implementation="static")
+        res["hf_static_cache"] = dict(seconds=t, tokens_per_s=new / t, first_call_seconds=first)
+        log.info("hf static: %s", res["hf_static_cache"])
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def write_markdown(res: dict, path: str) -> None:
+    L = [f"# GPU runtime benchmarks — {res['device']}", "",
+         f"- date: {res['date']}", f"- command: `{res['command']}`",
+         f"- torch {res['torch']}, triton {res['triton']}, transformers {res.get('transformers')}",
+         f"- model: {res['model']} (random bf16 weights), KV pool {res.get('kv_pool_tokens')} tokens, "
+         f"CUDA-graph capture {res.get('graph_capture_s', 0):.1f} s, start-up {res.get('startup_s', 0):.1f} s",
+         f"- measured copy bandwidth: {res.get('copy_gb_per_s', 0):.0f} GB/s", ""]
+    b1 = res.get("batch1_decode")
+    if b1:
+        L += ["## Batch-1 decode (128-token prompt, 256 new tokens)", "",
+              "| what | tokens/s | step ms | % of floor |", "|---|---|---|---|",
+              f"| floor (bytes/step ÷ copy BW) | {b1['floor_tokens_per_s']:.1f} | {b1['floor_step_ms']:.2f} | 100 |",
+              f"| radixserve graph step alone | {1e3 / b1['graph_step_ms']:.1f} | {b1['graph_step_ms']:.2f} | "
+              f"{b1['graph_pct_of_floor']:.1f} |",
+              f"| radixserve eager step alone | {1e3 / b1['eager_step_ms']:.1f} | {b1['eager_step_ms']:.2f} | "
+              f"{100 * b1['floor_step_ms'] / b1['eager_step_ms']:.1f} |",
+              f"| radixserve Engine.generate, decode part | {b1['engine_decode_tokens_per_s']:.1f} | "
+              f"{b1['engine_decode_step_ms']:.2f} | {b1['engine_pct_of_floor']:.1f} |",
+              f"| radixserve Engine.generate, end to end | {b1['engine_tokens_per_s']:.1f} | | |"]
+        for key, name in (("hf_default_cache", "transformers generate, default cache"),
+                          ("hf_static_cache", "transformers generate, static cache (2nd call)")):
+            if key in res:
+                tps = res[key]["tokens_per_s"]
+                L.append(f"| {name}, end to end | {tps:.1f} | {1e3 / tps:.2f} | {100 * b1['floor_step_ms'] * tps / 1e3:.1f} |")
+        L.append("")
+    if res.get("decode_sweep"):
+        L += ["## Decode sweep (context 512 per row; engine: 128-token prompts, 64 new tokens)", "",
+              "| batch | graph step ms | graph tokens/s | engine step ms | engine tokens/s |", "|---|---|---|---|---|"]
+        for e in res["decode_sweep"]:
+            eng = (f"{e['engine_decode_step_ms']:.2f} | {e['engine_decode_tokens_per_s']:.0f}"
+                   if "engine_decode_step_ms" in e else " | ")
+            L.append(f"| {e['batch']} | {e['graph_step_ms']:.2f} | {e['graph_tokens_per_s']:.0f} | {eng} |")
+        L.append("")
+    p = res.get("prefill")
+    if p:
+        L += ["## Prefill (2048-token prompts)", "", "| what | value |", "|---|---|",
+              f"| TTFT, cold, batch 1 | {1e3 * p['ttft_cold_s']:.1f} ms ({p['prefill_tokens_per_s_batch1']:.0f} tok/s) |",
+              f"| 4 prompts at once | {1e3 * p['batch4_seconds']:.1f} ms ({p['prefill_tokens_per_s_batch4']:.0f} tok/s) |",
+              f"| TTFT, first {p['cached_prefix_tokens']} tokens cached (radix hit) | {1e3 * p['ttft_radix_hit_s']:.1f} ms "
+              f"({p['ttft_speedup']:.1f}x faster) |", ""]
+    if res.get("decode_attention_kernel"):
+        L += ["## Decode-attention kernel alone (batch 64, 32 q / 8 kv heads, D 128, bf16, page size 1)", "",
+              "| context | KV splits | chosen by heuristic | ms | GB/s | % of copy BW |", "|---|---|---|---|---|---|"]
+        for e in res["decode_attention_kernel"]:
+            L.append(f"| {e['context']} | {e['num_kv_splits']} | {'yes' if e['chosen'] else ''} | {e['ms']:.3f} | "
+                     f"{e['gb_per_s']:.0f} | {100 * e['gb_per_s'] / res['copy_gb_per_s']:.0f} |")
+        L.append("")
+    if res.get("fused_ops"):
+        L += ["## Fused Triton ops (RMSNorm+residual, rotary, SiLU·mul) vs torch ops, graph step", "",
+              "| ops | batch | step ms |", "|---|---|---|"]
+        L += [f"| {e['ops']} | {e['batch']} | {e['graph_step_ms']:.3f} |" for e in res["fused_ops"]]
+        L.append("")
+    if res.get("errors"):
+        L += ["## Sections that failed", ""] + [f"- {k}: `{v}`" for k, v in res["errors"].items()] + [""]
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--model", default="dummy:llama-3.1-8b")
+    ap.add_argument("--tokenizer", default=None)
+    ap.add_argument("--sections", default="batch1,kernel,sweep,prefill,fused,hf,hf_static")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    sections = set(args.sections.split(","))
+    import transformers
+    name = torch.cuda.get_device_name()
+    res = dict(device=name, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               command=" ".join(["python"] + sys.argv), torch=torch.__version__, triton=triton.__version__,
+               transformers=transformers.__version__, python=platform.python_version(), model=args.model, errors={})
+    os.makedirs(args.out, exist_ok=True)
+    chip = next((w.lower() for w in name.split() if w[:1] in "ABH" and w[1:].isdigit()), "gpu")  # e.g. h100
+    stem = os.path.join(args.out, f"gpu_runtime_{chip}")
+    gen = torch.Generator().manual_seed(0)
+
+    def save() -> None:
+        with open(stem + ".json", "w") as f:
+            json.dump(res, f, indent=1)
+        write_markdown(res, stem + ".md")
+
+    def section(key: str, fn, *a) -> None:
+        if key not in sections:
+            return
+        try:
+            fn(*a)
+        except Exception as exc:  # a failed section must not lose the others' numbers
+            log.exception("section %s failed", key)
+            res["errors"][key] = f"{type(exc).__name__}: {exc}"[:500]
+        save()
+
+    res["copy_gb_per_s"] = copy_bandwidth()
+    log.info("copy bandwidth %.0f GB/s", res["copy_gb_per_s"])
+    t0 = time.perf_counter()
+    engine = Engine(args.model, tokenizer=args.tokenizer, device="cuda", max_total_tokens=KV_TOKENS,
+                    max_running_requests=256)
+    res["startup_s"] = time.perf_counter() - t0
+    res["kv_pool_tokens"] = engine.runner.allocator.capacity
+    res["graph_capture_s"] = engine.runner.graphs.capture_seconds if engine.runner.graphs else None
+    section("batch1", bench_batch1, engine, res, res["copy_gb_per_s"], gen)
+    section("kernel", bench_kernel, res)
+    section("sweep", bench_sweep, engine, res, gen)
+    section("prefill", bench_prefill, engine, res, gen)
+    section("fused", bench_fused, engine, res)
+    section("hf", bench_hf, res, False, gen)
+    section("hf_static", bench_hf, res, True, gen)
+    save()
+    log.info("wrote %s.json and .md", stem)
+    os._exit(0)  # the engine's loop thread is a daemon; skip interpreter teardown
+
+
+if __name__ == "__main__":
+    main()
