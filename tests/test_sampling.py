@@ -397,3 +397,21 @@ def test_cuda_draws_equal_cpu_draws() -> None:
     want = sample(logits, build_sampling_tensors(rows, V)).token_ids
     got = sample(logits.cuda(), build_sampling_tensors(rows, V, "cuda")).token_ids.cpu()
     assert torch.equal(want, got)
+
+
+def test_plain_greedy_rows_are_exactly_those_sample_treats_as_argmax():
+    """The scheduler skips building tensors for plain-greedy batches: that shortcut must give what
+    sample() gives, and must not fire for rows that penalties, blocks or logprobs affect."""
+    from radixserve.sampling.tensors import is_plain_greedy
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(3))
+    plain = SamplingRow(SamplingParams(temperature=0), 1, 0, [1, 2], [3], [7])
+    assert is_plain_greedy(plain)
+    out = sample(logits, build_sampling_tensors([plain] * 6, 50))
+    assert torch.equal(out.token_ids, logits.argmax(-1))
+    for params, outputs in [(dict(temperature=0, repetition_penalty=1.2), [3]),
+                            (dict(temperature=0, presence_penalty=0.5), [3]),
+                            (dict(temperature=0, logprobs=0), [3]), (dict(temperature=0, ignore_eos=True), [3]),
+                            (dict(temperature=0, max_new_tokens=8, min_new_tokens=4), [3]),
+                            (dict(temperature=0.7), [3])]:
+        assert not is_plain_greedy(SamplingRow(SamplingParams(**params), 1, 0, [1, 2], outputs, [7]))

@@ -73,6 +73,15 @@ def _mask_from_ids(id_lists: Sequence[Sequence[int]], vocab_size: int, what: str
     return mask
 
 
+def is_plain_greedy(row: SamplingRow) -> bool:
+    """True when the row's next token is simply the argmax of the raw logits: greedy, no
+    penalties, nothing blocked or masked, no logprobs. A batch of such rows needs no tensors."""
+    p = row.params
+    return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+            and p.frequency_penalty == 0.0 and p.logprobs is None and not p.ignore_eos
+            and len(row.output_ids) >= p.min_new_tokens and row.vocab_mask is None)
+
+
 def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
                            device: torch.device | str = "cpu") -> SamplingTensors:
     """Turn B rows into SamplingTensors on `device` (one host->device copy per tensor)."""

@@ -8,8 +8,8 @@ import torch
 from radixserve.engine.detokenizer import IncrementalDetokenizer
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
-from radixserve.sampling.sampler import sample
-from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors
+from radixserve.sampling.sampler import SampleResult, sample
+from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
 from radixserve.scheduler.request import Request
@@ -38,6 +38,7 @@ class ResultProcessor:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_ids = eos_ids
+        self._eos_tuple = tuple(sorted(eos_ids))
         self.emit = emit
         self.generated_tokens = 0
         self.finished_by_reason: dict[str, int] = {}
@@ -61,10 +62,12 @@ class ResultProcessor:
             return finished
         reqs = [req for req, _ in sampling]
         idx = torch.tensor([j for _, j in sampling], device=logits.device)
-        tensors = build_sampling_tensors(
-            [SamplingRow(r.params, r.seed, len(r.output_ids), r.prompt_ids, r.output_ids, tuple(self.eos_ids), None)
-             for r in reqs], self.vocab_size, logits.device)
-        result = sample(logits[idx], tensors)
+        rows = [SamplingRow(r.params, r.seed, len(r.output_ids), r.prompt_ids, r.output_ids, self._eos_tuple, None)
+                for r in reqs]
+        if all(is_plain_greedy(r) for r in rows):  # the common case needs no per-step tensors
+            result = SampleResult(logits[idx].argmax(dim=-1), None, None, None)
+        else:
+            result = sample(logits[idx], build_sampling_tensors(rows, self.vocab_size, logits.device))
         tokens = result.token_ids.tolist()
         lps = None
         if result.logprobs is not None:
