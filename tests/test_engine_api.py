@@ -152,3 +152,13 @@ def test_unknown_model_and_corrupt_weights(tmp_path):
         Engine(no_such_option=1)
     with pytest.raises(ValueError, match="page_size"):
         Engine(page_size=3)
+
+
+def test_shutdown_releases_weights_and_pool():
+    e = make_engine(model="dummy:tiny-llama", max_total_tokens=256)
+    e.generate(input_ids=[[5, 6, 7]], sampling_params=SamplingParams(max_new_tokens=2))
+    e.shutdown()
+    assert all(p.is_meta for p in e.runner.model.parameters())
+    assert not e.runner.pool.k and e.runner.req_table.table.numel() == 0
+    e.shutdown()  # twice is fine
+    assert not e.is_alive()

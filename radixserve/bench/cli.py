@@ -69,6 +69,7 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
 
     gpu = kinds.add_parser("gpu", parents=[base], help="every GPU benchmark in one command (< 8 min on an H100)")
     gpu.add_argument("--budget", type=float, default=330.0, help="seconds of timed runs in all (model loads extra)")
+    gpu.add_argument("--parts", default="shared-prefix,sharegpt,batch1,tree", help="which GPU runs, comma-separated")
 
 
 def _spec(args) -> suites.EngineSpec:
@@ -131,11 +132,16 @@ def _gpu_all(args, spec: suites.EngineSpec, vocab: int) -> None:
     ShareGPT-shaped (1000 requests), batch-1 latency; each run capped so the whole fits the budget."""
     b = args.budget
     out = args.out_dir
-    sp = workloads.shared_prefix(*SCALES["gpu"], vocab_size=vocab, seed=args.seed)
-    suites.compare(spec, sp, out, "shared_prefix_gpu", "shared-prefix 64x16, S=2048 Q=128 O=256 (GPU)",
-                   hf_subset_groups=4, hf_batch_size=64, time_limit_s=0.13 * b)
-    suites.single(spec, workloads.sharegpt(1000, vocab, args.seed), out, "sharegpt_gpu",
-                  "ShareGPT-shaped, 1000 requests (GPU)", time_limit_s=0.2 * b)
-    suites.single(spec, workloads.batch1(4, 1024, 128, vocab, args.seed), out, "batch1_gpu",
-                  "batch-1 latency (GPU)", sequential=True, time_limit_s=0.05 * b)
-    suites.tree(spec, out, "tree_micro_gpu", {}, 256, real_steps=5)
+    parts = set(args.parts.split(","))
+    if "shared-prefix" in parts:
+        sp = workloads.shared_prefix(*SCALES["gpu"], vocab_size=vocab, seed=args.seed)
+        suites.compare(spec, sp, out, "shared_prefix_gpu", "shared-prefix 64x16, S=2048 Q=128 O=256 (GPU)",
+                       hf_subset_groups=4, hf_batch_size=64, time_limit_s=0.13 * b)
+    if "sharegpt" in parts:
+        suites.single(spec, workloads.sharegpt(1000, vocab, args.seed), out, "sharegpt_gpu",
+                      "ShareGPT-shaped, 1000 requests (GPU)", time_limit_s=0.2 * b)
+    if "batch1" in parts:
+        suites.single(spec, workloads.batch1(4, 1024, 128, vocab, args.seed), out, "batch1_gpu",
+                      "batch-1 latency (GPU)", sequential=True, time_limit_s=0.05 * b)
+    if "tree" in parts:
+        suites.tree(spec, out, "tree_micro_gpu", {}, 256, real_steps=5)

@@ -51,6 +51,7 @@ class Engine:
         self._sinks: dict[int, Callable[[Event], None]] = {}
         self._arrival = itertools.count()
         self._lock = threading.Lock()
+        self._released = False
         self.loop = EngineLoop(self.scheduler, self.config.check_integrity, self._on_loop_error)
 
     # ---- synchronous API ----------------------------------------------------------------------
@@ -181,6 +182,9 @@ class Engine:
             except Exception:  # noqa: BLE001 - shutting down anyway
                 logger.exception("aborting requests at shutdown failed")
         self.loop.stop()
+        if self.loop.stopped and not self._released:
+            self._released = True
+            self.runner.release()  # another engine in this process may want the device memory
 
     def __enter__(self) -> "Engine":
         return self

@@ -24,6 +24,11 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._run, name="radixserve-scheduler", daemon=True)
         self._thread.start()
 
+    @property
+    def stopped(self) -> bool:
+        """The loop thread has exited: nothing touches the scheduler any more."""
+        return not self._thread.is_alive()
+
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._stop.is_set()
 

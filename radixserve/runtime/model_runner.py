@@ -1,6 +1,7 @@
 """ModelRunner: loads the model, sizes the KV pool, runs a ForwardBatch to logits."""
 from __future__ import annotations
 
+import gc
 import logging
 
 import torch
@@ -55,6 +56,17 @@ class ModelRunner:
         logger.info("model %s on %s (%s); KV pool %d tokens (%.2f GiB), page size %d", self.source, self.device,
                     self.dtype, num_pages * ps, num_pages * ps * per_token / 2**30, ps)
         self.graphs = self._make_graphs(config)
+
+    def release(self) -> None:
+        """Give the weights, the KV pool and the graphs' memory back (the engine has stopped)."""
+        self.graphs = None
+        self.pool.k.clear()
+        self.pool.v.clear()
+        self.req_table.table = self.req_table.table.new_zeros((0, 0))
+        self.model.to("meta")
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _tokens_from_memory(self, config: EngineConfig, per_token: int) -> int:
         if self.device.type == "cuda":
