@@ -49,3 +49,23 @@ def mma(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def online_softmax_block(q, k, v, visible, m_i, l_i, acc, sm_scale_log2,
+                         PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """Fold one block of keys into a flash-attention running state.
+
+    q [M, D], k/v [N, D], visible [M, N]; (m_i [M], l_i [M], acc [M, D]) hold the running max (log2
+    units), the running sum of exp2 and the unnormalised output. Returns the updated state.
+    NOTE: a row with no visible key in this block keeps m_i (alpha = 1, p = 0); the caller makes
+    sure the first block it folds has a visible key per live row, so m_i is finite from then on.
+    """
+    s = mma(q, tl.trans(k), PRECISION, UPCAST) * sm_scale_log2  # [M, N]
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, acc

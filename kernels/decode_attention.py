@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from radixserve.kernels._launch import check_index, check_rows, dot_precision, dot_upcast, mma, pow2
+from radixserve.kernels._launch import (check_index, check_rows, dot_precision, dot_upcast, online_softmax_block,
+                                        pow2)
 
 MIN_TOKENS_PER_SPLIT = 128  # below this a split's launch overhead outweighs its parallelism
 TARGET_PROGRAMS = 512  # enough stage-1 programs to fill a large GPU a few times over
@@ -61,18 +62,11 @@ def _decode_split_kernel(
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_ptr + slots[:, None] * stride_ks + kvh * stride_kh + offs_d[None, :],
                     mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        s = mma(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST) * sm_scale_log2  # [BLOCK_G, BLOCK_N]
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        # NOTE: every block holds >= 1 valid key (n0 < end), so m_new is finite and alpha is 0
-        # on the first block, never NaN.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
         v = tl.load(v_ptr + slots[:, None] * stride_vs + kvh * stride_vh + offs_d[None, :],
                     mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        # NOTE: every block holds >= 1 valid key (n0 < end), so m_i is finite after the first.
+        m_i, l_i, acc = online_softmax_block(q, k, v, n_mask[None, :], m_i, l_i, acc, sm_scale_log2,
+                                             DOT_PRECISION, DOT_UPCAST)
 
     if end > start:  # empty pieces (seq_len < S) leave their scratch untouched; stage 2 skips them
         out = acc / l_i[:, None]

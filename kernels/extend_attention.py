@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from radixserve.kernels._launch import check_index, check_rows, dot_precision, dot_upcast, mma, pow2
+from radixserve.kernels._launch import (check_index, check_rows, dot_precision, dot_upcast, online_softmax_block,
+                                        pow2)
 
 
 @triton.jit
@@ -61,19 +62,13 @@ def _extend_kernel(
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_ptr + slots[:, None] * stride_ks + kvh * stride_kh + offs_d[None, :],
                     mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        s = mma(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST) * sm_scale_log2  # [BLOCK_M, BLOCK_N]
-        visible = (pos[None, :] <= q_pos[:, None]) & n_mask[None, :]
-        s = tl.where(visible, s, float("-inf"))
-        # NOTE: key 0 is visible to every query row, so the first block makes m_i finite; a later
-        # block fully masked for a row leaves m_i unchanged (alpha 1, p 0): no NaN.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
         v = tl.load(v_ptr + slots[:, None] * stride_vs + kvh * stride_vh + offs_d[None, :],
                     mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        # NOTE: key 0 is visible to every query row, so the first block makes m_i finite; a later
+        # block fully masked for a row leaves m_i unchanged (alpha 1, p 0): no NaN.
+        visible = (pos[None, :] <= q_pos[:, None]) & n_mask[None, :]
+        m_i, l_i, acc = online_softmax_block(q, k, v, visible, m_i, l_i, acc, sm_scale_log2,
+                                             DOT_PRECISION, DOT_UPCAST)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l_i is 0 only on rows masked off below
     tl.store(o_ptr + (ext_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],

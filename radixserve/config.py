@@ -28,6 +28,7 @@ class EngineConfig:
     max_queued_requests: int = 4096
     attention_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | torch-ref | triton
     cuda_graph: bool = True
+    overlap_schedule: bool = True  # schedule step N+1 while the device runs step N
     check_integrity: bool = False  # run the tree's integrity check every idle step (tests)
 
     def __post_init__(self) -> None:

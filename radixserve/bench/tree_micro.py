@@ -79,15 +79,18 @@ def scheduler_overhead_bench(engine, num_requests: int = 256, prompt_len: int = 
         timers["forward"] += time.perf_counter() - t
         return out
 
-    real_process = sched.results.process
+    real = {name: getattr(sched.results, name) for name in ("sample", "finalize")}
 
-    def timed_process(*args):
-        t = time.perf_counter()
-        out = real_process(*args)
-        timers["process"] += time.perf_counter() - t
-        return out
+    def timed(name):
+        def run(*args):
+            t = time.perf_counter()
+            out = real[name](*args)
+            timers["process"] += time.perf_counter() - t
+            return out
+        return run
     sched.forward = stub
-    sched.results.process = timed_process
+    for name in real:
+        setattr(sched.results, name, timed(name))
     while any(not r.prefill_done for r in sched.running) or sched.waiting:  # prefill everything first
         sched.step()
     if len(sched.running) != num_requests:
@@ -108,7 +111,8 @@ def scheduler_overhead_bench(engine, num_requests: int = 256, prompt_len: int = 
             sched.step()
         out["model_step_ms_measured"] = (time.perf_counter() - t) / real_steps * 1e3
         out["model_step_note"] = f"{engine.model_name} on {engine.runner.device}, batch {num_requests} decode"
-    sched.results.process = real_process
+    for name, fn in real.items():
+        setattr(sched.results, name, fn)
     return out
 
 

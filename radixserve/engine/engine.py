@@ -277,8 +277,10 @@ class Engine:
 
     def _on_loop_error(self, exc: BaseException) -> None:
         s = self.scheduler
+        s.inflight = None  # a failed step leaves its samples unusable
         for r in s.waiting + s.running:
             r.aborted = True
+            r.pending = 0
         try:
             s._reap_aborted()
         except Exception:  # noqa: BLE001

@@ -20,6 +20,7 @@ class LogitsPlan(NamedTuple):
     sample_rows: list[int]  # indices into rows of requests that sample a next token
     sample_logits: list[int]  # their positions in the logits tensor
     prompt_spans: list[tuple[int, int, int, int]]  # (row, first logits pos, count, first target position)
+    pending_inputs: list[tuple[int, Request]]  # (token index, request): input is its pending device sample
 
 
 def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPlan]:
@@ -27,10 +28,15 @@ def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPl
     pos: list[int] = []
     out_slots: list[int] = []
     starts, logits_idx = [], []
-    plan = LogitsPlan([], [], [])
+    plan = LogitsPlan([], [], [], [])
     for i, (req, ext) in enumerate(rows):
         start, kv = len(ids), req.kv_len
-        ids.extend(req.fill_slice(kv, kv + ext))
+        known = req.fill_slice(kv, kv + ext)
+        ids.extend(known)
+        if len(known) < ext:  # NOTE: only a decode row's single input can still be on the device
+            assert ext == 1 and req.pending == 1, (req.rid, ext, req.pending)
+            plan.pending_inputs.append((len(ids), req))
+            ids.append(0)  # placeholder, filled on the device from the previous step's samples
         pos.extend(range(kv, kv + ext))
         out_slots.extend(req.slots[kv:kv + ext])
         starts.append(start)
@@ -38,7 +44,7 @@ def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPl
         if first <= last:
             plan.prompt_spans.append((i, len(logits_idx), last - first + 1, first + 1))
             logits_idx.extend(range(start + first - kv, start + last - kv + 1))
-        if kv + ext == req.seq_len:
+        if kv + ext == req.seq_len + req.pending:
             plan.sample_rows.append(i)
             plan.sample_logits.append(len(logits_idx))
             logits_idx.append(start + ext - 1)

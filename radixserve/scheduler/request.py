@@ -36,6 +36,7 @@ class Request:
 
     state: State = State.WAITING
     output_ids: list[int] = field(default_factory=list)
+    pending: int = 0  # tokens sampled on the device whose values the host has not appended yet
     row: int | None = None  # row in the request table while running
     slots: list[int] = field(default_factory=list)
     kv_len: int = 0
@@ -69,6 +70,12 @@ class Request:
     @property
     def seq_len(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def todo(self) -> int:
+        """Tokens to feed the model before the next sample: 1 when decoding (that one may still
+        be a pending sample on the device), more while prefilling."""
+        return self.seq_len + self.pending - self.kv_len
 
     @property
     def prefill_done(self) -> bool:

@@ -12,7 +12,7 @@ from radixserve.sampling.sampler import SampleResult, sample
 from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
-from radixserve.scheduler.request import Request
+from radixserve.scheduler.request import Request, State
 
 
 class Event(NamedTuple):
@@ -23,6 +23,19 @@ class Event(NamedTuple):
     token_ids: list[int]
     logprobs: list[TokenLogprob]
     finished: bool
+
+
+class Sampled(NamedTuple):
+    """One step's samples, still on the device (see ResultProcessor.sample / finalize)."""
+
+    spans: list  # (request, prompt ids, k, (logprobs, top ids, top logprobs)) of prompt-logprob spans
+    done: list[Request]  # max_new_tokens == 0: finished at the end of their prefill
+    reqs: list[Request]  # requests that sampled a token, in the order of result's rows
+    result: SampleResult | None
+
+    def token_index(self) -> dict[int, int]:
+        """id(request) -> its row in result.token_ids."""
+        return {id(r): i for i, r in enumerate(self.reqs)}
 
 
 class _TextState:
@@ -43,37 +56,55 @@ class ResultProcessor:
         self.generated_tokens = 0
         self.finished_by_reason: dict[str, int] = {}
 
-    def process(self, rows: list[Row], plan: LogitsPlan, logits: torch.Tensor) -> list[Request]:
-        """logits [L, V] float32 laid out as `plan` says. Returns the requests that finished."""
+    def sample(self, rows: list[Row], plan: LogitsPlan, logits: torch.Tensor) -> Sampled:
+        """Enqueue sampling (and prompt logprobs) of one step on the device; no host sync.
+
+        logits [L, V] float32 laid out as `plan` says. The sampled requests' `pending` count goes
+        up by one until `finalize` appends the token."""
+        spans = []
         for row, pos, count, target in plan.prompt_spans:
             req = rows[row].req
             ids = torch.tensor(req.prompt_ids[target:target + count], device=logits.device)
             k = req.params.prompt_top_logprobs
-            lp, top_ids, top_lps = prompt_logprobs(logits[pos:pos + count], ids, k)
-            req.prompt_logprobs.extend(to_token_logprobs(ids, lp, top_ids, top_lps, k))
-        finished: list[Request] = []
+            spans.append((req, ids, k, prompt_logprobs(logits[pos:pos + count], ids, k)))
         sampling = [(rows[i].req, j) for i, j in zip(plan.sample_rows, plan.sample_logits)]
-        done_now = [req for req, _ in sampling if req.params.max_new_tokens == 0]
-        for req in done_now:
-            req.finish_reason = "length"
-            finished.append(req)
+        done = [req for req, _ in sampling if req.params.max_new_tokens == 0]
         sampling = [(req, j) for req, j in sampling if req.params.max_new_tokens > 0]
-        if not sampling:
-            return finished
         reqs = [req for req, _ in sampling]
+        if not reqs:
+            return Sampled(spans, done, reqs, None)
         idx = torch.tensor([j for _, j in sampling], device=logits.device)
-        rows = [SamplingRow(r.params, r.seed, len(r.output_ids), r.prompt_ids, r.output_ids, self._eos_tuple, None)
-                for r in reqs]
-        if all(is_plain_greedy(r) for r in rows):  # the common case needs no per-step tensors
+        sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
+                                   self._eos_tuple, None) for r in reqs]
+        if all(is_plain_greedy(r) for r in sample_rows):  # the common case needs no per-step tensors
             result = SampleResult(logits[idx].argmax(dim=-1), None, None, None)
         else:
-            result = sample(logits[idx], build_sampling_tensors(rows, self.vocab_size, logits.device))
+            result = sample(logits[idx], build_sampling_tensors(sample_rows, self.vocab_size, logits.device))
+        for r in reqs:
+            r.pending += 1
+        return Sampled(spans, done, reqs, result)
+
+    def finalize(self, s: Sampled) -> list[Request]:
+        """Bring one step's samples to the host: append tokens, detokenise, check stops. Returns
+        the requests that finished. Requests that finished meanwhile drop their sample."""
+        for req, ids, k, (lp, top_ids, top_lps) in s.spans:
+            req.prompt_logprobs.extend(to_token_logprobs(ids, lp, top_ids, top_lps, k))
+        finished: list[Request] = []
+        for req in s.done:
+            req.finish_reason = "length"
+            finished.append(req)
+        if s.result is None:
+            return finished
+        result, reqs = s.result, s.reqs
         tokens = result.token_ids.tolist()
         lps = None
         if result.logprobs is not None:
             ks = [r.params.logprobs or 0 for r in reqs]
             lps = to_token_logprobs(result.token_ids, result.logprobs, result.top_ids, result.top_logprobs, ks)
         for i, (req, tok) in enumerate(zip(reqs, tokens)):
+            req.pending -= 1
+            if req.state is State.FINISHED:
+                continue  # computed one step ahead; the request had already stopped
             new_lp = [lps[i]] if lps is not None and req.params.logprobs is not None else []
             if self._append(req, tok, new_lp):
                 finished.append(req)

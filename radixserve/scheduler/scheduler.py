@@ -13,6 +13,7 @@ from radixserve.scheduler.batch_builder import Row
 from radixserve.scheduler.kv_manager import KVManager
 from radixserve.scheduler.policy import order_waiting
 from radixserve.scheduler.request import Request, State
+from radixserve.scheduler.results import Sampled
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.step_count = 0
         self.retractions = 0
+        self.inflight: Sampled | None = None  # the launched step whose samples the host has not seen
 
     # ---- queue -------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -51,39 +53,75 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.inflight)
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> bool:
-        """Run one model step; False when there was nothing to do."""
+        """Launch one model step, then bring the previous step's samples to the host while the
+        device works (overlap); False when there was nothing to do.
+
+        NOTE: with overlap, a decode row's input is the previous step's sample, gathered on the
+        device; the host learns it one step later. A request that stops therefore computes one
+        token more than it keeps, and that sample is dropped."""
         self._reap_aborted()
+        if self.inflight is not None and not self._can_overlap():
+            self._finish_all(self.results.finalize(self.inflight))
+            self.inflight = None
         rows = self._schedule()
-        if not rows:
+        launched = None
+        if rows:
+            self.step_count += 1
+            batch, plan = batch_builder.build(rows, self.device)
+            if plan.pending_inputs:
+                self._gather_pending_inputs(batch, plan)
+            logits = self.forward(batch)
+            for req, ext in rows:
+                req.kv_len += ext
+            for req, ext in rows:
+                if ext > 1:
+                    self.kv.cache_prefix(req)  # chunked prefill caches as it goes; others hit it
+            launched = self.results.sample(rows, plan, logits)
+        previous, self.inflight = self.inflight, launched
+        if previous is not None:
+            self._finish_all(self.results.finalize(previous))
+        if launched is not None and not self.config.overlap_schedule:
+            self._finish_all(self.results.finalize(launched))
+            self.inflight = None
+        return bool(rows) or previous is not None
+
+    def _can_overlap(self) -> bool:
+        """Sampling the next token before the host has appended the last one is exact unless
+        the sampler needs the token history (penalties, the min_new_tokens count)."""
+        if not self.config.overlap_schedule:
             return False
-        self.step_count += 1
-        batch, plan = batch_builder.build(rows, self.device)
-        logits = self.forward(batch)
-        for req, ext in rows:
-            req.kv_len += ext
-        for req, ext in rows:
-            if ext > 1:
-                self.kv.cache_prefix(req)  # chunked prefill caches as it goes; n>1 siblings hit it
-        finished = self.results.process(rows, plan, logits)
+        return all(r.params.repetition_penalty == 1.0 and r.params.presence_penalty == 0.0
+                   and r.params.frequency_penalty == 0.0 and len(r.output_ids) >= r.params.min_new_tokens
+                   for r in self.inflight.reqs)
+
+    def _gather_pending_inputs(self, batch, plan) -> None:
+        """Decode inputs still on the device: copy them from the in-flight samples, on the device."""
+        assert self.inflight is not None and self.inflight.result is not None
+        where = self.inflight.token_index()
+        dst = torch.tensor([i for i, _ in plan.pending_inputs], dtype=torch.int64)
+        src = torch.tensor([where[id(r)] for _, r in plan.pending_inputs], dtype=torch.int64)
+        tokens = self.inflight.result.token_ids
+        batch.input_ids[dst.to(tokens.device)] = tokens[src.to(tokens.device)]
+
+    def _finish_all(self, finished: list[Request]) -> None:
         for req in finished:
             self._finish(req)
-        return True
 
     def _schedule(self) -> list[Row]:
         while True:
             rows = self._decode_rows()
             budget = self.config.max_prefill_tokens
-            for req in [r for r in self.running if r.seq_len - r.kv_len > 1]:
+            for req in [r for r in self.running if r.todo > 1]:
                 ext = self._prefill_chunk(req, budget)
                 if ext:
                     rows.append(Row(req, ext))
                     budget -= ext
             rows += self._admit(budget, reserved=self._reserved())
-            if rows or not self.running:
+            if rows or not any(r.todo > 0 for r in self.running):  # todo 0: done, awaiting finalize
                 return rows
             if len(self.running) == 1:
                 raise RuntimeError("a lone request cannot get KV slots; raise max_total_tokens")
@@ -91,7 +129,7 @@ class Scheduler:
             self._retract(self._victim(self.running))
 
     def _decode_rows(self) -> list[Row]:
-        decoding = [r for r in self.running if r.seq_len - r.kv_len == 1]
+        decoding = [r for r in self.running if r.todo == 1]
         while decoding:
             need = sum(self.kv.pages_for(r, 1) for r in decoding) * self.kv.page_size
             if self.kv.make_free(need) or len(self.running) == 1:
@@ -105,8 +143,7 @@ class Scheduler:
         return [Row(req, 1) for req in decoding]
 
     def _prefill_chunk(self, req: Request, budget: int) -> int:
-        remaining = req.seq_len - req.kv_len
-        ext = min(remaining, self.config.chunked_prefill_size, budget)
+        ext = min(req.todo, self.config.chunked_prefill_size, budget)
         if ext <= 0 or not self.kv.grow(req, ext):
             return 0
         return ext
@@ -123,10 +160,12 @@ class Scheduler:
                               self.kv.match_len)
         rows: list[Row] = []
         ps = self.kv.page_size
-        prefilling = {self._prefill_key(r, r.kv_len // ps * ps) for r in self.running if r.seq_len - r.kv_len > 1}
+        prefilling = {self._prefill_key(r, r.kv_len // ps * ps) for r in self.running if r.todo > 1}
         for req in order:
             if budget <= 0 or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
                 break
+            if req.pending:
+                continue  # retracted with a sample still on the device: take it back first
             cached, _ = self.kv.match_len(req)
             key = self._prefill_key(req, cached)
             if key is not None and key in prefilling:
