@@ -38,18 +38,22 @@ def _run(**options):
         e.shutdown()
 
 
+def _assert_same(a, b):
+    """Same tokens, text and stops; logprobs equal up to float32 reordering (batch composition,
+    chunks and recomputation after retraction sum in another order)."""
+    for (toks, text, reason, lps, plps), (toks2, text2, reason2, lps2, plps2) in zip(a, b, strict=True):
+        assert (toks, text, reason) == (toks2, text2, reason2)
+        assert lps == pytest.approx(lps2, abs=1e-3) and plps == pytest.approx(plps2, abs=1e-3)
+
+
 def test_overlap_matches_synchronous_steps():
     sync, _ = _run(overlap_schedule=False)
     overlap, _ = _run(overlap_schedule=True)
-    assert overlap == sync
+    _assert_same(overlap, sync)
 
 
 def test_overlap_under_memory_pressure_matches():
     sync, _ = _run(overlap_schedule=False)
     tight, stats = _run(overlap_schedule=True, max_total_tokens=160, max_prefill_tokens=64, chunked_prefill_size=32)
     assert stats["retractions"] > 0
-    # Same tokens, text and stops; logprobs equal up to float32 reordering (chunks and
-    # recomputation after retraction sum attention in another order).
-    for (toks, text, reason, lps, plps), (toks2, text2, reason2, lps2, plps2) in zip(tight, sync):
-        assert (toks, text, reason) == (toks2, text2, reason2)
-        assert lps == pytest.approx(lps2, abs=1e-3) and plps == pytest.approx(plps2, abs=1e-3)
+    _assert_same(tight, sync)

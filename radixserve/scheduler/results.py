@@ -31,11 +31,30 @@ class Sampled(NamedTuple):
     spans: list  # (request, prompt ids, k, (logprobs, top ids, top logprobs)) of prompt-logprob spans
     done: list[Request]  # max_new_tokens == 0: finished at the end of their prefill
     reqs: list[Request]  # requests that sampled a token, in the order of result's rows
-    result: SampleResult | None
+    result: SampleResult | None  # on the host (or being copied there; see result_ready)
+    result_ready: object = None  # CUDA event recorded after the copy to the host, or None
+    device_tokens: torch.Tensor | None = None  # [len(reqs)] the samples where the model runs
 
     def token_index(self) -> dict[int, int]:
         """id(request) -> its row in result.token_ids."""
         return {id(r): i for i, r in enumerate(self.reqs)}
+
+
+def _to_host_async(result: SampleResult) -> tuple[SampleResult, object]:
+    """Start copying a SampleResult into pinned host memory; returns it and an event to wait on."""
+    if result.token_ids.device.type != "cuda":
+        return result, None
+
+    def copy(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        return host
+    host = SampleResult(*(copy(t) for t in result))
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
 
 
 class _TextState:
@@ -73,6 +92,8 @@ class ResultProcessor:
         reqs = [req for req, _ in sampling]
         if not reqs:
             return Sampled(spans, done, reqs, None)
+        # NOTE: the copy to the host is enqueued now, before the next step's kernels, so finalize
+        # waits for this step only: that is what lets the next step overlap the host work.
         idx = torch.tensor([j for _, j in sampling], device=logits.device)
         sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
                                    self._eos_tuple, None) for r in reqs]
@@ -82,7 +103,8 @@ class ResultProcessor:
             result = sample(logits[idx], build_sampling_tensors(sample_rows, self.vocab_size, logits.device))
         for r in reqs:
             r.pending += 1
-        return Sampled(spans, done, reqs, result)
+        host, ready = _to_host_async(result)
+        return Sampled(spans, done, reqs, host, ready, result.token_ids)
 
     def finalize(self, s: Sampled) -> list[Request]:
         """Bring one step's samples to the host: append tokens, detokenise, check stops. Returns
@@ -96,6 +118,8 @@ class ResultProcessor:
         if s.result is None:
             return finished
         result, reqs = s.result, s.reqs
+        if s.result_ready is not None:
+            s.result_ready.synchronize()  # this step's samples only, not the step launched after it
         tokens = result.token_ids.tolist()
         lps = None
         if result.logprobs is not None:

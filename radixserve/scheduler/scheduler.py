@@ -100,11 +100,11 @@ class Scheduler:
 
     def _gather_pending_inputs(self, batch, plan) -> None:
         """Decode inputs still on the device: copy them from the in-flight samples, on the device."""
-        assert self.inflight is not None and self.inflight.result is not None
+        assert self.inflight is not None and self.inflight.device_tokens is not None
         where = self.inflight.token_index()
         dst = torch.tensor([i for i, _ in plan.pending_inputs], dtype=torch.int64)
         src = torch.tensor([where[id(r)] for _, r in plan.pending_inputs], dtype=torch.int64)
-        tokens = self.inflight.result.token_ids
+        tokens = self.inflight.device_tokens
         batch.input_ids[dst.to(tokens.device)] = tokens[src.to(tokens.device)]
 
     def _finish_all(self, finished: list[Request]) -> None:
