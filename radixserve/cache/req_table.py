@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from radixserve.runtime.transfer import to_device
+
 
 class ReqToTokenTable:
     """A [max_requests, max_context] int64 tensor; row r, column i = slot of token i of the
@@ -39,9 +41,9 @@ class ReqToTokenTable:
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         """Set columns start..start+len(slots)-1 of `row`."""
-        self.table[row, start:start + slots.numel()] = slots.to(self.table.device, non_blocking=True)
+        self.table[row, start:start + slots.numel()] = to_device(slots, self.table.device)
 
     def write_cells(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
         """table[rows[i], cols[i]] = slots[i] for all i, in one copy and one scatter."""
         dev = self.table.device
-        self.table[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = slots.to(dev, non_blocking=True)
+        self.table[to_device(rows, dev), to_device(cols, dev)] = to_device(slots, dev)

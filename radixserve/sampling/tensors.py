@@ -5,6 +5,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from radixserve.runtime.transfer import tensor_on, to_device
+
 from radixserve.sampling_params import SamplingParams
 
 _U64 = (1 << 64) - 1
@@ -62,7 +64,7 @@ def _row_index_pairs(id_lists: Sequence[Sequence[int]], vocab_size: int, what: s
     if ids and (int(ids_t.min()) < 0 or int(ids_t.max()) >= vocab_size):
         raise ValueError(f"{what} contain a token id outside the vocabulary [0, {vocab_size}); "
                          "check that the tokenizer matches the model")
-    return torch.tensor(rows, dtype=torch.int64).to(device), ids_t.to(device)
+    return tensor_on(rows, torch.int64, device), to_device(ids_t, device)
 
 
 def _mask_from_ids(id_lists: Sequence[Sequence[int]], vocab_size: int, what: str,
@@ -90,10 +92,10 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
     greedy = [p.greedy for p in ps]
 
     def f32(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32).to(device)
+        return tensor_on(values, torch.float32, device)
 
     def i64(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64).to(device)
+        return tensor_on(values, torch.int64, device)
 
     top_ks = [vocab_size if p.top_k <= 0 else min(p.top_k, vocab_size) for p in ps]
     need_filter = any(not g and (k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0)

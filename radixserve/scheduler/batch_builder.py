@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 
 from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.runtime.transfer import tensor_on
 from radixserve.scheduler.request import Request
 
 
@@ -53,9 +54,7 @@ def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPl
 
     # NOTE: one host->device copy for the whole batch; the fields are views into it.
     parts = [ids, pos, out_slots, [req.row for req, _ in rows], seq_lens, ext_lens, starts, logits_idx]
-    flat = torch.tensor([x for part in parts for x in part], dtype=torch.int64)
-    if device.type == "cuda":
-        flat = flat.pin_memory().to(device, non_blocking=True)
+    flat = tensor_on([x for part in parts for x in part], torch.int64, device)
     f = flat.split([len(part) for part in parts])
     batch = ForwardBatch(
         input_ids=f[0], positions=f[1], out_slots=f[2], req_rows=f[3], seq_lens=f[4], extend_lens=f[5],

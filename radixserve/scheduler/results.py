@@ -7,6 +7,7 @@ import torch
 
 from radixserve.engine.detokenizer import IncrementalDetokenizer
 from radixserve.outputs import TokenLogprob
+from radixserve.runtime.transfer import tensor_on
 from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
 from radixserve.sampling.sampler import SampleResult, sample
 from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy
@@ -83,7 +84,7 @@ class ResultProcessor:
         spans = []
         for row, pos, count, target in plan.prompt_spans:
             req = rows[row].req
-            ids = torch.tensor(req.prompt_ids[target:target + count], device=logits.device)
+            ids = tensor_on(req.prompt_ids[target:target + count], torch.int64, logits.device)
             k = req.params.prompt_top_logprobs
             spans.append((req, ids, k, prompt_logprobs(logits[pos:pos + count], ids, k)))
         sampling = [(rows[i].req, j) for i, j in zip(plan.sample_rows, plan.sample_logits)]
@@ -94,7 +95,7 @@ class ResultProcessor:
             return Sampled(spans, done, reqs, None)
         # NOTE: the copy to the host is enqueued now, before the next step's kernels, so finalize
         # waits for this step only: that is what lets the next step overlap the host work.
-        idx = torch.tensor([j for _, j in sampling], device=logits.device)
+        idx = tensor_on([j for _, j in sampling], torch.int64, logits.device)
         sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
                                    self._eos_tuple, None) for r in reqs]
         if all(is_plain_greedy(r) for r in sample_rows):  # the common case needs no per-step tensors

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from radixserve.config import EngineConfig
+from radixserve.runtime.transfer import tensor_on
 from radixserve.scheduler import batch_builder
 from radixserve.scheduler.batch_builder import Row
 from radixserve.scheduler.kv_manager import KVManager
@@ -102,10 +103,10 @@ class Scheduler:
         """Decode inputs still on the device: copy them from the in-flight samples, on the device."""
         assert self.inflight is not None and self.inflight.device_tokens is not None
         where = self.inflight.token_index()
-        dst = torch.tensor([i for i, _ in plan.pending_inputs], dtype=torch.int64)
-        src = torch.tensor([where[id(r)] for _, r in plan.pending_inputs], dtype=torch.int64)
         tokens = self.inflight.device_tokens
-        batch.input_ids[dst.to(tokens.device)] = tokens[src.to(tokens.device)]
+        dst = tensor_on([i for i, _ in plan.pending_inputs], torch.int64, tokens.device)
+        src = tensor_on([where[id(r)] for _, r in plan.pending_inputs], torch.int64, tokens.device)
+        batch.input_ids[dst] = tokens[src]
 
     def _finish_all(self, finished: list[Request]) -> None:
         for req in finished:
