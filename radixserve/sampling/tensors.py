@@ -71,7 +71,8 @@ def _mask_from_ids(id_lists: Sequence[Sequence[int]], vocab_size: int, what: str
                    device: torch.device) -> torch.Tensor:
     rows, ids = _row_index_pairs(id_lists, vocab_size, what, device)
     mask = torch.zeros(len(id_lists), vocab_size, dtype=torch.bool, device=device)  # [B, V]
-    mask[rows, ids] = True
+    # NOTE: a tensor value, not the scalar True: a scalar is copied from the host and syncs.
+    mask[rows, ids] = torch.ones_like(ids, dtype=torch.bool)
     return mask
 
 
