@@ -9,15 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from radixserve.cache.kv_pool import KVPool
-from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
 from radixserve.runtime.forward_batch import ForwardBatch
 
 
-class TorchNativeBackend:
-    def __init__(self, pool: KVPool, req_table: ReqToTokenTable) -> None:
-        self.pool = pool
-        self.req_table = req_table
+class TorchNativeBackend(TorchAttentionBackend):
+    """Same pool and table as the reference; only the attention arithmetic differs."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
                 batch: ForwardBatch, scaling: float) -> torch.Tensor:
