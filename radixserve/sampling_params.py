@@ -1,7 +1,7 @@
 """User-facing sampling parameters, validated when constructed."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
