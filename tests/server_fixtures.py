@@ -1,0 +1,73 @@
+"""A real uvicorn server over an embedded-model engine, for the server test modules."""
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+from radixserve import Engine, SamplingParams
+from radixserve.server import ServerConfig, build_app
+from radixserve.server.testing import ServerThread
+
+API_KEY = "sk-test-radixserve"
+CONTEXT = 1024
+BODY_LIMIT = 64 * 1024
+MAX_N = 8
+LONG_SYSTEM = ("You are a meticulous assistant for a small bakery. " * 3 +
+               "Always answer politely, mention the opening hours (8am to 6pm), and never invent prices. " * 4)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = Engine(max_total_tokens=4096, max_context_len=CONTEXT, max_queued_requests=256)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    app = build_app(engine, ServerConfig(api_key=API_KEY, max_body_bytes=BODY_LIMIT, max_n=MAX_N,
+                                         served_model_name="smollm2"))
+    with ServerThread(app) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
+        yield c
+
+
+def greedy(n_tokens: int, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n_tokens, temperature=0.0, **kw)
+
+
+def wait_idle(engine, timeout: float = 20.0) -> dict:
+    """Poll until no request is running or waiting; return the stats then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = engine.stats()
+        if stats["running"] == 0 and stats["waiting"] == 0:
+            return stats
+        assert time.monotonic() < deadline, f"engine still busy: {stats}"
+        time.sleep(0.05)
+
+
+def assert_no_leak(engine) -> None:
+    stats = wait_idle(engine)
+    assert stats["kv_private_tokens"] == 0, repr(stats)
+    assert stats["kv_used_tokens"] == stats["kv_tree_tokens"], repr(stats)
+    engine.check_integrity()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
