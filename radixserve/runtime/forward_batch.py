@@ -5,6 +5,8 @@ from typing import NamedTuple
 
 import torch
 
+from radixserve.runtime.prefix_groups import PrefixGroups
+
 
 class ForwardBatch(NamedTuple):
     """One model step over B requests contributing T new tokens in total.
@@ -27,6 +29,7 @@ class ForwardBatch(NamedTuple):
     max_seq_len: int  # host copies, so kernels need no device->host sync
     max_extend_len: int
     is_decode: bool  # every row has extend_lens == 1
+    prefix_groups: PrefixGroups | None = None  # decode rows sharing a cached prefix (cascade attention)
 
     @property
     def batch_size(self) -> int:
