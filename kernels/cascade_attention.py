@@ -55,13 +55,13 @@ def _cascade_prefix_kernel(
     grp_mask = offs_grp < num_groups
     g_start = tl.load(group_starts_ptr + offs_grp, mask=grp_mask, other=0)  # [BLOCK_GROUPS]
     g_end = tl.load(group_starts_ptr + offs_grp + 1, mask=grp_mask, other=0)
-    chunks = tl.cdiv(g_end - g_start, MEMBERS)  # [BLOCK_GROUPS], 0 for unused slots
+    chunks = ((g_end - g_start + MEMBERS - 1) // MEMBERS).to(tl.int32)  # [BLOCK_GROUPS], 0 for unused slots
     ends = tl.cumsum(chunks, 0)  # inclusive: chunks of groups 0..g
     grp = tl.sum((ends <= w).to(tl.int32), 0)  # the first group whose chunks reach past w
     if grp >= num_groups:
         return
     is_grp = offs_grp == grp
-    chunk = w - tl.sum(tl.where(is_grp, ends - chunks, 0), 0)
+    chunk = w - tl.sum(tl.where(is_grp, ends - chunks, 0), 0)  # [] int32
     first_member = tl.sum(tl.where(is_grp, g_start, 0), 0) + chunk * MEMBERS
     last_member = tl.sum(tl.where(is_grp, g_end, 0), 0)
     prefix_len = tl.load(group_prefix_lens_ptr + grp)

@@ -46,7 +46,10 @@ def _decode_split_kernel(
     split = tl.program_id(2)
     row = tl.load(req_rows_ptr + b)
     seq_len = tl.load(seq_lens_ptr + b)
-    first = tl.load(row_starts_ptr + b) if HAS_STARTS else 0
+    if HAS_STARTS:
+        first = tl.load(row_starts_ptr + b)
+    else:
+        first = 0
     split_len = tl.cdiv(seq_len - first, NUM_SPLITS)
     start = first + split * split_len
     end = tl.minimum(start + split_len, seq_len)

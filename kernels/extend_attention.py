@@ -58,8 +58,12 @@ def _load_kv(k_ptr, v_ptr, slots, kvh, stride_ks, stride_kh, stride_vs, stride_v
     k_ptrs = k_ptr + slots[:, None] * stride_ks + kvh * stride_kh + offs_d[None, :]
     v_ptrs = v_ptr + slots[:, None] * stride_vs + kvh * stride_vh + offs_d[None, :]
     if MASKED:
-        return tl.load(k_ptrs, mask=mask, other=0.0), tl.load(v_ptrs, mask=mask, other=0.0)
-    return tl.load(k_ptrs), tl.load(v_ptrs)  # [BLOCK_N, BLOCK_D] each
+        k = tl.load(k_ptrs, mask=mask, other=0.0)
+        v = tl.load(v_ptrs, mask=mask, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v  # [BLOCK_N, BLOCK_D] each
 
 
 @triton.jit
