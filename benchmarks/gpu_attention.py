@@ -8,9 +8,12 @@ slots scattered as a random permutation, as a long-running pool has them):
 - after_prefix: 2048 new tokens after a 100k cached prefix (cost of the new tokens only);
 - flash_gather: gather the row's K/V from the pool + torch's flash varlen kernel (bottom-right
   causal) at the same chunk shapes: the alternative to our paged kernel;
+- cudnn route: what the backend does with long chunks (long_prefill.py): gather + cuDNN over the
+  prefix and over the chunk itself, merged by log-sum-exp;
 - cascade: decode at batch 64 over a 2k shared prefix + 128 own tokens, plain vs cascade, and
   plain at a 128-token context;
-- gemv: F.linear at batch 1 for the 8B layer shapes, GB/s vs copy bandwidth.
+- gemv: F.linear (cuBLAS) and our Triton GEMV at batch 1 for the 8B layer shapes, GB/s vs copy
+  bandwidth.
 
 Usage: python benchmarks/gpu_attention.py --out DIR [--sections prefill,chunked,...] [--lengths 2048,8192]
 Writes gpu_attention_<chip>.json and .md. Times are CUDA-event medians after warm-up.
@@ -35,12 +38,16 @@ from radixserve.kernels.cascade_attention import (cascade_decode_attention, casc
                                                   choose_prefix_splits)
 from radixserve.kernels.decode_attention import choose_num_kv_splits, decode_attention, decode_scratch
 from radixserve.kernels.extend_attention import ExtendConfig, extend_attention, extend_attention_ref
+from radixserve.kernels.gemv import GemvConfig, gemv
+from radixserve.runtime.attention.long_prefill import LONG_CONTEXT, attend_long_row
 
 log = logging.getLogger("gpu_attention")
 HQ, HKV, D = 32, 8, 128
 DT = torch.bfloat16
-CONFIGS = [ExtendConfig(128, 64, 8, 3), ExtendConfig(128, 128, 8, 2), ExtendConfig(128, 64, 4, 3),
+CONFIGS = [ExtendConfig(128, 128, 8, 2), ExtendConfig(128, 64, 8, 3), ExtendConfig(128, 128, 8, 3),
            ExtendConfig(64, 64, 4, 3)]  # the first is DEFAULT_CONFIG[bf16]
+GEMV_CONFIGS = [GemvConfig(16, 512, 4, 3), GemvConfig(8, 1024, 4, 3), GemvConfig(32, 256, 4, 4),
+                GemvConfig(16, 256, 4, 4), GemvConfig(8, 512, 4, 4)]  # the first is DEFAULT_GEMV
 LONG = 65536  # from this length on: fewer variants and repeats (one call takes ~1 s)
 
 
@@ -57,6 +64,23 @@ def cuda_ms(fn, iters: int = 10, warmup: int = 2) -> float:
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def graph_ms(calls: list, replays: int = 20) -> float:
+    """Milliseconds per call of `calls` (closures) captured back to back in one CUDA graph: small
+    kernels timed without the host's launch overhead, as the engine replays them."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for c in calls:
+            c()
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(stream)
+    return cuda_ms(graph.replay, iters=replays, warmup=3) / len(calls)
 
 
 def iters_for(ms_guess: float) -> int:
@@ -89,6 +113,12 @@ class Pool:
         i64 = lambda x: torch.tensor([x], device="cuda")  # noqa: E731
         return extend_attention(q, self.k, self.v, self.table, self.rows, i64(prefix + new), i64(new), i64(0), new,
                                 D ** -0.5, config=cfg, max_seq_len=prefix + new)
+
+    def cudnn(self, q: torch.Tensor, prefix: int) -> torch.Tensor:
+        """The backend's route for long chunks (gather, cuDNN, merge)."""
+        out = torch.empty_like(q)
+        attend_long_row(q, out, self.k, self.v, self.table, 0, 0, q.shape[0], prefix + q.shape[0], D ** -0.5)
+        return out
 
     def contiguous_kv(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         slots = self.table[0, :n]
@@ -145,6 +175,11 @@ def bench_prefill(res: dict, lengths: list[int]) -> None:
                     lambda: pool.extend(q, 0, cfg), iters=iters, warmup=1)
             except Exception as exc:  # e.g. out of shared memory
                 entry[f"ours_{cfg.tile_rows}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}_error"] = str(exc)[:200]
+        try:
+            entry["rel_err_cudnn_route_vs_ours"] = rel_err(pool.cudnn(q, 0), ours)
+            entry["cudnn_route_ms"] = cuda_ms(lambda: pool.cudnn(q, 0), iters=iters, warmup=1)
+        except Exception as exc:
+            entry["cudnn_route_error"] = f"{type(exc).__name__}: {exc}"[:300]
         if L <= 32768:
             seq = Pool(L, seed=L, contiguous=True)
             seq.k.copy_(pool.k), seq.v.copy_(pool.v)
@@ -179,8 +214,13 @@ def bench_chunked(res: dict, lengths: list[int], chunk: int = 2048) -> None:
         q = torch.randn((chunk, HQ, D), device="cuda", dtype=DT)
         starts = list(range(0, L, chunk))
         entry = dict(tokens=L, chunk=chunk)
+        def engine_route(s: int) -> torch.Tensor:  # as TritonAttentionBackend routes each chunk
+            qc = q[:min(chunk, L - s)]
+            return pool.cudnn(qc, s) if s + qc.shape[0] >= LONG_CONTEXT else pool.extend(qc, s)
+
         for name, fn in (("ours", lambda s: pool.extend(q[:min(chunk, L - s)], s)),
-                         ("flash_gather", lambda s: flash_gather(pool, q[:min(chunk, L - s)], s))):
+                         ("flash_gather", lambda s: flash_gather(pool, q[:min(chunk, L - s)], s)),
+                         ("engine_route", engine_route)):
             try:
                 for s in starts[:2]:
                     fn(s)  # warm-up
@@ -214,6 +254,11 @@ def bench_after_prefix(res: dict, prefix: int = 100_000, new: int = 2048) -> Non
     except Exception as exc:
         entry["flash_gather_error"] = f"{type(exc).__name__}: {exc}"[:300]
     entry["ours_ms"] = cuda_ms(lambda: pool.extend(q, prefix), iters=10)
+    try:
+        entry["rel_err_cudnn_route_vs_ours"] = rel_err(pool.cudnn(q, prefix), ours)
+        entry["cudnn_route_ms"] = cuda_ms(lambda: pool.cudnn(q, prefix), iters=10)
+    except Exception as exc:
+        entry["cudnn_route_error"] = f"{type(exc).__name__}: {exc}"[:300]
     for cfg in CONFIGS[:3]:
         entry[f"ours_{cfg.tile_rows}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}_ms"] = cuda_ms(
             lambda: pool.extend(q, prefix, cfg), iters=10)
@@ -252,15 +297,15 @@ def bench_cascade(res: dict, batch: int = 64, shared: int = 2048, own: int = 128
     ref = cascade_decode_attention_ref(q, k, v, table, rows, lens, *groups, D ** -0.5)
     entry = dict(batch=batch, shared=shared, own=own, splits=splits, prefix_splits=psplits,
                  rel_err_plain=rel_err(plain, ref), rel_err_cascade=rel_err(casc, ref))
-    entry["plain_ms"] = cuda_ms(lambda: decode_attention(q, k, v, table, rows, lens, D ** -0.5, splits, *scratch),
-                                iters=50)
-    entry["cascade_ms"] = cuda_ms(lambda: cascade_decode_attention(q, k, v, table, rows, lens, *groups, D ** -0.5,
-                                                                   splits, psplits, *scratch), iters=50)
+    entry["plain_ms"] = graph_ms([lambda: decode_attention(q, k, v, table, rows, lens, D ** -0.5, splits,
+                                                           *scratch)] * 10)
+    entry["cascade_ms"] = graph_ms([lambda: cascade_decode_attention(q, k, v, table, rows, lens, *groups, D ** -0.5,
+                                                                     splits, psplits, *scratch)] * 10)
     short = torch.full((batch,), own, device="cuda")
     short_table = rest.contiguous()
     s_splits = choose_num_kv_splits(own, batch, HKV)
-    entry["plain_ctx128_ms"] = cuda_ms(lambda: decode_attention(q, k, v, short_table, rows, short, D ** -0.5,
-                                                                s_splits, *scratch), iters=50)
+    entry["plain_ctx128_ms"] = graph_ms([lambda: decode_attention(q, k, v, short_table, rows, short, D ** -0.5,
+                                                                  s_splits, *scratch)] * 10)
     entry["bytes_plain"] = batch * (shared + own) * HKV * D * 2 * 2
     entry["bytes_cascade"] = (shared + batch * own) * HKV * D * 2 * 2
     res["cascade"] = entry
@@ -280,19 +325,29 @@ def bench_gemv(res: dict, bw: float) -> None:
     out = []
     for name, (n_out, n_in) in {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
                                 "down": (4096, 14336), "lm_head": (128256, 4096)}.items():
-        ws = [torch.randn((n_out, n_in), device="cuda", dtype=DT) for _ in range(4)]  # rotate: no L2 reuse
+        ws = [torch.randn((n_out, n_in), device="cuda", dtype=DT) / n_in ** 0.5 for _ in range(4)]  # no L2 reuse
         x = torch.randn((1, n_in), device="cuda", dtype=DT)
-        i = [0]
-
-        def run():
-            i[0] = (i[0] + 1) % 4
-            return F.linear(x, ws[i[0]])
-
-        ms = cuda_ms(run, iters=100, warmup=10)
         nbytes = n_out * n_in * 2
-        out.append(dict(name=name, shape=[n_out, n_in], us=ms * 1e3, gb_per_s=nbytes / ms / 1e6,
-                        pct_of_copy_bw=100 * nbytes / ms / 1e6 / bw))
-        log.info("gemv: %s", out[-1])
+        gated = name == "gate_up"
+        ref = F.linear(x, ws[0])
+        if gated:
+            g, u = ref.float().chunk(2, -1)
+            ref = (F.silu(g) * u).to(DT)
+        for impl in ["cublas"] + GEMV_CONFIGS:
+            if impl == "cublas":
+                def fn(w):
+                    return F.linear(x, w)
+                label = "cublas F.linear"
+            else:
+                def fn(w, cfg=impl):
+                    return gemv(x, w, gated=gated, config=cfg)
+                label = f"triton {tuple(impl)}" + (" +silu" if gated else "")
+            ms = graph_ms([lambda w=w: fn(w) for w in ws * 5])
+            out_ = fn(ws[0])
+            err = rel_err(out_, F.linear(x, ws[0]) if impl == "cublas" else ref)
+            out.append(dict(name=name, shape=[n_out, n_in], impl=label, us=ms * 1e3, gb_per_s=nbytes / ms / 1e6,
+                            pct_of_copy_bw=100 * nbytes / ms / 1e6 / bw, rel_err=err))
+            log.info("gemv: %s", out[-1])
         del ws
     res["gemv"] = out
 
@@ -313,10 +368,11 @@ def write_markdown(res: dict, path: str) -> None:
             f"{e['tokens']}: " + ", ".join(f"{k[12:]} {v:.1e}" for k, v in e.items() if k.startswith("rel_err_vs_sdpa"))
             for e in res["prefill"]), ""]
     if res.get("chunked"):
-        L += ["## The engine's pattern: chunks of 2048 over the growing prefix (total ms)", "",
-              "| tokens | ours | flash varlen on gathered K/V |", "|---|---|---|"]
-        L += [f"| {e['tokens']} | {e.get('ours_ms', float('nan')):.1f} | {e.get('flash_gather_ms', float('nan')):.1f} |"
-              for e in res["chunked"]]
+        L += ["## The engine's pattern: chunks of 2048 over the growing prefix (total ms, one layer)", "",
+              "| tokens | Triton kernel only | flash varlen on gathered K/V | engine route (cuDNN from 8k keys) |",
+              "|---|---|---|---|"]
+        L += [f"| {e['tokens']} | {e.get('ours_ms', float('nan')):.1f} | {e.get('flash_gather_ms', float('nan')):.1f} "
+              f"| {e.get('engine_route_ms', float('nan')):.1f} |" for e in res["chunked"]]
         L.append("")
     if res.get("after_prefix"):
         e = res["after_prefix"]
@@ -330,9 +386,10 @@ def write_markdown(res: dict, path: str) -> None:
               "", f"rel. errors vs the float32 reference: plain {e['rel_err_plain']:.1e}, cascade "
               f"{e['rel_err_cascade']:.1e}", ""]
     if res.get("gemv"):
-        L += ["## F.linear at batch 1 (bf16)", "", "| layer | shape | us | GB/s | % of copy BW |", "|---|---|---|---|---|"]
-        L += [f"| {e['name']} | {e['shape']} | {e['us']:.1f} | {e['gb_per_s']:.0f} | {e['pct_of_copy_bw']:.0f} |"
-              for e in res["gemv"]]
+        L += ["## Linear layers at batch 1 (bf16; one launch each, timed alone: launch gaps included)", "",
+              "| layer | shape | implementation | us | GB/s | % of copy BW | rel. err |", "|---|---|---|---|---|---|---|"]
+        L += [f"| {e['name']} | {e['shape']} | {e['impl']} | {e['us']:.1f} | {e['gb_per_s']:.0f} | "
+              f"{e['pct_of_copy_bw']:.0f} | {e['rel_err']:.1e} |" for e in res["gemv"]]
         L.append("")
     if res.get("errors"):
         L += ["## Sections that failed", ""] + [f"- {k}: `{v}`" for k, v in res["errors"].items()] + [""]

@@ -46,10 +46,10 @@ class ExtendConfig(NamedTuple):
     num_stages: int
 
 
-# NOTE: float32 tiles are twice the bytes of 16-bit ones; the 16-bit tile fills an H100's tensor
-# cores (two warpgroups of 64 rows) with K/V blocks triple-buffered in shared memory.
-DEFAULT_CONFIG = {torch.float32: ExtendConfig(64, 32, 4, 2), torch.bfloat16: ExtendConfig(128, 64, 8, 3),
-                  torch.float16: ExtendConfig(128, 64, 8, 3)}
+# NOTE: float32 tiles are twice the bytes of 16-bit ones. The 16-bit tile was the fastest of five
+# measured on an H100 at 8k-128k tokens (360-380 TFLOP/s; benchmarks/results/gpu_attention_h100.md).
+DEFAULT_CONFIG = {torch.float32: ExtendConfig(64, 32, 4, 2), torch.bfloat16: ExtendConfig(128, 128, 8, 2),
+                  torch.float16: ExtendConfig(128, 128, 8, 2)}
 
 
 @triton.jit

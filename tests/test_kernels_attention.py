@@ -152,11 +152,12 @@ def test_extend_is_causal_within_new_tokens():
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(32, 8, 128), (14, 2, 64), (32, 32, 80)])
-def test_attention_serving_sizes_gpu(dtype, num_heads, num_kv_heads, head_dim):
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,dtype", [
+    (32, 8, 128, torch.bfloat16), (14, 2, 64, torch.bfloat16), (32, 32, 80, torch.float16),
+    (32, 8, 128, torch.float32)])
+def test_attention_serving_sizes_gpu(num_heads, num_kv_heads, head_dim, dtype):
     seq_lens = [1, 17, 511, 2048, 4000, 129, 64, 3333]
-    run_decode(seq_lens, num_heads, num_kv_heads, head_dim, dtype, page_size=16, splits_list=[1, 4, 16],
+    run_decode(seq_lens, num_heads, num_kv_heads, head_dim, dtype, page_size=16, splits_list=[1, 16],
                block_n=64)
     run_extend(seq_lens, [1, 17, 200, 2048, 1, 128, 63, 1000], num_heads, num_kv_heads, head_dim, dtype,
                page_size=16, config=DEFAULT_CONFIG[dtype])

@@ -130,3 +130,52 @@ def test_backend_rope_fusion_and_cascade_match_torch_backend():
         torch.testing.assert_close(k, k_before, atol=0, rtol=0)
         torch.testing.assert_close(pools[1].k[0], pools[0].k[0], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(pools[1].v[0], pools[0].v[0], atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_long_prompt_chunks_through_cudnn_gpu():
+    """bf16, Llama-3-8B heads: a step with a chunk after a long cached prefix, a cold long chunk, a
+    short extend and a decode row. Long rows go to cuDNN (merged by log-sum-exp), the others to the
+    Triton kernel; all must match the float32 reference, and the two routes must agree."""
+    from radixserve.runtime.attention import long_prefill
+
+    hq, hkv, d = 32, 8, 128
+    seq_lens, ext_lens = [9600, 8300, 300, 5000], [600, 8300, 40, 1]
+    table = ReqToTokenTable(max_requests=5, max_context=10_000, device="cuda")
+    perm = 1 + torch.randperm(sum(seq_lens), device="cuda")
+    used = 0
+    for row, n in enumerate(seq_lens):
+        table.table[row, :n] = perm[used:used + n]
+        used += n
+    pool = KVPool(1, sum(seq_lens) + 1, hkv, d, torch.bfloat16, "cuda")
+    pool.k[0].normal_()
+    pool.v[0].normal_()
+    batch = make_batch(table, [0, 1, 2, 3], seq_lens, ext_lens)
+    plan = long_prefill.plan_long_rows(batch)
+    assert plan is not None and [r[0] for r in plan.rows] == [0, 1]
+    assert plan.rest_extend_lens.tolist() == [0, 0, 40, 1]
+    q = torch.randn((batch.num_tokens, hq, d), device="cuda", dtype=torch.bfloat16)
+    ref = torch.empty_like(q)  # float32 softmax, a row and 1024 queries at a time (bounded memory)
+    start = 0
+    for row, (n, e) in enumerate(zip(seq_lens, ext_lens)):
+        slots = table.table[row, :n]
+        k = pool.k[0][slots].float().repeat_interleave(hq // hkv, 1)  # [L, H, D]
+        v = pool.v[0][slots].float().repeat_interleave(hq // hkv, 1)
+        for c in range(0, e, 1024):
+            qc = q[start + c:start + min(e, c + 1024)].float()  # [C, H, D]
+            pos = n - e + c + torch.arange(qc.shape[0], device="cuda")
+            scores = torch.einsum("chd,lhd->hcl", qc, k) * d ** -0.5
+            scores.masked_fill_(torch.arange(n, device="cuda")[None, None, :] > pos[None, :, None], float("-inf"))
+            ref[start + c:start + c + qc.shape[0]] = torch.einsum("hcl,lhd->chd", scores.softmax(-1), v).to(q.dtype)
+        start += e
+    outs = {}
+    for cudnn in (True, False):
+        backend = TritonAttentionBackend(pool, table, long_prefill_cudnn=cudnn)
+        assert backend.long_prefill == cudnn
+        # attention only: the new tokens' K/V are already in the pool
+        outs[cudnn] = backend._extend(q, pool.k[0], pool.v[0], batch, d ** -0.5)
+    for out in outs.values():
+        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        assert err < 1e-2, err
+    torch.testing.assert_close(outs[True].float(), outs[False].float(), atol=3e-2, rtol=2e-2)

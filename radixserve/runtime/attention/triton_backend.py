@@ -1,5 +1,6 @@
 """Triton attention backend: KV store (optionally fused with rotary), then split-KV decode, cascade
-decode over shared prefixes, or ragged extend attention (GPU).
+decode over shared prefixes, or ragged extend attention (GPU), with long prompt chunks handed to
+cuDNN (long_prefill.py).
 
 Importing this module imports Triton and the kernels; radixserve imports it only when the Triton
 backend is chosen.
@@ -16,6 +17,7 @@ from radixserve.kernels.decode_attention import choose_num_kv_splits, decode_att
 from radixserve.kernels.extend_attention import ExtendConfig, extend_attention
 from radixserve.kernels.kv_store import kv_store
 from radixserve.kernels.rotary import apply_rotary_store
+from radixserve.runtime.attention import long_prefill
 from radixserve.runtime.attention.base import RopeTables
 from radixserve.runtime.forward_batch import ForwardBatch
 
@@ -31,6 +33,8 @@ class TritonAttentionBackend:
     `num_prefix_splits` does the same for the shared-prefix stage of cascade decode.
     With `cascade`, decode batches that carry `prefix_groups` attend each group's shared prefix
     once for all its rows (cascade_attention.py); otherwise every row reads its whole context.
+    With `long_prefill_cudnn` (CUDA, 16-bit pools), long prompt chunks go to cuDNN
+    (long_prefill.py); the Triton kernel takes every other extend row.
     The decode scratch holds `req_table`'s max_requests rows; it is allocated on the first decode
     unless `num_heads` is given (allocate before graph capture: pass it, or run a warm-up step).
 
@@ -42,7 +46,8 @@ class TritonAttentionBackend:
 
     def __init__(self, pool: KVPool, req_table: ReqToTokenTable, num_heads: int | None = None,
                  max_kv_splits: int = 16, num_kv_splits: int | None = None, cascade: bool = True,
-                 num_prefix_splits: int | None = None, extend_config: ExtendConfig | None = None) -> None:
+                 num_prefix_splits: int | None = None, extend_config: ExtendConfig | None = None,
+                 long_prefill_cudnn: bool = True) -> None:
         for name, n in (("max_kv_splits", max_kv_splits),):
             if n < 1 or n & (n - 1):
                 raise ValueError(f"{name} must be a power of two >= 1, got {n}")
@@ -56,6 +61,13 @@ class TritonAttentionBackend:
         self.cascade = cascade
         self.num_prefix_splits = num_prefix_splits
         self.extend_config = extend_config
+        k0 = pool.k[0]
+        self.long_prefill = (long_prefill_cudnn and k0.dtype in (torch.bfloat16, torch.float16)
+                             and long_prefill.cudnn_available(k0.device))
+        if self.long_prefill:
+            logger.info("long prompt chunks (>= %d new tokens over >= %d keys) use cuDNN attention",
+                        long_prefill.MIN_CHUNK, long_prefill.LONG_CONTEXT)
+        self._long_plan: tuple[torch.Tensor, long_prefill.LongRows | None] | None = None
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
         if num_heads is not None:
             self._alloc_scratch(num_heads)
@@ -85,10 +97,31 @@ class TritonAttentionBackend:
         if batch.is_decode:
             out = self._decode(q, k_pool, v_pool, batch, scaling)
         else:
-            out = extend_attention(q, k_pool, v_pool, self.req_table.table, batch.req_rows, batch.seq_lens,
-                                   batch.extend_lens, batch.extend_starts, batch.max_extend_len, scaling,
-                                   config=self.extend_config, max_seq_len=batch.max_seq_len)
+            out = self._extend(q, k_pool, v_pool, batch, scaling)
         return out.to(out_dtype)
+
+    def _extend(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, batch: ForwardBatch,
+                scaling: float) -> torch.Tensor:
+        table = self.req_table.table
+        plan = None
+        if self.long_prefill:
+            # NOTE: the plan is made once per forward (layer 0) and kept for the other layers: the
+            # layers of one forward share the batch's tensors.
+            if self._long_plan is None or self._long_plan[0] is not batch.seq_lens:
+                self._long_plan = (batch.seq_lens, long_prefill.plan_long_rows(batch))
+            plan = self._long_plan[1]
+        if plan is None:
+            return extend_attention(q, k_pool, v_pool, table, batch.req_rows, batch.seq_lens, batch.extend_lens,
+                                    batch.extend_starts, batch.max_extend_len, scaling, config=self.extend_config,
+                                    max_seq_len=batch.max_seq_len)
+        out = torch.empty_like(q)
+        for row, start, ext, seq_len in plan.rows:
+            long_prefill.attend_long_row(q, out, k_pool, v_pool, table, row, start, ext, seq_len, scaling)
+        if plan.rest_extend_lens is not None:
+            extend_attention(q, k_pool, v_pool, table, batch.req_rows, batch.seq_lens, plan.rest_extend_lens,
+                             batch.extend_starts, batch.max_extend_len, scaling, out=out, config=self.extend_config,
+                             max_seq_len=batch.max_seq_len)
+        return out
 
     def _decode(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, batch: ForwardBatch,
                 scaling: float) -> torch.Tensor:
