@@ -11,7 +11,7 @@ TOK=$2
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 RADIXSERVE_TEST_TOKENIZER=$TOK
 mkdir -p "$OUT"
-timeout "${TESTS_TIMEOUT:-170}" $PY -m pytest -p no:cacheprovider -m gpu -q -rf \
+timeout "${TESTS_TIMEOUT:-170}" $PY -m pytest -p no:cacheprovider -m gpu -v -rf \
   tests/test_kernels_attention.py tests/test_kernels_cascade.py tests/test_kernels_fused.py tests/test_kernels_gemv.py \
   tests/test_kernels_backend.py tests/test_cascade_runner.py tests/test_gpu_runtime.py >"$OUT/gpu_tests.log" 2>&1
 echo "tests: exit $?"; tail -15 "$OUT/gpu_tests.log"

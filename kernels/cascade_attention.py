@@ -37,12 +37,12 @@ TILE_ROWS = 64  # query rows (members x heads of one kv head) per prefix-stage p
 def _cascade_prefix_kernel(
     q_ptr, k_ptr, v_ptr, req_to_token_ptr, group_rows_ptr, group_starts_ptr, group_prefix_lens_ptr,
     group_table_rows_ptr, part_out_ptr, part_lse_ptr,
-    num_groups,
+    num_groups, first_piece, num_pieces,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_rt,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
     sm_scale_log2,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, MEMBERS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    FIRST_PIECE: tl.constexpr, NUM_PIECES: tl.constexpr, BLOCK_GROUPS: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
     w = tl.program_id(0)
@@ -80,7 +80,7 @@ def _cascade_prefix_kernel(
     q = tl.load(q_ptr + b[:, None] * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
                 mask=r_mask[:, None] & d_mask[None, :], other=0.0)  # [R, BLOCK_D]
 
-    piece_len = tl.cdiv(prefix_len, NUM_PIECES)
+    piece_len = tl.cdiv(prefix_len, num_pieces)
     start = piece * piece_len
     end = tl.minimum(start + piece_len, prefix_len)
     m_i = tl.full([MEMBERS * GROUP_PAD], float("-inf"), tl.float32)
@@ -97,7 +97,7 @@ def _cascade_prefix_kernel(
                                              DOT_PRECISION, DOT_UPCAST)
 
     out, lse = finish_softmax(m_i, l_i, acc)
-    slot = FIRST_PIECE + piece
+    slot = first_piece + piece
     tl.store(part_out_ptr + b[:, None] * stride_pb + head[:, None] * stride_ph + slot * stride_ps + offs_d[None, :],
              out, mask=r_mask[:, None] & d_mask[None, :])
     tl.store(part_lse_ptr + b * stride_lb + head * stride_lh + slot, lse, mask=r_mask)
@@ -153,13 +153,13 @@ def cascade_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torc
         items = cascade_work_items(group_rows.shape[0], num_groups, members)
         _cascade_prefix_kernel[(items, num_kv_heads, num_prefix_splits)](
             q, k_pool, v_pool, req_to_token, group_rows, group_starts, group_prefix_lens, group_table_rows,
-            part_out, part_lse, num_groups,
+            part_out, part_lse, num_groups, num_kv_splits, num_prefix_splits,
             q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
             req_to_token.stride(0),
             part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
             scaling * math.log2(math.e),
-            GROUP=group, GROUP_PAD=pow2(group), MEMBERS=members, HEAD_DIM=head_dim, FIRST_PIECE=num_kv_splits,
-            NUM_PIECES=num_prefix_splits, BLOCK_GROUPS=max(256, pow2(num_groups + 1)), BLOCK_N=block_n,
+            GROUP=group, GROUP_PAD=pow2(group), MEMBERS=members, HEAD_DIM=head_dim,
+            BLOCK_GROUPS=max(256, pow2(num_groups + 1)), BLOCK_N=block_n,
             BLOCK_D=pow2(head_dim, 16), DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=dot_upcast(q.dtype),
             num_warps=4, num_stages=2,
         )

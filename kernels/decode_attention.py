@@ -8,7 +8,8 @@ Stage 2 (merge_states, grid B x H): merges the S partials of each head by their 
 With S == 1 (and no cascade), stage 1 writes the output itself and stage 2 is skipped.
 
 A piece is `cdiv(len, S)` keys, computed on device from the lengths, so any S is correct for any
-length (S only changes the parallelism); a fixed S suits CUDA-graph replay.
+length (S only changes the parallelism); a fixed S suits CUDA-graph replay. S is a run-time
+argument, so the graphs of different batch sizes share compiled kernels.
 
 Row b attends keys [row_starts[b], seq_lens[b]) (row_starts defaults to 0): cascade attention
 (cascade_attention.py) attends the shared prefix [0, row_starts[b]) separately and merges it in
@@ -36,8 +37,8 @@ def _decode_split_kernel(
     o_ptr,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_rt,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
-    sm_scale_log2,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_STARTS: tl.constexpr,
+    sm_scale_log2, num_splits,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_STARTS: tl.constexpr,
     DIRECT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
@@ -50,7 +51,7 @@ def _decode_split_kernel(
         first = tl.load(row_starts_ptr + b)
     else:
         first = 0
-    split_len = tl.cdiv(seq_len - first, NUM_SPLITS)
+    split_len = tl.cdiv(seq_len - first, num_splits)
     start = first + split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
@@ -142,8 +143,8 @@ def decode_split_launch(q, k_pool, v_pool, req_to_token, req_rows, seq_lens, row
         req_to_token.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1),
-        scaling * math.log2(math.e),
-        GROUP=group, HEAD_DIM=head_dim, NUM_SPLITS=num_kv_splits, HAS_STARTS=row_starts is not None,
+        scaling * math.log2(math.e), num_kv_splits,
+        GROUP=group, HEAD_DIM=head_dim, HAS_STARTS=row_starts is not None,
         DIRECT=direct, BLOCK_G=pow2(group, 16), BLOCK_D=pow2(head_dim, 16), BLOCK_N=block_n,
         DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=dot_upcast(q.dtype),
         num_warps=4, num_stages=2,  # K and V tiles double-buffered: <= 128 KiB of shared memory (fp32, D 128)

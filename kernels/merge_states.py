@@ -6,8 +6,8 @@ keys and write, per (token, head, piece), the piece's normalised output and its 
 
     out = sum_s 2^(lse_s - M) * out_s / sum_s 2^(lse_s - M),   M = max_s lse_s.
 
-Pieces [0, NUM_PIECES) are always written (an empty piece writes lse = -inf and a zero output);
-with HAS_PREFIX, pieces [NUM_PIECES, NUM_PIECES + NUM_PREFIX_PIECES) hold the cascade's shared
+Pieces [0, num_pieces) are always written (an empty piece writes lse = -inf and a zero output);
+with HAS_PREFIX, pieces [num_pieces, num_pieces + num_prefix_pieces) hold the cascade's shared
 prefix and count only for tokens whose `row_prefix_lens` entry is > 0 (no program writes them for
 the others, so they may hold stale values). At least one counted piece is non-empty.
 """
@@ -23,15 +23,15 @@ from radixserve.kernels._launch import check_rows, pow2
 @triton.jit
 def _merge_kernel(part_out_ptr, part_lse_ptr, row_prefix_lens_ptr, o_ptr,
                   stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
-                  HEAD_DIM: tl.constexpr, NUM_PIECES: tl.constexpr, NUM_PREFIX_PIECES: tl.constexpr,
-                  HAS_PREFIX: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                  num_pieces, num_prefix_pieces,
+                  HEAD_DIM: tl.constexpr, HAS_PREFIX: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    num_counted = NUM_PIECES
+    num_counted = num_pieces
     if HAS_PREFIX:  # prefix pieces directly follow the tail pieces
-        num_counted = NUM_PIECES + tl.where(tl.load(row_prefix_lens_ptr + t) > 0, NUM_PREFIX_PIECES, 0)
+        num_counted = num_pieces + tl.where(tl.load(row_prefix_lens_ptr + t) > 0, num_prefix_pieces, 0)
     counted = offs_s < num_counted
     d_mask = offs_d < HEAD_DIM
     lse = tl.load(part_lse_ptr + t * stride_lt + h * stride_lh + offs_s, mask=counted,
@@ -65,9 +65,8 @@ def merge_states(part_out: torch.Tensor, part_lse: torch.Tensor, num_pieces: int
     _merge_kernel[(num_tokens, num_heads)](
         part_out, part_lse, row_prefix_lens if num_prefix_pieces else part_lse, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, NUM_PIECES=num_pieces, NUM_PREFIX_PIECES=num_prefix_pieces,
-        HAS_PREFIX=num_prefix_pieces > 0, BLOCK_S=pow2(total, 2), BLOCK_D=pow2(head_dim, 16),
+        out.stride(0), out.stride(1), num_pieces, num_prefix_pieces,
+        HEAD_DIM=head_dim, HAS_PREFIX=num_prefix_pieces > 0, BLOCK_S=pow2(total, 16), BLOCK_D=pow2(head_dim, 16),
     )
     return out
 
