@@ -18,6 +18,10 @@ K/V block is loaded once for all G heads). The tile's keys split in two ranges:
 With NUM_SPLITS > 1 the key range is cut into NUM_SPLITS block-aligned pieces (split-KV, for rows
 with few new tokens over a long prefix, where query tiles alone cannot fill the GPU); each piece
 writes its partial output and log-sum-exp and merge_states combines them.
+
+`kv_start` (a multiple of the key block) skips every row's first keys, and `partial` hands the
+pieces to the caller instead of merging them: the long-prompt path attends the skipped keys
+elsewhere and merges everything itself (runtime/attention/long_prefill.py).
 """
 from __future__ import annotations
 
@@ -46,10 +50,16 @@ class ExtendConfig(NamedTuple):
     num_stages: int
 
 
-# NOTE: float32 tiles are twice the bytes of 16-bit ones. The 16-bit tile was the fastest of five
-# measured on an H100 at 8k-128k tokens (360-380 TFLOP/s; benchmarks/results/gpu_attention_h100.md).
-DEFAULT_CONFIG = {torch.float32: ExtendConfig(64, 32, 4, 2), torch.bfloat16: ExtendConfig(128, 128, 8, 2),
-                  torch.float16: ExtendConfig(128, 128, 8, 2)}
+# NOTE: float32 tiles are twice the bytes of 16-bit ones. The 16-bit tile was the fastest of those
+# measured on an H100 (410 TFLOP/s at 32k tokens; benchmarks/results/gpu_attention_h100.md); its
+# three K/V stages fill 224 KiB of shared memory at D <= 128, so larger heads take a smaller tile.
+DEFAULT_CONFIG = {torch.float32: ExtendConfig(64, 32, 4, 2), torch.bfloat16: ExtendConfig(128, 128, 8, 3),
+                  torch.float16: ExtendConfig(128, 128, 8, 3)}
+LARGE_HEAD_CONFIG = ExtendConfig(64, 64, 4, 2)  # head_dim > 128
+
+
+def default_config(dtype: torch.dtype, head_dim: int) -> ExtendConfig:
+    return DEFAULT_CONFIG[dtype] if head_dim <= 128 else LARGE_HEAD_CONFIG
 
 
 @triton.jit
@@ -72,9 +82,9 @@ def _extend_kernel(
     req_to_token_ptr, req_rows_ptr, seq_lens_ptr, extend_lens_ptr, extend_starts_ptr,
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh, stride_rt,
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
-    sm_scale_log2,
+    sm_scale_log2, kv_start, first_piece,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, PARTIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
     m_block = tl.program_id(0)
@@ -104,8 +114,8 @@ def _extend_kernel(
 
     tile_end = prefix + tl.minimum(m0 + BLOCK_T, ext_len)  # keys past the tile's last token: never
     full_end = (prefix + m0 + 1) // BLOCK_N * BLOCK_N  # keys before this: visible to every tile row
-    piece = tl.cdiv(tl.cdiv(tile_end, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    lo = split * piece
+    piece = tl.cdiv(tl.cdiv(tile_end - kv_start, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = kv_start + split * piece
     hi = tl.minimum(lo + piece, tile_end)
     mid = tl.maximum(lo, tl.minimum(hi, full_end))
 
@@ -131,13 +141,14 @@ def _extend_kernel(
     out, lse = finish_softmax(m_i, l_i, acc)
     out_mask = r_mask[:, None] & d_mask[None, :]
     t = ext_start + tok  # [R] token index into q / out
-    if NUM_SPLITS == 1:
+    if NUM_SPLITS == 1 and not PARTIAL:
         tl.store(o_ptr + t[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=out_mask)
     else:
-        tl.store(part_out_ptr + t[:, None] * stride_pt + head[:, None] * stride_ph + split * stride_ps
+        slot = first_piece + split
+        tl.store(part_out_ptr + t[:, None] * stride_pt + head[:, None] * stride_ph + slot * stride_ps
                  + offs_d[None, :], out, mask=out_mask)
-        tl.store(part_lse_ptr + t * stride_lt + head * stride_lh + split, lse, mask=r_mask)
+        tl.store(part_lse_ptr + t * stride_lt + head * stride_lh + slot, lse, mask=r_mask)
 
 
 def tokens_per_tile(config: ExtendConfig, group: int) -> int:
@@ -161,13 +172,18 @@ def extend_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
                      req_rows: torch.Tensor, seq_lens: torch.Tensor, extend_lens: torch.Tensor,
                      extend_starts: torch.Tensor, max_extend_len: int, scaling: float,
                      out: torch.Tensor | None = None, config: ExtendConfig | None = None,
-                     max_seq_len: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+                     max_seq_len: int | None = None, num_splits: int | None = None, kv_start: int = 0,
+                     partial: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor | None:
     """q [T, H, D] of the new tokens, pools [num_slots, Hkv, D] -> out [T, H, D] in q's dtype.
 
     The new tokens' K/V must already be in the pool. `max_extend_len` is a host int >=
     max(extend_lens) (it sizes the grid; no device sync); `max_seq_len` (a host int >=
     max(seq_lens)) lets the launcher split long key ranges over more programs, or `num_splits`
-    (a power of two) fixes the split count. `config` defaults to DEFAULT_CONFIG for q's dtype.
+    (a power of two) fixes the split count. `config` defaults to default_config(q's dtype, D).
+    Every row attends keys [kv_start, its causal limit) (kv_start: a multiple of config.block_n,
+    below every row's first new position). With `partial` = (part_out [T, H, >=P+S, D],
+    part_lse [T, H, >=P+S] float32, P), the S pieces are written to slots P.. and not merged
+    (returns None).
     """
     check_rows("q", q, 3)
     check_rows("k_pool", k_pool, 3)
@@ -186,14 +202,17 @@ def extend_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
         raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {num_kv_heads}")
     if q.dtype != k_pool.dtype or v_pool.dtype != k_pool.dtype:
         raise ValueError(f"q ({q.dtype}) and the pools ({k_pool.dtype}, {v_pool.dtype}) must share a dtype")
-    config = config or DEFAULT_CONFIG[q.dtype]
+    config = config or default_config(q.dtype, head_dim)
     for name in ("tile_rows", "block_n"):
         n = getattr(config, name)
         if n < 16 or n & (n - 1):
             raise ValueError(f"config.{name} must be a power of two >= 16, got {n}")
-    if out is None:
+    if kv_start < 0 or kv_start % config.block_n:
+        raise ValueError(f"kv_start must be a multiple of the key block {config.block_n}, got {kv_start}")
+    if out is None and partial is None:
         out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
-    check_rows("out", out, 3)
+    if out is not None:
+        check_rows("out", out, 3)
     if batch == 0 or max_extend_len <= 0:
         return out
     group = num_heads // num_kv_heads
@@ -203,23 +222,33 @@ def extend_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
             config, batch, max_extend_len, max_seq_len, num_tokens, num_heads, num_kv_heads, head_dim)
     if num_splits < 1 or num_splits & (num_splits - 1):
         raise ValueError(f"num_splits must be a power of two >= 1, got {num_splits}")
-    if num_splits > 1:
+    first_piece = 0
+    if partial is not None:
+        part_out, part_lse, first_piece = partial
+        if (part_out.dtype != torch.float32 or part_out.dim() != 4 or part_out.shape[0] < num_tokens
+                or part_out.shape[2] < first_piece + num_splits or part_lse.shape[:3] != part_out.shape[:3]):
+            raise ValueError(f"partial buffers {tuple(part_out.shape)}, {tuple(part_lse.shape)} must be float32 "
+                             f"[>={num_tokens}, {num_heads}, >={first_piece + num_splits}, {head_dim}] and [.., .., ..]")
+    elif num_splits > 1:
         part_out = torch.empty((num_tokens, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_tokens, num_heads, num_splits), dtype=torch.float32, device=q.device)
     else:
         part_out, part_lse = out, out  # unused
+    o_arg = out if out is not None else part_out  # unused with partial
     grid = (triton.cdiv(max_extend_len, block_t), num_kv_heads * num_splits, batch)
     _extend_kernel[grid](
-        q, k_pool, v_pool, out, part_out, part_lse, req_to_token, req_rows, seq_lens, extend_lens, extend_starts,
+        q, k_pool, v_pool, o_arg, part_out, part_lse, req_to_token, req_rows, seq_lens, extend_lens, extend_starts,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
-        out.stride(0), out.stride(1), req_to_token.stride(0),
+        o_arg.stride(0), o_arg.stride(1), req_to_token.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        scaling * math.log2(math.e),
+        scaling * math.log2(math.e), kv_start, first_piece,
         GROUP=group, GROUP_PAD=pow2(group), HEAD_DIM=head_dim, BLOCK_T=block_t, BLOCK_N=config.block_n,
-        BLOCK_D=pow2(head_dim, 16), NUM_SPLITS=num_splits,
+        BLOCK_D=pow2(head_dim, 16), NUM_SPLITS=num_splits, PARTIAL=partial is not None,
         DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=dot_upcast(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    if partial is not None:
+        return None
     if num_splits > 1:
         merge_states(part_out, part_lse, num_splits, out)
     return out

@@ -29,6 +29,14 @@ class GemvConfig(NamedTuple):
 
 
 DEFAULT_GEMV = GemvConfig(16, 512, 4, 3)
+NARROW_GEMV = GemvConfig(8, 1024, 4, 3)
+
+
+def choose_gemv_config(n: int, k: int) -> GemvConfig:
+    """Per shape, from an H100 sweep of five configs (benchmarks/results/gpu_attention_h100.md):
+    few output rows or a long K want more programs with wider loads (o_proj 4096x4096: 14.6 us vs
+    16.8; down 4096x14336: 44.1 vs 52.2); wide matrices (qkv, gate|up, lm_head) the default."""
+    return NARROW_GEMV if n <= 4096 or k >= 8192 else DEFAULT_GEMV
 
 
 @triton.jit
@@ -72,8 +80,9 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn, HAS_BIAS: tl.const
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
-         config: GemvConfig = DEFAULT_GEMV) -> torch.Tensor:
-    """x [1, K], weight [N, K] (or [2I, K] gate|up with gated) -> [1, N] (or [1, I]) in x's dtype."""
+         config: GemvConfig | None = None) -> torch.Tensor:
+    """x [1, K], weight [N, K] (or [2I, K] gate|up with gated) -> [1, N] (or [1, I]) in x's dtype;
+    `config` defaults to choose_gemv_config(N, K)."""
     check_rows("x", x, 2)
     check_rows("weight", weight, 2)
     if x.shape[0] != 1 or x.shape[1] != weight.shape[1]:
@@ -86,6 +95,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     n = n_rows // 2 if gated else n_rows
     if bias is not None and bias.shape != (n_rows,):
         raise ValueError(f"bias must be [{n_rows}], got {tuple(bias.shape)}")
+    config = config or choose_gemv_config(n_rows, k)
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),

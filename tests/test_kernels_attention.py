@@ -119,6 +119,38 @@ def test_extend_matches_reference(num_heads, num_kv_heads, head_dim, dtype, page
     run_extend([1, 37, 61, 39], [1, 37, 1, 20], num_heads, num_kv_heads, head_dim, dtype, page_size)
 
 
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_extend_kv_start_partial_then_merge(num_splits):
+    """Keys [0, 32) attended elsewhere (here: in torch) and the rest by the kernel with kv_start=32,
+    written as partial pieces; merging all pieces by log-sum-exp gives full attention."""
+    from radixserve.kernels.merge_states import merge_states
+    seq_lens, ext_lens = [70, 45], [20, 13]  # both rows' new tokens start after key 32
+    table, rows, num_slots = make_table(seq_lens, 1, num_rows=4)
+    k_pool, v_pool = make_pools(num_slots, 2, 64, torch.float32)
+    ext = torch.tensor(ext_lens, device=DEVICE)
+    starts = torch.cumsum(ext, 0) - ext
+    lens = torch.tensor(seq_lens, device=DEVICE)
+    q = torch.randn((sum(ext_lens), 8, 64), generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    scale = 0.125
+    part_out = torch.full((q.shape[0], 8, 1 + num_splits, 64), float("nan"), device=DEVICE)
+    part_lse = torch.full((q.shape[0], 8, 1 + num_splits), float("nan"), device=DEVICE)
+    for b, (row, n, e) in enumerate(zip(rows.tolist(), seq_lens, ext_lens)):  # piece 0: keys [0, 32) in torch
+        slots = table[row, :32]
+        k = k_pool[slots].repeat_interleave(4, 1)  # [32, H, D]
+        v = v_pool[slots].repeat_interleave(4, 1)
+        scores = torch.einsum("thd,lhd->thl", q[starts[b]:starts[b] + e], k) * scale
+        part_out[starts[b]:starts[b] + e, :, 0] = torch.einsum("thl,lhd->thd", scores.softmax(-1), v)
+        part_lse[starts[b]:starts[b] + e, :, 0] = torch.logsumexp(scores, -1) / torch.log(torch.tensor(2.0))
+    assert extend_attention(q, k_pool, v_pool, table, rows, lens, ext, starts, 20, scale,
+                            config=ExtendConfig(16, 16, 4, 2), num_splits=num_splits, kv_start=32,
+                            partial=(part_out, part_lse, 1)) is None
+    out = merge_states(part_out, part_lse, 1 + num_splits, torch.empty_like(q))
+    assert_close(out, extend_attention_ref(q, k_pool, v_pool, table, rows, lens, ext, starts, scale), torch.float32)
+    with pytest.raises(ValueError, match="multiple of the key block"):
+        extend_attention(q, k_pool, v_pool, table, rows, lens, ext, starts, 20, scale,
+                         config=ExtendConfig(16, 16, 4, 2), kv_start=20)
+
+
 def test_extend_split_choice():
     cfg = ExtendConfig(128, 64, 8, 3)
     # one long chunk fills the GPU by query tiles alone: no split

@@ -135,14 +135,15 @@ def test_backend_rope_fusion_and_cascade_match_torch_backend():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_long_prompt_chunks_through_cudnn_gpu():
-    """bf16, Llama-3-8B heads: a step with a chunk after a long cached prefix, a cold long chunk, a
-    short extend and a decode row. Long rows go to cuDNN (merged by log-sum-exp), the others to the
-    Triton kernel; all must match the float32 reference, and the two routes must agree."""
+    """bf16, Llama-3-8B heads: a step with chunks after long cached prefixes (two whole cuDNN blocks,
+    and one block plus a remainder), a cold chunk, a short extend and a decode row. The long rows'
+    prefix blocks go to cuDNN, everything else to the Triton kernel, merged by log-sum-exp; all must
+    match the float32 reference, and agree with the Triton kernel alone."""
     from radixserve.runtime.attention import long_prefill
 
     hq, hkv, d = 32, 8, 128
-    seq_lens, ext_lens = [9600, 8300, 300, 5000], [600, 8300, 40, 1]
-    table = ReqToTokenTable(max_requests=5, max_context=10_000, device="cuda")
+    seq_lens, ext_lens = [16_984, 9_100, 2_000, 300, 5_000], [600, 700, 2_000, 40, 1]
+    table = ReqToTokenTable(max_requests=6, max_context=17_000, device="cuda")
     perm = 1 + torch.randperm(sum(seq_lens), device="cuda")
     used = 0
     for row, n in enumerate(seq_lens):
@@ -151,10 +152,10 @@ def test_long_prompt_chunks_through_cudnn_gpu():
     pool = KVPool(1, sum(seq_lens) + 1, hkv, d, torch.bfloat16, "cuda")
     pool.k[0].normal_()
     pool.v[0].normal_()
-    batch = make_batch(table, [0, 1, 2, 3], seq_lens, ext_lens)
+    batch = make_batch(table, [0, 1, 2, 3, 4], seq_lens, ext_lens)
     plan = long_prefill.plan_long_rows(batch)
     assert plan is not None and [r[0] for r in plan.rows] == [0, 1]
-    assert plan.rest_extend_lens.tolist() == [0, 0, 40, 1]
+    assert plan.rest_extend_lens.tolist() == [0, 0, 2_000, 40, 1]
     q = torch.randn((batch.num_tokens, hq, d), device="cuda", dtype=torch.bfloat16)
     ref = torch.empty_like(q)  # float32 softmax, a row and 1024 queries at a time (bounded memory)
     start = 0

@@ -9,7 +9,8 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import nn
 
-from radixserve.models.layers import Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, fused_ops_on, rope_params
+from radixserve.models.layers import (Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, fused_ops_on, rope_params,
+                                     single_row)
 from radixserve.models.weights import load_stacked_weights
 from radixserve.runtime.attention.base import AttentionBackend, RopeTables
 from radixserve.runtime.forward_batch import ForwardBatch
@@ -122,6 +123,9 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] float32."""
+        if single_row(hidden):
+            from radixserve.kernels.gemv import gemv
+            return gemv(hidden, self.lm_head.weight).float()
         return torch.nn.functional.linear(hidden, self.lm_head.weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -65,8 +65,8 @@ class TritonAttentionBackend:
         self.long_prefill = (long_prefill_cudnn and k0.dtype in (torch.bfloat16, torch.float16)
                              and long_prefill.cudnn_available(k0.device))
         if self.long_prefill:
-            logger.info("long prompt chunks (>= %d new tokens over >= %d keys) use cuDNN attention",
-                        long_prefill.MIN_CHUNK, long_prefill.LONG_CONTEXT)
+            logger.info("long prompt chunks (>= %d new tokens after >= %d cached) attend their prefix "
+                        "through cuDNN", long_prefill.MIN_CHUNK, long_prefill.BLOCK_KEYS)
         self._long_plan: tuple[torch.Tensor, long_prefill.LongRows | None] | None = None
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
         if num_heads is not None:
@@ -115,8 +115,9 @@ class TritonAttentionBackend:
                                     batch.extend_starts, batch.max_extend_len, scaling, config=self.extend_config,
                                     max_seq_len=batch.max_seq_len)
         out = torch.empty_like(q)
-        for row, start, ext, seq_len in plan.rows:
-            long_prefill.attend_long_row(q, out, k_pool, v_pool, table, row, start, ext, seq_len, scaling)
+        for index, row, start, ext, seq_len in plan.rows:
+            long_prefill.attend_long_row(q, out, k_pool, v_pool, table, batch, index, row, start, ext, seq_len,
+                                         scaling, self.extend_config)
         if plan.rest_extend_lens is not None:
             extend_attention(q, k_pool, v_pool, table, batch.req_rows, batch.seq_lens, plan.rest_extend_lens,
                              batch.extend_starts, batch.max_extend_len, scaling, out=out, config=self.extend_config,
