@@ -33,7 +33,7 @@ from radixserve.kernels.merge_states import merge_states
 TILE_ROWS = 64  # query rows (members x heads of one kv head) per prefix-stage program
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_groups", "first_piece", "num_pieces"])  # NOTE: no recompile per value
 def _cascade_prefix_kernel(
     q_ptr, k_ptr, v_ptr, req_to_token_ptr, group_rows_ptr, group_starts_ptr, group_prefix_lens_ptr,
     group_table_rows_ptr, part_out_ptr, part_lse_ptr,

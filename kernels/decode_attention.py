@@ -31,7 +31,7 @@ MIN_TOKENS_PER_SPLIT = 128  # below this a split's launch overhead outweighs its
 TARGET_PROGRAMS = 512  # enough stage-1 programs to fill a large GPU a few times over
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # NOTE: no recompile per value
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_rows_ptr, seq_lens_ptr, row_starts_ptr, part_out_ptr, part_lse_ptr,
     o_ptr,

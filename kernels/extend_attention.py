@@ -76,7 +76,7 @@ def _load_kv(k_ptr, v_ptr, slots, kvh, stride_ks, stride_kh, stride_vs, stride_v
     return k, v  # [BLOCK_N, BLOCK_D] each
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["kv_start", "first_piece"])  # NOTE: no recompile per value
 def _extend_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, part_out_ptr, part_lse_ptr,
     req_to_token_ptr, req_rows_ptr, seq_lens_ptr, extend_lens_ptr, extend_starts_ptr,

@@ -20,7 +20,7 @@ import triton.language as tl
 from radixserve.kernels._launch import check_rows, pow2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pieces", "num_prefix_pieces"])  # NOTE: no recompile per value
 def _merge_kernel(part_out_ptr, part_lse_ptr, row_prefix_lens_ptr, o_ptr,
                   stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
                   num_pieces, num_prefix_pieces,
