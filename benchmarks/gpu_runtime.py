@@ -1,9 +1,12 @@
-"""GPU runtime benchmarks (issue 5), one process: copy bandwidth, batch-1 decode vs the floor and
-transformers, decode sweep, prefill / radix-hit TTFT, decode-attention kernel GB/s, fused ops.
+"""GPU runtime benchmarks, one process: copy bandwidth, batch-1 decode vs the floor and
+transformers, decode sweep, prefill / radix-hit TTFT, long prompts vs transformers' SDPA forward,
+cascade decode steps, decode-attention kernel GB/s, fused ops, a kernel profile of the decode step.
 
 Usage: python benchmarks/gpu_runtime.py --out benchmarks/results [--tokenizer DIR] [--sections batch1,kernel,...]
 Writes gpu_runtime_<device>.json and .md. Every section is timed after warm-up; GPU-only times
-use CUDA events (median), engine times use wall clock around Engine.generate.
+use CUDA events (median); engine decode steps are timed on the device too (an event recorded as
+each decode step is launched: the step time is the gap between consecutive steps of the same
+batch); time to first token is wall clock around Engine.generate.
 """
 from __future__ import annotations
 
@@ -94,12 +97,44 @@ def release(runner, rows: list[int], slots: torch.Tensor) -> None:
 
 
 def weight_bytes(model) -> tuple[int, int]:
-    """(bytes read per decode step excluding the embedding table, embedding bytes)."""
+    """(bytes read per batch-1 decode step: every weight once, the embedding table as the one row
+    looked up, unless it is also the lm_head; embedding table bytes)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     emb = model.embed_tokens.weight
     emb_bytes = emb.numel() * emb.element_size()
     tied = model.lm_head is model.embed_tokens
-    return (total if tied else total - emb_bytes), emb_bytes
+    return (total if tied else total - emb_bytes + emb.shape[1] * emb.element_size()), emb_bytes
+
+
+class DecodeStepTimer:
+    """Records a CUDA event as the engine launches each decode step (the scheduler's forward)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.scheduler = engine.scheduler
+        self.events: list[tuple[int, torch.cuda.Event]] = []
+
+    def __enter__(self) -> "DecodeStepTimer":
+        inner = self.forward = self.scheduler.forward
+
+        def timed(batch):
+            if batch.is_decode:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                self.events.append((batch.batch_size, ev))
+            return inner(batch)
+
+        self.scheduler.forward = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.scheduler.forward = self.forward
+
+    def step_ms(self, batch_size: int) -> float:
+        """Median gap between consecutive decode steps of `batch_size` rows (the steady state)."""
+        torch.cuda.synchronize()
+        gaps = [a.elapsed_time(b) for (na, a), (nb, b) in zip(self.events, self.events[1:])
+                if na == nb == batch_size]
+        return statistics.median(gaps)
 
 
 def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> None:
@@ -108,8 +143,9 @@ def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> 
     prompt, new = 128, 256
     timed_generate(engine, [rand_ids(prompt, gen)], 16)  # warm-up
     ttft = statistics.median(timed_generate(engine, [rand_ids(prompt, gen)], 1) for _ in range(3))
-    total = statistics.median(timed_generate(engine, [rand_ids(prompt, gen)], new) for _ in range(2))
-    decode_tps = (new - 1) / (total - ttft)
+    with DecodeStepTimer(engine) as timer:
+        total = statistics.median(timed_generate(engine, [rand_ids(prompt, gen)], new) for _ in range(2))
+    decode_tps = 1e3 / timer.step_ms(1)
     kv_per_token = 2 * runner.model.num_layers * runner.model.num_kv_heads * runner.model.head_dim * 2
     avg_ctx = prompt + new / 2
     step_bytes = wbytes + kv_per_token * avg_ctx
@@ -118,14 +154,26 @@ def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> 
     graph_ms = cuda_ms(lambda: runner.forward(fb), iters=50)
     graphs, runner.graphs = runner.graphs, None
     eager_ms = cuda_ms(lambda: runner.forward(fb), iters=20)
-    runner.graphs = graphs
+    # the same graph step with cuBLAS for the linear layers instead of the Triton GEMV
+    from radixserve.models import layers, llama
+    from radixserve.runtime.cuda_graph import CudaGraphDecoder
+    single_row = layers.single_row
+    try:
+        layers.single_row = llama.single_row = lambda x: False
+        runner.graphs = CudaGraphDecoder(runner.model, graphs.attn, runner.req_table, 1, runner.device)
+        runner.graphs.capture()
+        cublas_graph_ms = cuda_ms(lambda: runner.forward(fb), iters=50)
+    finally:
+        layers.single_row = llama.single_row = single_row
+        runner.graphs = graphs
     release(runner, rows, slots)
     res["batch1_decode"] = dict(
         prompt_tokens=prompt, new_tokens=new, engine_seconds=total, ttft_seconds=ttft,
         engine_tokens_per_s=new / total, engine_decode_tokens_per_s=decode_tps,
         engine_decode_step_ms=1e3 / decode_tps, step_bytes=step_bytes, floor_step_ms=floor_ms,
         floor_tokens_per_s=1e3 / floor_ms, engine_pct_of_floor=100 * floor_ms * decode_tps / 1e3,
-        graph_step_ms=graph_ms, graph_pct_of_floor=100 * floor_ms / graph_ms, eager_step_ms=eager_ms)
+        graph_step_ms=graph_ms, graph_pct_of_floor=100 * floor_ms / graph_ms, eager_step_ms=eager_ms,
+        graph_step_cublas_linear_ms=cublas_graph_ms)
     log.info("batch1: %s", res["batch1_decode"])
 
 
@@ -139,12 +187,10 @@ def bench_sweep(engine: Engine, res: dict, gen: torch.Generator) -> None:
         release(runner, rows, slots)
         entry = dict(batch=b, context=ctx, graph_step_ms=ms, graph_tokens_per_s=b * 1e3 / ms)
         if b in (1, 8, 64, 256):  # end to end through the scheduler: 128-token prompts, 64 new tokens
-            prompts = [rand_ids(128, gen) for _ in range(b)]
-            t_pref = timed_generate(engine, [rand_ids(128, gen) for _ in range(b)], 1)
-            t_all = timed_generate(engine, prompts, 64)
-            entry.update(engine_seconds=t_all, engine_prefill_seconds=t_pref,
-                         engine_decode_step_ms=1e3 * (t_all - t_pref) / 63,
-                         engine_decode_tokens_per_s=b * 63 / (t_all - t_pref))
+            with DecodeStepTimer(engine) as timer:
+                t_all = timed_generate(engine, [rand_ids(128, gen) for _ in range(b)], 64)
+            step = timer.step_ms(b)
+            entry.update(engine_seconds=t_all, engine_decode_step_ms=step, engine_decode_tokens_per_s=b * 1e3 / step)
         out.append(entry)
         log.info("sweep: %s", entry)
     res["decode_sweep"] = out
@@ -165,6 +211,147 @@ def bench_prefill(engine: Engine, res: dict, gen: torch.Generator) -> None:
                           cached_prefix_tokens=hit, ttft_radix_hit_s=statistics.median(warm),
                           ttft_speedup=cold / statistics.median(warm))
     log.info("prefill: %s", res["prefill"])
+
+
+LONG_PROMPTS = (2048, 8192, 32768, 100_000)
+
+
+def hf_llama_8b():
+    from transformers import AutoModelForCausalLM
+
+    from radixserve.models.dummy import dummy_config
+    with torch.device("cuda"):
+        return AutoModelForCausalLM.from_config(dummy_config("llama-3.1-8b"), dtype=torch.bfloat16).eval()
+
+
+def bench_hf_prefill(res: dict, gen: torch.Generator) -> None:
+    """transformers' own forward (SDPA attention, logits for the last token only) on one fresh
+    prompt of each length; run before the engine exists so both fit in memory."""
+    model = hf_llama_8b()
+    out = []
+
+    def forward_s(n: int) -> float:
+        ids = torch.tensor([rand_ids(n, gen)], device="cuda")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(input_ids=ids, logits_to_keep=1)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    forward_s(2048)  # warm-up
+    for n in LONG_PROMPTS:
+        out.append(dict(tokens=n, hf_seconds=statistics.median(forward_s(n) for _ in range(3 if n <= 8192 else 1))))
+        log.info("hf prefill: %s", out[-1])
+    res["prefill_long"] = out
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def bench_prefill_long(engine: Engine, res: dict, gen: torch.Generator) -> None:
+    """Time to first token of one fresh prompt per length (engine defaults: chunked prefill),
+    vs transformers' forward above; then 2048 new tokens after a cached 100k-token prefix."""
+    # warm-up, at a length none of the timed prompts has: kernels compile, cuDNN builds its plans
+    timed_generate(engine, [rand_ids(12_000, gen)], 1)
+    for e in res.get("prefill_long", [dict(tokens=n) for n in LONG_PROMPTS]):
+        n = e["tokens"]
+        e["engine_seconds"] = statistics.median(timed_generate(engine, [rand_ids(n, gen)], 1)
+                                                for _ in range(3 if n <= 8192 else 1))
+        if "hf_seconds" in e:
+            e["engine_over_hf"] = e["engine_seconds"] / e["hf_seconds"]
+        log.info("prefill long: %s", e)
+    res.setdefault("prefill_long", [])
+    base = rand_ids(100_000, gen)
+    cold = timed_generate(engine, [base], 1)  # caches the prompt in the radix tree
+    warm = timed_generate(engine, [base + rand_ids(2048, gen)], 1)
+    res["prefill_after_prefix"] = dict(prefix=100_000, new=2048, cold_seconds=cold, ttft_seconds=warm,
+                                       pct_of_cold=100 * warm / cold)
+    log.info("prefill after prefix: %s", res["prefill_after_prefix"])
+
+
+def bench_cascade_step(engine: Engine, res: dict) -> None:
+    """Graph-replayed decode step at batch 64 over a 2k shared prefix + 128 own tokens each, with and
+    without prefix groups, and the same batch at a 128-token context."""
+    from radixserve.runtime.prefix_groups import PrefixGroups
+    runner = engine.runner
+    dev = runner.device
+    batch, shared, own = 64, 2048, 128
+    slots = runner.allocator.alloc(shared + batch * own)
+    rows = [runner.req_table.alloc() for _ in range(batch)]
+    table = runner.req_table.table
+    for i, r in enumerate(rows):
+        table[r, :shared] = slots[:shared].to(dev)
+        table[r, shared:shared + own] = slots[shared + i * own:shared + (i + 1) * own].to(dev)
+    ctx = shared + own
+    i64 = lambda xs: torch.tensor(xs, dtype=torch.int64, device=dev)  # noqa: E731
+    fb = ForwardBatch(
+        input_ids=torch.randint(100, 30000, (batch,), device=dev), positions=torch.full((batch,), ctx - 1, device=dev),
+        out_slots=table[i64(rows), ctx - 1].clone(), req_rows=i64(rows), seq_lens=torch.full((batch,), ctx, device=dev),
+        extend_lens=torch.ones(batch, dtype=torch.int64, device=dev), extend_starts=torch.arange(batch, device=dev),
+        logits_indices=torch.arange(batch, device=dev), max_seq_len=ctx, max_extend_len=1, is_decode=True)
+    groups = PrefixGroups(row_prefix_lens=torch.full((batch,), shared, device=dev),
+                          group_rows=torch.arange(batch - 1, -1, -1, device=dev), group_starts=i64([0, batch]),
+                          group_prefix_lens=i64([shared]), group_table_rows=i64([rows[0]]), max_group_size=batch,
+                          max_prefix_len=shared)
+    grouped = fb._replace(prefix_groups=groups)
+    plain_logits, casc_logits = runner.forward(fb).clone(), runner.forward(grouped).clone()
+    graphs, runner.graphs = runner.graphs, None
+    runner.attn.num_kv_splits = 4  # the same function summed in another order: the scale of bf16 noise
+    resplit_logits = runner.forward(fb).clone()
+    runner.attn.num_kv_splits = None
+    runner.graphs = graphs
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    entry = dict(batch=batch, shared=shared, own=own, rel_logits_diff=rel(casc_logits, plain_logits),
+                 rel_logits_diff_plain_4_splits=rel(resplit_logits, plain_logits),
+                 same_argmax=bool((casc_logits.argmax(-1) == plain_logits.argmax(-1)).all()),
+                 plain_graph_step_ms=cuda_ms(lambda: runner.forward(fb), iters=30),
+                 cascade_graph_step_ms=cuda_ms(lambda: runner.forward(grouped), iters=30))
+    for r in rows:
+        runner.req_table.free(r)
+    runner.allocator.free(slots)
+    fb2, rows2, slots2 = decode_batch(runner, batch, own)
+    entry["ctx128_graph_step_ms"] = cuda_ms(lambda: runner.forward(fb2), iters=30)
+    release(runner, rows2, slots2)
+    entry["cascade_over_ctx128"] = entry["cascade_graph_step_ms"] / entry["ctx128_graph_step_ms"]
+    entry["plain_over_ctx128"] = entry["plain_graph_step_ms"] / entry["ctx128_graph_step_ms"]
+    res["cascade_step"] = entry
+    log.info("cascade step: %s", entry)
+
+
+def bench_profile(engine: Engine, res: dict) -> None:
+    """Kernel times of the batch-1 decode step (context 256), graph replay and eager."""
+    from torch.profiler import ProfilerActivity, profile
+    runner = engine.runner
+    fb, rows, slots = decode_batch(runner, 1, 256)
+    out = {}
+    for mode in ("graph", "eager"):
+        graphs = runner.graphs
+        if mode == "eager":
+            runner.graphs = None
+        try:
+            for _ in range(3):
+                runner.forward(fb)
+            torch.cuda.synchronize()
+            n = 20
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(n):
+                    runner.forward(fb)
+                torch.cuda.synchronize()
+        finally:
+            runner.graphs = graphs
+        rows_out = []
+        for evt in prof.key_averages():
+            t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+            if t > 0:
+                rows_out.append(dict(name=evt.key[:90], us_per_step=t / n, calls_per_step=evt.count / n))
+        rows_out.sort(key=lambda r: -r["us_per_step"])
+        out[mode] = dict(kernel_us_per_step=sum(r["us_per_step"] for r in rows_out),
+                         kernel_launches_per_step=sum(r["calls_per_step"] for r in rows_out), top=rows_out[:25])
+        log.info("profile %s: %.0f us of kernels, %.0f launches per step", mode, out[mode]["kernel_us_per_step"],
+                 out[mode]["kernel_launches_per_step"])
+    release(runner, rows, slots)
+    res["profile_batch1"] = out
 
 
 def bench_kernel(res: dict) -> None:
@@ -269,6 +456,10 @@ def write_markdown(res: dict, path: str) -> None:
               f"{b1['graph_pct_of_floor']:.1f} |",
               f"| radixserve eager step alone | {1e3 / b1['eager_step_ms']:.1f} | {b1['eager_step_ms']:.2f} | "
               f"{100 * b1['floor_step_ms'] / b1['eager_step_ms']:.1f} |",
+              f"| graph step, cuBLAS for the linear layers (no Triton GEMV) | "
+              f"{1e3 / b1.get('graph_step_cublas_linear_ms', float('nan')):.1f} | "
+              f"{b1.get('graph_step_cublas_linear_ms', float('nan')):.2f} | "
+              f"{100 * b1['floor_step_ms'] / b1.get('graph_step_cublas_linear_ms', float('nan')):.1f} |",
               f"| radixserve Engine.generate, decode part | {b1['engine_decode_tokens_per_s']:.1f} | "
               f"{b1['engine_decode_step_ms']:.2f} | {b1['engine_pct_of_floor']:.1f} |",
               f"| radixserve Engine.generate, end to end | {b1['engine_tokens_per_s']:.1f} | | |"]
@@ -293,6 +484,36 @@ def write_markdown(res: dict, path: str) -> None:
               f"| 4 prompts at once | {1e3 * p['batch4_seconds']:.1f} ms ({p['prefill_tokens_per_s_batch4']:.0f} tok/s) |",
               f"| TTFT, first {p['cached_prefix_tokens']} tokens cached (radix hit) | {1e3 * p['ttft_radix_hit_s']:.1f} ms "
               f"({p['ttft_speedup']:.1f}x faster) |", ""]
+    if res.get("prefill_long"):
+        L += ["## One fresh prompt: time to first token vs transformers' forward (SDPA, logits_to_keep=1)", "",
+              "| tokens | transformers s | radixserve s | radixserve / transformers |", "|---|---|---|---|"]
+        for e in res["prefill_long"]:
+            L.append(f"| {e['tokens']} | {e.get('hf_seconds', float('nan')):.3f} | "
+                     f"{e.get('engine_seconds', float('nan')):.3f} | {e.get('engine_over_hf', float('nan')):.2f} |")
+        a = res.get("prefill_after_prefix")
+        if a:
+            L += ["", f"{a['new']} new tokens after a cached {a['prefix']}-token prefix: TTFT {a['ttft_seconds']:.3f} s "
+                  f"= {a['pct_of_cold']:.1f}% of the cold prompt ({a['cold_seconds']:.2f} s)"]
+        L.append("")
+    c = res.get("cascade_step")
+    if c:
+        L += [f"## Decode step (graph), batch {c['batch']}, {c['shared']}-token shared prefix + {c['own']} own", "",
+              "| what | step ms | / context-128 step |", "|---|---|---|",
+              f"| plain attention | {c['plain_graph_step_ms']:.2f} | {c['plain_over_ctx128']:.2f} |",
+              f"| cascade attention | {c['cascade_graph_step_ms']:.2f} | {c['cascade_over_ctx128']:.2f} |",
+              f"| same batch at a {c['own']}-token context | {c['ctx128_graph_step_ms']:.2f} | 1.00 |", "",
+              f"cascade vs plain logits: relative difference {c['rel_logits_diff']:.1e}, same argmax: {c['same_argmax']} "
+              f"(the scale of bf16 noise: plain attention with 4 KV splits vs 1, "
+              f"{c.get('rel_logits_diff_plain_4_splits', float('nan')):.1e})",
+              ""]
+    prof = res.get("profile_batch1")
+    if prof:
+        L += ["## Kernels of one batch-1 decode step (context 256)", ""]
+        for mode, p in prof.items():
+            L += [f"{mode}: {p['kernel_us_per_step']:.0f} us of kernel time, {p['kernel_launches_per_step']:.0f} "
+                  f"launches per step", "", "| kernel | us/step | calls/step |", "|---|---|---|"]
+            L += [f"| `{r['name']}` | {r['us_per_step']:.1f} | {r['calls_per_step']:.0f} |" for r in p["top"][:15]]
+            L.append("")
     if res.get("decode_attention_kernel"):
         L += ["## Decode-attention kernel alone (batch 64, 32 q / 8 kv heads, D 128, bf16, page size 1)", "",
               "| context | KV splits | chosen by heuristic | ms | GB/s | % of copy BW |", "|---|---|---|---|---|---|"]
@@ -316,7 +537,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--model", default="dummy:llama-3.1-8b")
     ap.add_argument("--tokenizer", default=None)
-    ap.add_argument("--sections", default="batch1,kernel,sweep,prefill,fused,hf,hf_static")
+    ap.add_argument("--sections", default="batch1,profile,kernel,sweep,prefill,cascade_step,prefill_long,fused,"
+                                          "hf,hf_static")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     sections = set(args.sections.split(","))
@@ -347,6 +569,8 @@ def main() -> None:
 
     res["copy_gb_per_s"] = copy_bandwidth()
     log.info("copy bandwidth %.0f GB/s", res["copy_gb_per_s"])
+    if "prefill_long" in sections:
+        section("prefill_long", bench_hf_prefill, res, gen)
     t0 = time.perf_counter()
     engine = Engine(args.model, tokenizer=args.tokenizer, device="cuda", max_total_tokens=KV_TOKENS,
                     max_running_requests=256)
@@ -354,9 +578,12 @@ def main() -> None:
     res["kv_pool_tokens"] = engine.runner.allocator.capacity
     res["graph_capture_s"] = engine.runner.graphs.capture_seconds if engine.runner.graphs else None
     section("batch1", bench_batch1, engine, res, res["copy_gb_per_s"], gen)
+    section("profile", bench_profile, engine, res)
     section("kernel", bench_kernel, res)
     section("sweep", bench_sweep, engine, res, gen)
     section("prefill", bench_prefill, engine, res, gen)
+    section("cascade_step", bench_cascade_step, engine, res)
+    section("prefill_long", bench_prefill_long, engine, res, gen)
     section("fused", bench_fused, engine, res)
     section("hf", bench_hf, res, False, gen)
     section("hf_static", bench_hf, res, True, gen)

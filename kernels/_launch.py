@@ -52,20 +52,33 @@ def mma(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def online_softmax_block(q, k, v, visible, m_i, l_i, acc, sm_scale_log2,
+def online_softmax_block(q, k, v, visible, m_i, l_i, acc, sm_scale_log2, MASKED: tl.constexpr,
                          PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """Fold one block of keys into a flash-attention running state.
 
-    q [M, D], k/v [N, D], visible [M, N]; (m_i [M], l_i [M], acc [M, D]) hold the running max (log2
-    units), the running sum of exp2 and the unnormalised output. Returns the updated state.
-    NOTE: a row with no visible key in this block keeps m_i (alpha = 1, p = 0); the caller makes
-    sure the first block it folds has a visible key per live row, so m_i is finite from then on.
+    q [M, D], k/v [N, D], visible [M, N] (read only when MASKED); (m_i [M], l_i [M], acc [M, D])
+    hold the running max (log2 units), the running sum of exp2 and the unnormalised output.
+    Returns the updated state.
+    NOTE: a row that has seen no visible key yet keeps m_i = -inf, l_i = 0 and acc = 0 (the max is
+    replaced by 0 where it is still -inf, so no -inf - -inf = NaN); callers turn l_i == 0 into an
+    empty result (lse -inf) instead of dividing by it.
     """
     s = mma(q, tl.trans(k), PRECISION, UPCAST) * sm_scale_log2  # [M, N]
-    s = tl.where(visible, s, float("-inf"))
+    if MASKED:
+        s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
     acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
     l_i = l_i * alpha + tl.sum(p, 1)
     return m_new, l_i, acc
+
+
+@triton.jit
+def finish_softmax(m_i, l_i, acc):
+    """-> (normalised output [M, D], log-sum-exp [M] in log2 units); rows with no key: (0, -inf)."""
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+    return out, lse

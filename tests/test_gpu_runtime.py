@@ -184,3 +184,27 @@ def test_greedy_exact_float32_graphs_on_off_torch_and_transformers(tmp_path):
             out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
                               do_sample=False, pad_token_id=0)
             assert out[0, len(p):].tolist() == ours
+
+
+def test_greedy_float32_identical_page_sizes_and_torch_reference():
+    """Engine-level, float32: the Triton path (fused rope+store, new extend kernel, graphs) at page
+    sizes 1 and 16 gives the torch reference backend's greedy tokens. Later prompts share a
+    37-token prefix with earlier ones, so radix hits (whole pages only at page size 16) and
+    extend-after-prefix run too."""
+    gen = torch.Generator().manual_seed(4)
+    shared = torch.randint(3, 40000, (37,), generator=gen).tolist()
+    prompts = [shared + torch.randint(3, 40000, (n,), generator=gen).tolist() for n in (5, 60, 1, 23)]
+    prompts.append(torch.randint(3, 40000, (300,), generator=gen).tolist())
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)
+    outs = {}
+    for name, opts in {"triton-p1": {}, "triton-p16": {"page_size": 16},
+                       "torch-p1": {"attention_backend": "torch-ref", "cuda_graph": False}}.items():
+        eng = Engine("dummy:smollm2-135m", tokenizer=tokenizer_path(), device="cuda", dtype="float32",
+                     max_total_tokens=8192, max_running_requests=8, **opts)
+        first = eng.generate(input_ids=prompts[:1], sampling_params=params)  # caches the shared prefix
+        rest = eng.generate(input_ids=prompts[1:], sampling_params=params)
+        outs[name] = [o.token_ids for o in first + rest]
+        assert rest[0].cached_tokens >= (32 if "p16" in name else 37), (name, rest[0].cached_tokens)
+        eng.shutdown()
+    assert outs["triton-p1"] == outs["torch-p1"]
+    assert outs["triton-p16"] == outs["torch-p1"]

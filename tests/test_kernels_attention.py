@@ -10,49 +10,10 @@ import torch
 
 from radixserve.kernels.decode_attention import (choose_num_kv_splits, decode_attention, decode_attention_ref,
                                                  decode_scratch)
-from radixserve.kernels.extend_attention import extend_attention, extend_attention_ref
+from radixserve.kernels.extend_attention import (DEFAULT_CONFIG, ExtendConfig, choose_extend_splits, extend_attention,
+                                                 extend_attention_ref)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bfloat16: (3e-2, 2e-2)}  # (atol, rtol)
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def make_table(seq_lens: list[int], page_size: int, num_rows: int, share_prefix: int = 0,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """A req_to_token table whose rows 1..B (row 0 unused) hold disjoint random pages.
-
-    page_size 1 gives slots scattered as a random permutation; page_size 16 gives runs of 16.
-    With share_prefix > 0 every row after the first reuses the first row's slots for its first
-    share_prefix tokens, as rows sharing a radix-tree prefix do. Page 0 is never used.
-    Returns (table [num_rows, max_ctx], req_rows [B], num_slots).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    max_ctx = max(seq_lens)
-    pages_per_row = -(-max_ctx // page_size)
-    num_pages = 1 + len(seq_lens) * pages_per_row + 3
-    order = 1 + torch.randperm(num_pages - 1, generator=gen)  # [P-1], page 0 excluded
-    table = torch.zeros((num_rows, max_ctx), dtype=torch.int64)
-    req_rows = torch.randperm(num_rows - 1, generator=gen)[:len(seq_lens)] + 1
-    for b, row in enumerate(req_rows.tolist()):
-        pages = order[b * pages_per_row:(b + 1) * pages_per_row]
-        slots = (pages[:, None] * page_size + torch.arange(page_size)).flatten()[:max_ctx]
-        table[row] = slots
-        if b and share_prefix:
-            table[row, :share_prefix] = table[req_rows[0], :share_prefix]
-    return table.to(DEVICE), req_rows.to(DEVICE), num_pages * page_size
-
-
-def make_pools(num_slots: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
-               seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    k = torch.randn((num_slots, num_kv_heads, head_dim), generator=gen)
-    v = torch.randn((num_slots, num_kv_heads, head_dim), generator=gen)
-    return k.to(DEVICE, dtype), v.to(DEVICE, dtype)
-
-
-def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
-    atol, rtol = TOL[dtype]
-    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+from kernel_fixtures import DEVICE, assert_close, gpu, make_pools, make_table
 
 
 def run_decode(seq_lens, num_heads, num_kv_heads, head_dim, dtype, page_size, splits_list,
@@ -125,7 +86,7 @@ def test_decode_rejects_bad_input():
 
 
 def run_extend(seq_lens, extend_lens, num_heads, num_kv_heads, head_dim, dtype, page_size, share_prefix=0,
-               block=16):
+               config=ExtendConfig(16, 16, 4, 2), splits_list=(1, 4)):
     table, rows, num_slots = make_table(seq_lens, page_size, num_rows=len(seq_lens) + 2, share_prefix=share_prefix)
     k_pool, v_pool = make_pools(num_slots, num_kv_heads, head_dim, dtype)
     ext = torch.tensor(extend_lens, device=DEVICE)
@@ -134,24 +95,71 @@ def run_extend(seq_lens, extend_lens, num_heads, num_kv_heads, head_dim, dtype, 
     q = torch.randn((total, num_heads, head_dim), generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
     lens = torch.tensor(seq_lens, device=DEVICE)
     scale = head_dim ** -0.5
-    out = extend_attention(q, k_pool, v_pool, table, rows, lens, ext, starts, max(extend_lens), scale,
-                           block_m=block, block_n=block)
     ref = extend_attention_ref(q, k_pool, v_pool, table, rows, lens, ext, starts, scale)
-    assert out.dtype == dtype and out.shape == q.shape
-    assert_close(out, ref, dtype)
+    for num_splits in splits_list:
+        out = torch.full_like(q, float("nan"))  # every token must be written
+        extend_attention(q, k_pool, v_pool, table, rows, lens, ext, starts, max(extend_lens), scale, out=out,
+                         config=config, num_splits=num_splits)
+        assert out.dtype == dtype and out.shape == q.shape
+        assert_close(out, ref, dtype)
 
 
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,dtype,page_size", [
-    (2, 2, 64, torch.float32, 16),
-    (8, 2, 80, torch.float32, 1),
-    (8, 1, 128, torch.float32, 16),
+    (2, 2, 64, torch.float32, 16),   # MHA: 16 tokens per tile
+    (8, 2, 80, torch.float32, 1),    # GQA 4: 4 tokens per tile, padded head_dim
+    (8, 1, 128, torch.float32, 16),  # GQA 8: 2 tokens per tile
+    (6, 2, 64, torch.float32, 1),    # GQA 3: heads padded to 4 in the tile
     (4, 1, 128, torch.bfloat16, 1),
     (4, 4, 80, torch.float16, 16),
 ])
 def test_extend_matches_reference(num_heads, num_kv_heads, head_dim, dtype, page_size):
     # rows: pure prefill of 1 token; prefill of 37 (spans blocks); a 1-token extend after a long
-    # prefix; a 20-token chunk after a 19-token prefix (diagonal not block-aligned).
+    # prefix; a 20-token chunk after a 19-token prefix (diagonal not block-aligned); 4 splits
+    # leave some pieces of the short rows empty.
     run_extend([1, 37, 61, 39], [1, 37, 1, 20], num_heads, num_kv_heads, head_dim, dtype, page_size)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_extend_kv_start_partial_then_merge(num_splits):
+    """Keys [0, 32) attended elsewhere (here: in torch) and the rest by the kernel with kv_start=32,
+    written as partial pieces; merging all pieces by log-sum-exp gives full attention."""
+    from radixserve.kernels.merge_states import merge_states
+    seq_lens, ext_lens = [70, 45], [20, 13]  # both rows' new tokens start after key 32
+    table, rows, num_slots = make_table(seq_lens, 1, num_rows=4)
+    k_pool, v_pool = make_pools(num_slots, 2, 64, torch.float32)
+    ext = torch.tensor(ext_lens, device=DEVICE)
+    starts = torch.cumsum(ext, 0) - ext
+    lens = torch.tensor(seq_lens, device=DEVICE)
+    q = torch.randn((sum(ext_lens), 8, 64), generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    scale = 0.125
+    part_out = torch.full((q.shape[0], 8, 1 + num_splits, 64), float("nan"), device=DEVICE)
+    part_lse = torch.full((q.shape[0], 8, 1 + num_splits), float("nan"), device=DEVICE)
+    for b, (row, n, e) in enumerate(zip(rows.tolist(), seq_lens, ext_lens)):  # piece 0: keys [0, 32) in torch
+        slots = table[row, :32]
+        k = k_pool[slots].repeat_interleave(4, 1)  # [32, H, D]
+        v = v_pool[slots].repeat_interleave(4, 1)
+        scores = torch.einsum("thd,lhd->thl", q[starts[b]:starts[b] + e], k) * scale
+        part_out[starts[b]:starts[b] + e, :, 0] = torch.einsum("thl,lhd->thd", scores.softmax(-1), v)
+        part_lse[starts[b]:starts[b] + e, :, 0] = torch.logsumexp(scores, -1) / torch.log(torch.tensor(2.0))
+    assert extend_attention(q, k_pool, v_pool, table, rows, lens, ext, starts, 20, scale,
+                            config=ExtendConfig(16, 16, 4, 2), num_splits=num_splits, kv_start=32,
+                            partial=(part_out, part_lse, 1)) is None
+    out = merge_states(part_out, part_lse, 1 + num_splits, torch.empty_like(q))
+    assert_close(out, extend_attention_ref(q, k_pool, v_pool, table, rows, lens, ext, starts, scale), torch.float32)
+    with pytest.raises(ValueError, match="multiple of the key block"):
+        extend_attention(q, k_pool, v_pool, table, rows, lens, ext, starts, 20, scale,
+                         config=ExtendConfig(16, 16, 4, 2), kv_start=20)
+
+
+def test_extend_split_choice():
+    cfg = ExtendConfig(128, 64, 8, 3)
+    # one long chunk fills the GPU by query tiles alone: no split
+    assert choose_extend_splits(cfg, 1, 2048, 100_000, 2048, 32, 8, 128) == 1
+    # a short extend after a long prefix: split up to 16 pieces of >= 4 blocks each
+    assert choose_extend_splits(cfg, 1, 50, 30_000, 50, 32, 8, 128) == 16
+    assert choose_extend_splits(cfg, 1, 50, 600, 50, 32, 8, 128) == 2
+    # the float32 partials stay within the scratch cap
+    assert choose_extend_splits(cfg, 1, 200, 10**6, 60_000, 32, 8, 128) == 1
 
 
 def test_extend_rows_sharing_a_prefix():
@@ -165,22 +173,23 @@ def test_extend_is_causal_within_new_tokens():
     q = torch.randn((10, 2, 64), device=DEVICE)
     args = (rows, torch.tensor([24], device=DEVICE), torch.tensor([10], device=DEVICE),
             torch.tensor([0], device=DEVICE), 10, 0.125)
-    before = extend_attention(q, k_pool, v_pool, table, *args, block_m=16, block_n=16)
+    before = extend_attention(q, k_pool, v_pool, table, *args, config=ExtendConfig(16, 16, 4, 2))
     last = table[rows[0], 23]
     k_pool[last] += 5.0
     v_pool[last] += 5.0
-    after = extend_attention(q, k_pool, v_pool, table, *args, block_m=16, block_n=16)
+    after = extend_attention(q, k_pool, v_pool, table, *args, config=ExtendConfig(16, 16, 4, 2))
     torch.testing.assert_close(after[:9], before[:9], atol=0, rtol=0)
     assert not torch.allclose(after[9], before[9])
 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(32, 8, 128), (14, 2, 64), (32, 32, 80)])
-def test_attention_serving_sizes_gpu(dtype, num_heads, num_kv_heads, head_dim):
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,dtype", [
+    (32, 8, 128, torch.bfloat16), (14, 2, 64, torch.bfloat16), (32, 32, 80, torch.float16),
+    (32, 8, 128, torch.float32)])
+def test_attention_serving_sizes_gpu(num_heads, num_kv_heads, head_dim, dtype):
     seq_lens = [1, 17, 511, 2048, 4000, 129, 64, 3333]
-    run_decode(seq_lens, num_heads, num_kv_heads, head_dim, dtype, page_size=16, splits_list=[1, 4, 16],
+    run_decode(seq_lens, num_heads, num_kv_heads, head_dim, dtype, page_size=16, splits_list=[1, 16],
                block_n=64)
     run_extend(seq_lens, [1, 17, 200, 2048, 1, 128, 63, 1000], num_heads, num_kv_heads, head_dim, dtype,
-               page_size=16, block=64)
+               page_size=16, config=DEFAULT_CONFIG[dtype])

@@ -10,7 +10,7 @@ import torch
 
 from radixserve.kernels.kv_store import kv_store, kv_store_ref
 from radixserve.kernels.rmsnorm import fused_add_rmsnorm, fused_add_rmsnorm_ref, rmsnorm, rmsnorm_ref
-from radixserve.kernels.rotary import apply_rotary, apply_rotary_ref, rope_cos_sin
+from radixserve.kernels.rotary import apply_rotary, apply_rotary_ref, apply_rotary_store, rope_cos_sin
 from radixserve.kernels.silu_mul import silu_mul, silu_mul_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -127,6 +127,32 @@ def test_rotary_in_place(dtype, num_heads, num_kv_heads, head_dim):
     assert_close(q, ref_q)
     assert_close(k, ref_k)
     torch.testing.assert_close(qkv[:, (num_heads + num_kv_heads) * head_dim:], v_before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 4, 64), (8, 2, 80), (6, 2, 128)])
+def test_rotary_store_equals_rotary_then_kv_store(dtype, num_heads, num_kv_heads, head_dim):
+    """The fused kernel = apply_rotary_ref + kv_store_ref: q rotated in place, rotated k and v in the
+    pool at out_slots only, k itself untouched."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    cos, sin = rope_cos_sin(inv_freq, 512)
+    t = 7
+    positions = torch.tensor([0, 1, 511, 9, 9, 300, 2], device=DEVICE)
+    slots = torch.tensor([5, 17, 3, 40, 41, 8, 30], device=DEVICE)
+    qkv = randn(t, (num_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, seed=1)
+    q = qkv[:, :num_heads * head_dim].view(t, num_heads, head_dim)
+    k = qkv[:, num_heads * head_dim:(num_heads + num_kv_heads) * head_dim].view(t, num_kv_heads, head_dim)
+    v = qkv[:, (num_heads + num_kv_heads) * head_dim:].view(t, num_kv_heads, head_dim)
+    k_before = k.clone()
+    ref_q, ref_k = apply_rotary_ref(q, k, positions, cos, sin)
+    pools = [randn(48, num_kv_heads, head_dim, dtype=dtype, seed=s) for s in (2, 3)]
+    ref_pools = [p.clone() for p in pools]
+    kv_store_ref(ref_k, v, *ref_pools, slots)
+    apply_rotary_store(q, k, v, positions, cos, sin, *pools, slots)
+    assert_close(q, ref_q)
+    assert_close(pools[0], ref_pools[0])
+    torch.testing.assert_close(pools[1], ref_pools[1], atol=0, rtol=0)  # v: a plain copy
+    torch.testing.assert_close(k, k_before, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -24,6 +24,12 @@ def fused_ops_on(x: torch.Tensor) -> bool:
     return x.is_cuda and FUSED_CUDA_OPS
 
 
+def single_row(x: torch.Tensor) -> bool:
+    """Batch-1 decode on CUDA: linear layers go through the Triton GEMV (kernels/gemv.py), which
+    streams the weights faster than cuBLAS does at M = 1 on the projections of an 8B model."""
+    return fused_ops_on(x) and x.dim() == 2 and x.shape[0] == 1
+
+
 class Linear(nn.Module):
     """y = x W^T (+ b); weight [out, in], uninitialised until loaded."""
 
@@ -36,6 +42,9 @@ class Linear(nn.Module):
                      if bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if single_row(x):
+            from radixserve.kernels.gemv import gemv
+            return gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -85,6 +94,9 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(intermediate, hidden, bias, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if single_row(x):  # one kernel for gate|up and SiLU-mul: [1, hidden] -> [1, I]
+            from radixserve.kernels.gemv import gemv
+            return self.down_proj(gemv(x, self.gate_up_proj.weight, self.gate_up_proj.bias, gated=True))
         if fused_ops_on(x):
             from radixserve.kernels.silu_mul import silu_mul
             return self.down_proj(silu_mul(self.gate_up_proj(x)))  # [T, 2I] -> [T, I] -> [T, hidden]

@@ -9,9 +9,10 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import nn
 
-from radixserve.models.layers import Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, rope_params
+from radixserve.models.layers import (Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, fused_ops_on, rope_params,
+                                     single_row)
 from radixserve.models.weights import load_stacked_weights
-from radixserve.runtime.attention.base import AttentionBackend
+from radixserve.runtime.attention.base import AttentionBackend, RopeTables
 from radixserve.runtime.forward_batch import ForwardBatch
 
 
@@ -52,8 +53,13 @@ class Attention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(batch.positions, q, k)
-        out = attn.forward(q, k, v, self.layer_id, batch, self.scaling)  # [T, H, D]
+        if fused_ops_on(q) and getattr(attn, "fuses_rope", False):
+            # NOTE: on CUDA the backend rotates q and k in its KV-store kernel (one launch for both).
+            rope = RopeTables(batch.positions, self.rotary.cos, self.rotary.sin)
+            out = attn.forward(q, k, v, self.layer_id, batch, self.scaling, rope=rope)  # [T, H, D]
+        else:
+            q, k = self.rotary(batch.positions, q, k)
+            out = attn.forward(q, k, v, self.layer_id, batch, self.scaling)  # [T, H, D]
         return self.o_proj(out.reshape(t, self.q_size))
 
 
@@ -68,10 +74,18 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, bool(getattr(config, "mlp_bias", False)),
                             dtype, device)
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, attn: AttentionBackend) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), batch, attn)
-        normed, x = self.post_attention_layernorm.add_forward(h, x)  # NOTE: may update x in place
-        return x + self.mlp(normed)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch,
+                attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, residual) -> (mlp output, residual): the layer's output is their sum, which the next
+        norm forms in its add+norm kernel (no separate add per layer). residual None: x is the
+        embedding. NOTE: `residual` may be updated in place."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(h, batch, attn)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -102,12 +116,16 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, batch: ForwardBatch, attn: AttentionBackend) -> torch.Tensor:
         """-> hidden states [T, hidden] after the final norm."""
         x = self.embed_tokens(batch.input_ids)  # [T, hidden]
+        residual = None
         for layer in self.layers:
-            x = layer(x, batch, attn)
-        return self.norm(x)
+            x, residual = layer(x, residual, batch, attn)
+        return self.norm.add_forward(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] float32."""
+        if single_row(hidden):
+            from radixserve.kernels.gemv import gemv
+            return gemv(hidden, self.lm_head.weight).float()
         return torch.nn.functional.linear(hidden, self.lm_head.weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

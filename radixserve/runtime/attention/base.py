@@ -1,11 +1,20 @@
 """The interface every attention backend implements."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
 from radixserve.runtime.forward_batch import ForwardBatch
+
+
+class RopeTables(NamedTuple):
+    """Rotary inputs for a backend that rotates q and k itself while it stores k/v (one kernel):
+    such a backend has `fuses_rope = True` and takes `forward(..., rope=RopeTables(...))`."""
+
+    positions: torch.Tensor  # [T] int64
+    cos: torch.Tensor  # [max_positions, D/2] float32
+    sin: torch.Tensor  # [max_positions, D/2] float32
 
 
 class AttentionBackend(Protocol):
