@@ -13,6 +13,7 @@ import xgrammar as xgr
 from engine_fixtures import make_engine
 from grammar_cases import SCHEMAS, format_checker
 from radixserve import SamplingParams
+from radixserve.grammar import GrammarError
 from radixserve.grammar.backend import JSON_ANY_WHITESPACE
 from radixserve.grammar.schema_check import check_schema
 
@@ -92,8 +93,9 @@ BAD_CONTENT = [  # (SamplingParams kwargs, words the message must contain)
 def test_bad_grammar_content_is_a_value_error_naming_the_field(engine, kwargs, words):
     params = SamplingParams(max_new_tokens=4, **kwargs)
     ids = engine.tokenizer.encode("hi")
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(GrammarError) as exc:
         engine.check_request(ids, params)
+    assert exc.value.field == params.constraint  # for an HTTP layer to name its own parameter
     for w in words:
         assert w in str(exc.value), str(exc.value)
     with pytest.raises(ValueError):  # the same through generate: nothing is queued

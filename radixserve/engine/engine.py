@@ -227,9 +227,15 @@ class Engine:
         if need > self.kv.allocator.capacity:
             raise ValueError(f"the prompt needs {need} KV slots but the pool holds {self.kv.allocator.capacity}; "
                              "raise max_total_tokens")
+        self.check_constraint(params)
+
+    def check_constraint(self, params: SamplingParams) -> None:
+        """Raise GrammarError (a ValueError whose `field` names the SamplingParams field) if the
+        request's structured-output constraint is invalid or not enforceable. Cheap: it parses the
+        grammar; compiling it against the vocabulary comes later, in a thread."""
         spec = grammar_spec(params)
         if spec is not None:
-            self.grammar.validate(spec)  # the grammar's text; compiling it comes after, in a thread
+            self.grammar.validate(spec)
 
     # ---- internals -----------------------------------------------------------------------------
     def _prompts_to_ids(self, prompts, input_ids) -> list[list[int]]:
@@ -283,7 +289,7 @@ class Engine:
         return group
 
     def _wait_grammar(self, group: list[Request]) -> None:
-        """Block until the group's grammar compiled; ValueError naming the field otherwise."""
+        """Block until the group's grammar compiled; GrammarError otherwise."""
         g = group[0].grammar
         if g is not None:
             self.grammar.wait(g.future, g.spec, max(0.0, g.deadline - time.monotonic()))
@@ -297,9 +303,9 @@ class Engine:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(g.future)),
                                    max(0.0, g.deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            raise ValueError(self.grammar.timeout_message(g.spec)) from None
+            raise self.grammar.timeout_error(g.spec) from None
         except Exception as exc:  # noqa: BLE001 - the compiler's error, said as bad input
-            raise ValueError(self.grammar.failure_message(g.spec, exc)) from None
+            raise self.grammar.failure_error(g.spec, exc) from None
 
     def _dispatch(self, ev: Event) -> None:
         """Called on the loop thread for every event."""

@@ -9,6 +9,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
+from radixserve.grammar.errors import GrammarError
 from radixserve.grammar.schema_check import check_schema
 from radixserve.grammar.spec import GrammarSpec
 
@@ -81,7 +82,7 @@ class GrammarBackend:
 
     # ---- checks (synchronous, cheap: no token-level compilation) ----------------------------------
     def validate(self, spec: GrammarSpec) -> None:
-        """Raise ValueError naming spec.field if the source is not a grammar we can enforce."""
+        """Raise GrammarError (a ValueError) if the source is not a grammar we can enforce."""
         xgr = _xgrammar()
         try:
             if spec.kind == "json_schema":
@@ -96,10 +97,12 @@ class GrammarBackend:
                 xgr.Grammar.from_structural_tag(spec.source)
             else:
                 raise AssertionError(f"unknown grammar kind {spec.kind!r}")
-        except ValueError:
+        except GrammarError:
             raise
+        except ValueError as exc:  # ours: the schema checks
+            raise GrammarError(spec.field, str(exc)) from None
         except Exception as exc:  # xgrammar raises RuntimeError and its own error classes
-            raise ValueError(f"{spec.field} is not valid: {_message(exc)}") from None
+            raise GrammarError(spec.field, f"{spec.field} is not valid: {_message(exc)}") from None
 
     # ---- compilation (thread pool) ----------------------------------------------------------------
     def compile(self, spec: GrammarSpec) -> Future:
@@ -112,24 +115,24 @@ class GrammarBackend:
             return self._pool.submit(self._compile, spec)
 
     def wait(self, future: Future, spec: GrammarSpec, timeout_s: float | None) -> None:
-        """Block until compiled; ValueError naming the field on failure or timeout."""
+        """Block until compiled; GrammarError on failure or timeout."""
         from concurrent.futures import TimeoutError as FutureTimeout
 
         try:
             future.result(timeout=timeout_s)
         except FutureTimeout:
-            raise ValueError(self.timeout_message(spec)) from None
+            raise self.timeout_error(spec) from None
         except Exception as exc:  # noqa: BLE001 - the compiler's error, for the caller
-            raise ValueError(self.failure_message(spec, exc)) from None
+            raise self.failure_error(spec, exc) from None
 
-    def timeout_message(self, spec: GrammarSpec) -> str:
-        return (f"{spec.field}: the grammar did not compile within {self.timeout_s:g} s "
-                "(grammar_compile_timeout_s); simplify it")
+    def timeout_error(self, spec: GrammarSpec) -> GrammarError:
+        return GrammarError(spec.field, f"{spec.field}: the grammar did not compile within {self.timeout_s:g} s "
+                                        "(grammar_compile_timeout_s); simplify it")
 
-    def failure_message(self, spec: GrammarSpec, exc: BaseException) -> str:
-        if isinstance(exc, ValueError) and exc.args:
-            return str(exc.args[0])  # already says what to do (e.g. xgrammar is not installed)
-        return f"{spec.field} could not be compiled: {_message(exc)}"
+    def failure_error(self, spec: GrammarSpec, exc: BaseException) -> GrammarError:
+        if isinstance(exc, ValueError) and exc.args:  # already says what to do (e.g. install xgrammar)
+            return GrammarError(spec.field, str(exc.args[0]))
+        return GrammarError(spec.field, f"{spec.field} could not be compiled: {_message(exc)}")
 
     def _compile(self, spec: GrammarSpec):
         t0 = time.perf_counter()

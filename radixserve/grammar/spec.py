@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
+from radixserve.grammar.errors import GrammarError
 from radixserve.sampling_params import SamplingParams
 
 
@@ -17,7 +18,7 @@ class GrammarSpec(NamedTuple):
 
 
 def grammar_spec(params: SamplingParams) -> GrammarSpec | None:
-    """The request's grammar, or None. Raises ValueError naming the field for text that is not JSON."""
+    """The request's grammar, or None. Raises GrammarError for text that is not JSON."""
     field = params.constraint
     if field is None:
         return None
@@ -34,13 +35,13 @@ def _json_text(field: str, value: dict | str) -> str:
         try:
             json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{field} is not valid JSON: {exc}") from None
+            raise GrammarError(field, f"{field} is not valid JSON: {exc}") from None
         return value
     try:
         # NOTE: key order is kept: it is the order in which a schema's properties are generated.
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{field} cannot be written as JSON: {exc}") from None
+        raise GrammarError(field, f"{field} cannot be written as JSON: {exc}") from None
 
 
 def choice_ebnf(choices: list[str]) -> str:
