@@ -1,0 +1,6 @@
+"""Structured output on xgrammar: grammar specs from SamplingParams, checks, compilation in a thread
+pool, per-request matchers, batch bitmasks and jump-forward."""
+from radixserve.grammar.errors import GrammarError
+from radixserve.grammar.spec import GrammarSpec, grammar_spec
+
+__all__ = ["GrammarError", "GrammarSpec", "grammar_spec"]
