@@ -49,14 +49,25 @@ def test_curl_examples(server):
     assert native["meta_info"]["completion_tokens"] == 8 and native["text"]
 
 
-def test_openai_sdk_example(server):
-    sdk = [b for b in _blocks("python") if "from openai import OpenAI" in b]
-    assert len(sdk) == 1
+def _run_sdk_block(server, marker: str) -> str:
+    sdk = [b for b in _blocks("python") if "from openai import OpenAI" in b and marker in b]
+    assert len(sdk) == 1, marker
     proc = subprocess.run([sys.executable, "-c", sdk[0].replace(DEFAULT_URL, server.url)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    cached = [int(x) for x in re.findall(r"cached prompt tokens: (\d+)", proc.stdout)]
+    return proc.stdout
+
+
+def test_openai_sdk_example(server):
+    out = _run_sdk_block(server, "cached prompt tokens")
+    cached = [int(x) for x in re.findall(r"cached prompt tokens: (\d+)", out)]
     assert len(cached) == 2 and cached[1] > cached[0] + 100  # the second reuses the system prompt
+
+
+def test_responses_example(server):
+    out = _run_sdk_block(server, "previous_response_id")
+    turn1, cached = (int(x) for x in re.search(r"turn 1 tokens: (\d+) cached in turn 2: (\d+)", out).groups())
+    assert cached >= turn1 - 1  # the whole first turn, input and output, came from the cache
 
 
 def test_python_engine_example():

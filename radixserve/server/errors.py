@@ -91,6 +91,9 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     if not loc:
         return APIError(400, f"Request body must be a JSON object: {first['msg']}")
+    if loc[-1] == "[key]" and len(loc) >= 3:  # a dict key of the wrong type, e.g. logit_bias {"a": 1}
+        path = ".".join(loc[:-2])
+        return APIError(400, f"Invalid key {loc[-2]!r} in '{path}': {first['msg']}.", param=path)
     # NOTE: members of a union appear in loc as type tags (e.g. 'list[int]'); name the field instead.
     tag = next((i for i, p in enumerate(loc) if "[" in p or p in _TAGS), None)
     if tag is not None:

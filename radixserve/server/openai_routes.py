@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models."""
+"""OpenAI-compatible routes: /v1/chat/completions and /v1/models."""
 from __future__ import annotations
 
 import time
@@ -9,11 +9,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import params, responses
+from radixserve.server import openai_fields, params, responses
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
 from radixserve.server.errors import parse_body
 from radixserve.server.metrics import RequestClock
-from radixserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from radixserve.server.protocol import ChatCompletionRequest
 from radixserve.server.streaming import DONE, sse
 
 router = APIRouter()
@@ -44,6 +44,7 @@ async def chat_completions(request: Request) -> Response:
     req = await parse_body(request, ChatCompletionRequest)
     params.check_model(req.model, st.model_name)
     params.check_stream_options(req)
+    openai_fields.refuse(req)
     params.check_n(req.n, 1, st.config.max_n)
     prompt = params.chat_prompt(st.engine, req.messages)
     sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len)
@@ -58,28 +59,6 @@ async def chat_completions(request: Request) -> Response:
         return sse_response(request, events, ids)
     groups = await generate_all(request, [prompt], sp, rid, req.cache_salt, clock)
     return JSONResponse(responses.chat_completion(rid, st.model_name, groups[0], texts))
-
-
-@router.post("/v1/completions")
-async def completions(request: Request) -> Response:
-    st = request.app.state
-    req = await parse_body(request, CompletionRequest)
-    params.check_model(req.model, st.model_name)
-    params.check_stream_options(req)
-    prompts = params.completion_prompts(st.engine, req.prompt)
-    params.check_n(req.n, len(prompts), st.config.max_n)
-    sp = params.completion_sampling(req)
-    params.check_requests(st.engine, prompts, sp)
-    rid = f"cmpl-{uuid.uuid4().hex}"
-    clock = st.metrics.clock()
-    texts = responses.TokenTexts(st.engine.tokenizer)
-    if req.stream:
-        stream, ids = await stream_all(request, prompts, sp, rid, req.cache_salt)
-        usage = req.stream_options is not None and req.stream_options.include_usage
-        events = _completion_events(stream, rid, st.model_name, req.n, usage, texts, clock)
-        return sse_response(request, events, ids)
-    groups = await generate_all(request, prompts, sp, rid, req.cache_salt, clock)
-    return JSONResponse(responses.completion(rid, st.model_name, groups, texts))
 
 
 async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool, logprobs: bool,
@@ -104,27 +83,6 @@ async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool
             yield chunk(d.index, {"content": d.text}, lps=lps)
         if d.finish_reason is not None:
             yield chunk(d.index, {}, finish=d.finish_reason)
-    clock.done()
-    if include_usage:
-        yield sse({**base, "choices": [], "usage": tracker.usage()})
-    yield DONE
-
-
-async def _completion_events(stream: Merged, rid: str, model: str, n: int, include_usage: bool,
-                             texts: responses.TokenTexts, clock: RequestClock) -> AsyncIterator[bytes]:
-    base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
-    tracker, offsets = UsageTracker(), {}
-    async for p, d in stream:
-        tracker.add(p, d)
-        index = p * n + d.index
-        clock.tokens(index, len(d.token_ids))
-        lps = responses.completion_logprobs(d.logprobs, texts, offsets.get(index, 0))
-        offsets[index] = offsets.get(index, 0) + len(d.text)
-        choice = {"index": index, "text": d.text, "logprobs": lps, "finish_reason": d.finish_reason}
-        body = {**base, "choices": [choice]}
-        if include_usage:
-            body["usage"] = None
-        yield sse(body)
     clock.done()
     if include_usage:
         yield sse({**base, "choices": [], "usage": tracker.usage()})
