@@ -10,6 +10,7 @@ from radixserve.server.errors import install_handlers
 from radixserve.server.metrics import ServerMetrics
 from radixserve.server.middleware import GuardMiddleware
 from radixserve.server.response_store import ResponseStore
+from radixserve.server.tools import template_renders_tools
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     app.state.model_name = config.served_model_name or engine.model_name
     app.state.metrics = ServerMetrics(engine)
     app.state.responses = ResponseStore(config.responses_max_stored, config.responses_max_stored_tokens)
+    app.state.tools_native = template_renders_tools(engine.tokenizer)  # else tools go in the system prompt
     install_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(completion_routes.router)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import openai_fields, params, responses
+from radixserve.server import openai_fields, params, responses, structured
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
 from radixserve.server.errors import parse_body
 from radixserve.server.metrics import RequestClock
@@ -35,20 +35,25 @@ async def completions(request: Request) -> Response:
     openai_fields.refuse(req)
     prompts = params.completion_prompts(st.engine, req.prompt)
     params.check_n(req.n, len(prompts), st.config.max_n)
-    sp = params.completion_sampling(req, st.config.max_n)
+    constraint = structured.one_constraint(structured.constraints_of(req))
+    sp = params.completion_sampling(req, st.config.max_n, structured.sampling_fields(constraint))
     params.check_n(sp.n, len(prompts), st.config.max_n)
-    params.check_requests(st.engine, prompts, sp)
+
+    def param_of(message: str) -> str | None:
+        return structured.request_param(constraint, message)
+
+    params.check_requests(st.engine, prompts, sp, param_of=param_of)
     rid = f"cmpl-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
     tok = st.engine.tokenizer
     texts = responses.TokenTexts(tok)
     echoed = [responses.echoed_prompt(tok, p, sp.skip_special_tokens) for p in prompts] if req.echo else None
     if req.stream:
-        stream, ids = await stream_all(request, prompts, sp, rid, req.cache_salt)
+        stream, ids = await stream_all(request, prompts, sp, rid, req.cache_salt, param_of)
         usage = req.stream_options is not None and req.stream_options.include_usage
         events = _events(stream, rid, st.model_name, req.n, usage, texts, echoed, req.logprobs is not None, clock)
         return sse_response(request, events, ids)
-    groups = await generate_all(request, prompts, sp, rid, req.cache_salt, clock)
+    groups = await generate_all(request, prompts, sp, rid, req.cache_salt, clock, param_of)
     usage = responses.usage_of(groups)  # every best_of candidate was generated, so every one counts
     choices = []
     for p, group in enumerate(groups):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 from radixserve.sampling_params import SamplingParams
@@ -32,19 +33,24 @@ def check_stream_options(req: _OpenAIRequest) -> None:
         raise APIError(400, "stream_options is only allowed when stream is true.", param="stream_options")
 
 
-def chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def chat_messages(messages: list[ChatMessage]) -> list[dict]:
+    """Messages as the chat template takes them, with no tools offered."""
+    from radixserve.server import tools
+
+    return tools.template_messages(messages, tools.ToolPlan("none", [], None, True, False))
+
+
+def chat_prompt(engine: Any, messages: list[ChatMessage] | list[dict], tool_defs: list[dict] | None = None) -> list[int]:
+    """Token ids of the conversation through the model's chat template (`tool_defs` for a template
+    that renders tools itself)."""
     if not messages:
         raise APIError(400, "messages must contain at least one message.", param="messages")
-    out = []
-    for m in messages:
-        role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": m.text()})
-    return out
-
-
-def chat_prompt(engine: Any, messages: list[ChatMessage]) -> list[int]:
+    dicts = chat_messages(messages) if isinstance(messages[0], ChatMessage) else messages
     with user_errors("messages"):
-        return list(engine.apply_chat_template(chat_messages(messages)))
+        if tool_defs is None:
+            return list(engine.apply_chat_template(dicts))
+        ids = engine.tokenizer.apply_chat_template(dicts, tools=tool_defs, tokenize=True, add_generation_prompt=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
 
 
 def completion_prompts(engine: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
@@ -95,13 +101,14 @@ def _common(req: _OpenAIRequest, max_new_tokens: int) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int) -> SamplingParams:
+def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int,
+                  extra: dict[str, Any] | None = None) -> SamplingParams:
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_new is None:  # OpenAI: the rest of the context
         max_new = max(1, max_context_len - prompt_len)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
-    fields = _common(req, max_new)
+    fields = {**_common(req, max_new), **(extra or {})}
     if req.logprobs:
         fields["logprobs"] = req.top_logprobs or 0
     names = {"max_new_tokens": "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
@@ -109,11 +116,11 @@ def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: 
     return make_sampling(fields, names)
 
 
-def completion_sampling(req: CompletionRequest, max_n: int) -> SamplingParams:
+def completion_sampling(req: CompletionRequest, max_n: int, extra: dict[str, Any] | None = None) -> SamplingParams:
     """`best_of` > n runs best_of samples (with their logprobs, to rank them); `echo` with
     `logprobs` asks for the logprobs of every prompt token after the first."""
     max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    fields = _common(req, max_new)
+    fields = {**_common(req, max_new), **(extra or {})}
     if req.suffix:
         raise APIError(400, "'suffix' is not supported: inserting text before a given suffix needs a model "
                        "trained for fill-in-the-middle, and this server does not rewrite prompts into such a "
@@ -172,7 +179,8 @@ def make_sampling(fields: dict[str, Any], names: dict[str, str] | None = None, p
 
 
 def check_requests(engine: Any, prompts: list[list[int]], sp: SamplingParams, prompt_param: str = "prompt",
-                   max_tokens_param: str = "max_tokens", bias_param: str = "logit_bias") -> None:
+                   max_tokens_param: str = "max_tokens", bias_param: str = "logit_bias",
+                   param_of: Callable[[str], str | None] | None = None) -> None:
     """The engine's own checks, plus OpenAI's rule that prompt + max_tokens must fit the context
     (the engine alone would silently shorten max_tokens)."""
     ctx = engine.max_context_len
@@ -182,7 +190,7 @@ def check_requests(engine: Any, prompts: list[list[int]], sp: SamplingParams, pr
                        param=bias_param)
     for i, ids in enumerate(prompts):
         param = prompt_param if len(prompts) == 1 else f"{prompt_param}[{i}]"
-        with user_errors(param):
+        with user_errors(param, param_of):
             engine.check_request(ids, sp)
         if len(ids) + sp.max_new_tokens > ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens, but {len(ids) + sp.max_new_tokens} "

@@ -146,11 +146,33 @@ def best_of(group: list[RequestOutput], n: int) -> list[RequestOutput]:
     return sorted(group, key=lambda o: (-score(o), o.index))[:n]
 
 
-def chat_completion(rid: str, model: str, outputs: list[RequestOutput], texts: TokenTexts) -> dict:
-    choices = [{"index": o.index,
-                "message": {"role": "assistant", "content": o.text},
-                "logprobs": chat_logprobs(o.logprobs, texts),
-                "finish_reason": o.finish_reason} for o in outputs]
+def finish_reason(reason: str | None, reader: Any) -> str | None:
+    """"tool_calls" when an answer that ended by itself called tools (OpenAI's rule)."""
+    if reader is not None and reader.calls and reason == "stop":
+        return "tool_calls"
+    return reason
+
+
+def chat_message(o: RequestOutput, reader: Any) -> dict:
+    """The assistant message of one choice; with tools, calls are read out of its text."""
+    if reader is None:
+        return {"role": "assistant", "content": o.text}
+    from radixserve.server.tool_stream import assemble
+
+    a = assemble(reader.feed(o.text) + reader.finish())
+    if not a.tool_calls:
+        return {"role": "assistant", "content": a.content or ""}
+    return {"role": "assistant", "content": a.content, "tool_calls": a.tool_calls}
+
+
+def chat_completion(rid: str, model: str, outputs: list[RequestOutput], texts: TokenTexts,
+                    reader_factory: Any = None) -> dict:
+    choices = []
+    for o in outputs:
+        reader = reader_factory() if reader_factory is not None else None
+        choices.append({"index": o.index, "message": chat_message(o, reader),
+                        "logprobs": chat_logprobs(o.logprobs, texts),
+                        "finish_reason": finish_reason(o.finish_reason, reader)})
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": choices, "usage": usage_of([outputs])}
 

@@ -40,8 +40,25 @@ class InputMessage(_Strict):
         return "".join(part.text for part in self.content)
 
 
-class TextFormat(_Strict):
+class TextFormatText(_Strict):
     type: Literal["text"]
+
+
+class TextFormatJSONObject(_Strict):
+    type: Literal["json_object"]
+
+
+class TextFormatJSONSchema(_Strict):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    type: Literal["json_schema"]
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")]
 
 
 class TextConfig(_Strict):

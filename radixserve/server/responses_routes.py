@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling_params import SamplingParams
-from radixserve.server import conversation, openai_fields, params, responses
+from radixserve.server import conversation, openai_fields, params, responses, structured
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError, parse_body
 from radixserve.server.metrics import RequestClock
@@ -45,15 +45,21 @@ async def create_response(request: Request) -> Response:
     if req.text is not None:
         openai_fields.refuse(req.text, "text.")
     want_logprobs = _check_include(req)
+    constraint = _text_format(req)
     turn = _turn_prompt(st.engine, st.responses, req)
-    sp = _sampling(req, len(turn.ids), st.engine.max_context_len, want_logprobs)
-    params.check_requests(st.engine, [turn.ids], sp, prompt_param="input", max_tokens_param="max_output_tokens")
+    sp = _sampling(req, len(turn.ids), st.engine.max_context_len, want_logprobs, constraint)
+
+    def param_of(message: str) -> str | None:
+        return structured.request_param(constraint, message)
+
+    params.check_requests(st.engine, [turn.ids], sp, prompt_param="input", max_tokens_param="max_output_tokens",
+                          param_of=param_of)
     turn_ctx = _Turn(req, turn, sp, st.model_name, st.engine.tokenizer, want_logprobs)
     clock = st.metrics.clock()
     if req.stream:
-        stream, ids = await stream_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt)
+        stream, ids = await stream_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt, param_of)
         return sse_response(request, _events(stream, turn_ctx, st.responses, clock), ids)
-    out = (await generate_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt, clock))[0][0]
+    out = (await generate_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt, clock, param_of))[0][0]
     body = turn_ctx.finish(out.token_ids, out.text, out.logprobs, out.finish_reason, out.prompt_tokens,
                            out.cached_tokens, st.responses)
     return JSONResponse(body)
@@ -107,8 +113,19 @@ def _turn_prompt(engine: Any, store: ResponseStore, req: ResponsesRequest) -> co
     return conversation.follow_up(engine, prev, req.instructions, messages)
 
 
-def _sampling(req: ResponsesRequest, prompt_len: int, max_context_len: int, want_logprobs: bool) -> SamplingParams:
+def _text_format(req: ResponsesRequest) -> structured.Constraint | None:
+    fmt = req.text.format if req.text is not None else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return structured.Constraint("json_schema", structured.JSON_OBJECT, "text.format")
+    return structured.Constraint("json_schema", fmt.schema_, "text.format.schema")
+
+
+def _sampling(req: ResponsesRequest, prompt_len: int, max_context_len: int, want_logprobs: bool,
+              constraint: structured.Constraint | None) -> SamplingParams:
     fields: dict[str, Any] = {
+        **structured.sampling_fields(constraint),
         "max_new_tokens": req.max_output_tokens if req.max_output_tokens is not None
         else max(1, max_context_len - prompt_len),
         "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "top_k": req.top_k,
@@ -147,10 +164,14 @@ class _Turn:
             "output": output, "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": req.previous_response_id, "reasoning": {"effort": None, "summary": None},
             "service_tier": "default", "store": req.store is not False,
-            "temperature": self.sp.temperature, "text": {"format": {"type": "text"}},
+            "temperature": self.sp.temperature, "text": self.text_config(),
             "tool_choice": "auto", "tools": [], "top_logprobs": req.top_logprobs or 0, "top_p": self.sp.top_p,
             "truncation": "disabled", "usage": usage, "user": req.user,
         }
+
+    def text_config(self) -> dict:
+        fmt = self.req.text.format if self.req.text is not None else None
+        return {"format": {"type": "text"} if fmt is None else fmt.model_dump(by_alias=True, exclude_none=True)}
 
     def message(self, text: str, status: str, lps: list[TokenLogprob] | None) -> dict:
         part = {"type": "output_text", "text": text, "annotations": [],
