@@ -7,9 +7,12 @@ is not to the loopback address, and the hub is set offline."""
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 import httpx
+import jsonschema
 import pytest
+from pydantic import BaseModel, Field
 
 from radixserve import SamplingParams
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
@@ -76,6 +79,49 @@ def test_langchain_batch_and_cached_tokens(chat_model, engine):
     assert [o.content for o in outs] == [r.text for r in refs] and first.content == refs[0].text
     # the long system prompt came from the radix tree for the batch
     assert all(o.usage_metadata["input_token_details"]["cache_read"] > 100 for o in outs)
+
+
+@pytest.fixture(scope="module")
+def roomy_model(server):
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model="smollm2", base_url=server.url + "/v1", api_key=API_KEY, temperature=0, max_tokens=150,
+                      max_retries=0, timeout=120)
+
+
+def test_langchain_bind_tools(roomy_model):
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str, unit: Literal["C", "F"]) -> str:
+        """Current weather in a city."""
+        return "sunny"
+
+    schema = get_weather.args_schema.model_json_schema()
+    for choice in ("get_weather", "any"):  # a named function, and LangChain's spelling of "required"
+        llm = roomy_model.bind_tools([get_weather], tool_choice=choice)
+        msg = llm.invoke("What is the weather in Paris?")
+        assert msg.tool_calls and msg.tool_calls[0]["name"] == "get_weather", msg
+        jsonschema.validate(msg.tool_calls[0]["args"], schema)
+        assert msg.response_metadata["finish_reason"] == "tool_calls"
+        streamed = None
+        for chunk in llm.stream("What is the weather in Paris?"):
+            streamed = chunk if streamed is None else streamed + chunk
+        assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [(c["name"], c["args"]) for c in msg.tool_calls]
+
+
+class Person(BaseModel):
+    """A person."""
+
+    name: str = Field(max_length=20)
+    age: int = Field(ge=0, le=150)
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_langchain_with_structured_output(roomy_model, method):
+    structured = roomy_model.with_structured_output(Person, method=method)
+    person = structured.invoke("Invent a person.")
+    assert isinstance(person, Person)
 
 
 # ---- lm-evaluation-harness ------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def server():
 
 def test_curl_examples(server):
     curls = [b for b in _blocks("bash") if b.lstrip().startswith("curl")]
-    assert len(curls) == 3
+    assert len(curls) == 4
     outputs = []
     for block in curls:
         assert DEFAULT_URL in block
@@ -47,6 +47,9 @@ def test_curl_examples(server):
     assert json.loads(events[-2])["usage"]["completion_tokens"] == 16
     native = json.loads(outputs[2])
     assert native["meta_info"]["completion_tokens"] == 8 and native["text"]
+    structured = json.loads(outputs[3])
+    city = json.loads(structured["choices"][0]["message"]["content"])
+    assert structured["choices"][0]["finish_reason"] == "stop" and set(city) == {"name", "population"}
 
 
 def _run_sdk_block(server, marker: str) -> str:
@@ -62,6 +65,13 @@ def test_openai_sdk_example(server):
     out = _run_sdk_block(server, "cached prompt tokens")
     cached = [int(x) for x in re.findall(r"cached prompt tokens: (\d+)", out)]
     assert len(cached) == 2 and cached[1] > cached[0] + 100  # the second reuses the system prompt
+
+
+def test_structured_output_example(server):
+    out = _run_sdk_block(server, "response_format=City").splitlines()
+    assert out[0].startswith("name=") and "population=" in out[0]  # a parsed City
+    name, arguments = out[1].split(" ", 1)
+    assert name == "get_weather" and isinstance(json.loads(arguments)["city"], str)
 
 
 def test_responses_example(server):

@@ -36,7 +36,7 @@ async def completions(request: Request) -> Response:
     prompts = params.completion_prompts(st.engine, req.prompt)
     params.check_n(req.n, len(prompts), st.config.max_n)
     constraint = structured.one_constraint(structured.constraints_of(req))
-    sp = params.completion_sampling(req, st.config.max_n, structured.sampling_fields(constraint))
+    sp = params.completion_sampling(req, st.config.max_n, constraint)
     params.check_n(sp.n, len(prompts), st.config.max_n)
 
     def param_of(message: str) -> str | None:

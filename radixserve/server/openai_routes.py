@@ -55,7 +55,7 @@ async def chat_completions(request: Request) -> Response:
     tool_constraint = tools.constraint(plan)
     constraint = structured.one_constraint(found + ([tool_constraint] if tool_constraint else []))
     prompt = params.chat_prompt(st.engine, tools.template_messages(req.messages, plan), tools.template_tools(plan))
-    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, structured.sampling_fields(constraint))
+    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, constraint)
 
     def param_of(message: str) -> str | None:
         return structured.request_param(constraint, message)

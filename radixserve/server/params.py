@@ -8,6 +8,7 @@ from typing import Any
 
 from radixserve.sampling_params import SamplingParams
 from radixserve.server.errors import APIError, user_errors
+from radixserve.server.structured import Constraint, sampling_fields
 from radixserve.server.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest,
                                         GenerateRequest, _OpenAIRequest)
 
@@ -102,25 +103,25 @@ def _common(req: _OpenAIRequest, max_new_tokens: int) -> dict[str, Any]:
 
 
 def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int,
-                  extra: dict[str, Any] | None = None) -> SamplingParams:
+                  constraint: Constraint | None = None) -> SamplingParams:
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_new is None:  # OpenAI: the rest of the context
         max_new = max(1, max_context_len - prompt_len)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
-    fields = {**_common(req, max_new), **(extra or {})}
+    fields = {**_common(req, max_new), **sampling_fields(constraint)}
     if req.logprobs:
         fields["logprobs"] = req.top_logprobs or 0
     names = {"max_new_tokens": "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
-             "min_new_tokens": "min_tokens", "logprobs": "top_logprobs"}
+             "min_new_tokens": "min_tokens", "logprobs": "top_logprobs", **constraint_names(constraint)}
     return make_sampling(fields, names)
 
 
-def completion_sampling(req: CompletionRequest, max_n: int, extra: dict[str, Any] | None = None) -> SamplingParams:
+def completion_sampling(req: CompletionRequest, max_n: int, constraint: Constraint | None = None) -> SamplingParams:
     """`best_of` > n runs best_of samples (with their logprobs, to rank them); `echo` with
     `logprobs` asks for the logprobs of every prompt token after the first."""
     max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    fields = {**_common(req, max_new), **(extra or {})}
+    fields = {**_common(req, max_new), **sampling_fields(constraint)}
     if req.suffix:
         raise APIError(400, "'suffix' is not supported: inserting text before a given suffix needs a model "
                        "trained for fill-in-the-middle, and this server does not rewrite prompts into such a "
@@ -144,7 +145,7 @@ def completion_sampling(req: CompletionRequest, max_n: int, extra: dict[str, Any
     if req.echo and req.logprobs is not None:
         fields["prompt_logprobs_start"] = 0
         fields["prompt_top_logprobs"] = req.logprobs
-    return make_sampling(fields)
+    return make_sampling(fields, {**OPENAI_NAMES, **constraint_names(constraint)})
 
 
 def native_sampling(req: GenerateRequest) -> SamplingParams:
@@ -157,6 +158,10 @@ def native_sampling(req: GenerateRequest) -> SamplingParams:
     names = {"logprobs": "top_logprobs_num", "prompt_top_logprobs": "top_logprobs_num",
              "prompt_logprobs_start": "logprob_start_len"}
     return make_sampling(fields, names, prefix="sampling_params.")
+
+
+def constraint_names(c: Constraint | None) -> dict[str, str]:
+    return {} if c is None else {c.field: c.param}
 
 
 # SamplingParams field -> the OpenAI request field that sets it, where the names differ

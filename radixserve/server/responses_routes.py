@@ -137,7 +137,8 @@ def _sampling(req: ResponsesRequest, prompt_len: int, max_context_len: int, want
     elif req.top_logprobs:
         raise APIError(400, f"top_logprobs needs include=[{LOGPROBS_INCLUDE!r}].", param="top_logprobs")
     return params.make_sampling({k: v for k, v in fields.items() if v is not None},
-                                {"max_new_tokens": "max_output_tokens", "logprobs": "top_logprobs"})
+                                {"max_new_tokens": "max_output_tokens", "logprobs": "top_logprobs",
+                                 **params.constraint_names(constraint)})
 
 
 class _Turn:
