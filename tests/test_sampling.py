@@ -397,3 +397,24 @@ def test_logit_bias_rows_need_their_device_tensor() -> None:
     for bad in ({-1: 1.0}, {3: 100.5}, {3: float("nan")}, {"3": 1.0}, [3]):
         with pytest.raises(ValueError, match="logit_bias"):
             SamplingParams(logit_bias=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_logit_bias_equals_cpu() -> None:
+    from radixserve.sampling.tensors import logit_bias_row
+
+    rng = random.Random(8)
+    rows = random_rows(rng, 16, with_masks=False)
+    biases = [{rng.randrange(V): rng.uniform(-100, 100) for _ in range(3)} if b % 2 else None for b in range(16)]
+    logits = torch.randn(16, V, generator=torch.Generator().manual_seed(8)) * 3
+    out = {}
+    for device in ("cpu", "cuda"):
+        dev_rows = [r._replace(params=SamplingParams(**{**r.params.__dict__, "logit_bias": bias}),
+                               logit_bias=logit_bias_row(bias, V, device) if bias else None)
+                    for r, bias in zip(rows, biases)]
+        t = build_sampling_tensors(dev_rows, V, device)
+        assert t.logit_bias.device.type == device
+        out[device] = (sample(logits.to(device), t).token_ids.cpu(), processed_probs(logits.to(device), t).cpu())
+    assert torch.equal(out["cpu"][0], out["cuda"][0])
+    torch.testing.assert_close(out["cpu"][1], out["cuda"][1], atol=1e-5, rtol=1e-4)

@@ -148,7 +148,7 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
                 parts.append(zeros)
                 continue
             bias = r.logit_bias
-            if bias is None or tuple(bias.shape) != (vocab_size,) or bias.device != device:
+            if bias is None or tuple(bias.shape) != (vocab_size,) or bias.device.type != device.type:
                 raise ValueError(f"row {b} has a logit_bias but no [{vocab_size}] tensor on {device}; "
                                  "build it once per request with logit_bias_row")
             parts.append(bias)
