@@ -78,9 +78,12 @@ async def delete_response(response_id: str, request: Request) -> Response:
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
-def _stored(store: ResponseStore, response_id: str, param: str, cache_salt: Any = ...) -> StoredResponse:
+def _stored(store: ResponseStore, response_id: str, param: str, namespace: tuple[str | None] | None = None
+            ) -> StoredResponse:
+    """The stored response, or 404. With `namespace` = (cache_salt,), only one stored under that
+    salt: a follow-up never continues another namespace's conversation."""
     item = store.get(response_id)
-    if item is None or (cache_salt is not ... and item.cache_salt != cache_salt):
+    if item is None or (namespace is not None and item.cache_salt != namespace[0]):
         raise APIError(404, f"Response '{response_id}' is not stored on this server: it was created with "
                        f"store=false, deleted, or evicted (the server keeps the {store.max_responses} most "
                        f"recently used responses, {store.max_tokens} conversation tokens in all, in memory "
@@ -109,7 +112,7 @@ def _turn_prompt(engine: Any, store: ResponseStore, req: ResponsesRequest) -> co
     messages = _messages(req)
     if req.previous_response_id is None:
         return conversation.first_turn(engine, req.instructions, messages)
-    prev = _stored(store, req.previous_response_id, "previous_response_id", req.cache_salt)
+    prev = _stored(store, req.previous_response_id, "previous_response_id", (req.cache_salt,))
     return conversation.follow_up(engine, prev, req.instructions, messages)
 
 
