@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
     serve.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
     serve.add_argument("--graceful-shutdown-s", type=float, default=30.0)
+    serve.add_argument("--responses-max-stored", type=int, default=1000,
+                       help="most /v1/responses kept for previous_response_id (LRU, in memory)")
+    serve.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
+                       help="most conversation tokens kept across stored responses (LRU, in memory)")
     _add_engine_flags(serve)
 
     gen = sub.add_parser("generate", parents=[common], help="generate from one prompt and print the text")
@@ -90,7 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                           max_n=args.max_n, served_model_name=args.served_model_name,
-                          graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level)
+                          graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
+                          responses_max_stored=args.responses_max_stored,
+                          responses_max_stored_tokens=args.responses_max_stored_tokens)
     return serve(config, **_engine_options(args))
 
 

@@ -44,3 +44,4 @@ class StreamDelta:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    prompt_logprobs: list[TokenLogprob] | None = None  # on a sample's first delta, when prompt logprobs were asked for

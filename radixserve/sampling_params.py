@@ -28,6 +28,7 @@ class SamplingParams:
     logprobs: int | None = None  # None = off; k >= 0: sampled token's logprob plus top-k alternatives
     prompt_logprobs_start: int | None = None  # None = off; else logprobs of prompt tokens at positions >= start
     prompt_top_logprobs: int = 0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling, in [-100, 100]
     # Structured output (at most one; see radixserve/grammar). json_schema {"type": "object"} is
     # JSON-object mode: any JSON object.
     json_schema: dict | str | None = None  # a JSON Schema, as a dict or a JSON string
@@ -71,6 +72,14 @@ class SamplingParams:
                f"prompt_logprobs_start must be None or an integer >= 0, got {self.prompt_logprobs_start!r}")
         _check(isinstance(self.prompt_top_logprobs, int) and 0 <= self.prompt_top_logprobs <= 20,
                f"prompt_top_logprobs must be an integer in [0, 20], got {self.prompt_top_logprobs!r}")
+        if self.logit_bias is not None:
+            _check(isinstance(self.logit_bias, dict), f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}")
+            for tok, bias in self.logit_bias.items():
+                _check(isinstance(tok, int) and not isinstance(tok, bool) and tok >= 0,
+                       f"logit_bias keys must be token ids (integers >= 0), got {tok!r}")
+                _check(_is_num(bias) and -100 <= bias <= 100,
+                       f"logit_bias[{tok}] must be a number in [-100, 100], got {bias!r}")
+            self.logit_bias = {tok: float(bias) for tok, bias in self.logit_bias.items()} or None
         self._check_constraint()
 
     def _check_constraint(self) -> None:

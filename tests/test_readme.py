@@ -32,7 +32,7 @@ def server():
 
 def test_curl_examples(server):
     curls = [b for b in _blocks("bash") if b.lstrip().startswith("curl")]
-    assert len(curls) == 3
+    assert len(curls) == 4
     outputs = []
     for block in curls:
         assert DEFAULT_URL in block
@@ -47,16 +47,37 @@ def test_curl_examples(server):
     assert json.loads(events[-2])["usage"]["completion_tokens"] == 16
     native = json.loads(outputs[2])
     assert native["meta_info"]["completion_tokens"] == 8 and native["text"]
+    structured = json.loads(outputs[3])
+    city = json.loads(structured["choices"][0]["message"]["content"])
+    assert structured["choices"][0]["finish_reason"] == "stop" and set(city) == {"name", "population"}
 
 
-def test_openai_sdk_example(server):
-    sdk = [b for b in _blocks("python") if "from openai import OpenAI" in b]
-    assert len(sdk) == 1
+def _run_sdk_block(server, marker: str) -> str:
+    sdk = [b for b in _blocks("python") if "from openai import OpenAI" in b and marker in b]
+    assert len(sdk) == 1, marker
     proc = subprocess.run([sys.executable, "-c", sdk[0].replace(DEFAULT_URL, server.url)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    cached = [int(x) for x in re.findall(r"cached prompt tokens: (\d+)", proc.stdout)]
+    return proc.stdout
+
+
+def test_openai_sdk_example(server):
+    out = _run_sdk_block(server, "cached prompt tokens")
+    cached = [int(x) for x in re.findall(r"cached prompt tokens: (\d+)", out)]
     assert len(cached) == 2 and cached[1] > cached[0] + 100  # the second reuses the system prompt
+
+
+def test_structured_output_example(server):
+    out = _run_sdk_block(server, "response_format=City").splitlines()
+    assert out[0].startswith("name=") and "population=" in out[0]  # a parsed City
+    name, arguments = out[1].split(" ", 1)
+    assert name == "get_weather" and isinstance(json.loads(arguments)["city"], str)
+
+
+def test_responses_example(server):
+    out = _run_sdk_block(server, "previous_response_id")
+    turn1, cached = (int(x) for x in re.search(r"turn 1 tokens: (\d+) cached in turn 2: (\d+)", out).groups())
+    assert cached >= turn1 - 1  # the whole first turn, input and output, came from the cache
 
 
 def test_python_engine_example():

@@ -348,3 +348,73 @@ def test_plain_greedy_rows_are_exactly_those_sample_treats_as_argmax():
                             (dict(temperature=0, max_new_tokens=8, min_new_tokens=4), [3]),
                             (dict(temperature=0.7), [3])]:
         assert not is_plain_greedy(SamplingRow(SamplingParams(**params), 1, 0, [1, 2], outputs, [7]))
+
+
+def test_logit_bias_is_added_after_penalties_and_before_masks() -> None:
+    """Brute force: the reference penalised logits plus each row's bias, then the usual pipeline."""
+    from radixserve.sampling.tensors import is_plain_greedy, logit_bias_row
+
+    rng = random.Random(17)
+    rows = random_rows(rng, 12)
+    biases = [None if b % 3 == 0 else {rng.randrange(V): rng.uniform(-100, 100) for _ in range(rng.randrange(1, 6))}
+              for b in range(12)]
+    rows = [r._replace(params=SamplingParams(**{**r.params.__dict__, "logit_bias": bias}),
+                       logit_bias=logit_bias_row(bias, V, "cpu") if bias else None) for r, bias in zip(rows, biases)]
+    logits = torch.randn(12, V, generator=torch.Generator().manual_seed(17)) * 3
+    t = build_sampling_tensors(rows, V)
+    got = processed_probs(logits, t)
+    for b, (r, bias) in enumerate(zip(rows, biases)):
+        mask = r.vocab_mask.tolist() if r.vocab_mask is not None else None
+        params = SamplingParams(**{**r.params.__dict__, "logit_bias": None})
+        x = ref_penalized(logits[b].double().tolist(), params, list(r.prompt_ids), list(r.output_ids), EOS, None)
+        for tok, v in (bias or {}).items():
+            x[tok] += v
+        # the reference with biased "raw" logits and no penalties (already applied) gives the distribution
+        plain = SamplingParams(**{**params.__dict__, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                                  "frequency_penalty": 0.0})
+        want = ref_probs(x, plain, [], list(r.output_ids), EOS, mask)
+        torch.testing.assert_close(got[b], torch.tensor(want, dtype=torch.float32), atol=2e-6, rtol=1e-4,
+                                   msg=f"row {b} bias {bias}")
+    assert not any(is_plain_greedy(r) for r, bias in zip(rows, biases) if bias)
+    # logprobs stay those of the raw logits
+    res = sample(logits, t)
+    if res.logprobs is not None:
+        raw = torch.log_softmax(logits, -1).gather(1, res.token_ids[:, None]).squeeze(1)
+        torch.testing.assert_close(res.logprobs, raw)
+
+
+def test_logit_bias_rows_need_their_device_tensor() -> None:
+    from radixserve.sampling.tensors import logit_bias_row
+
+    row = SamplingRow(SamplingParams(logit_bias={3: 5.0}), 0, 0, [1], [], EOS)
+    with pytest.raises(ValueError, match="logit_bias_row"):
+        build_sampling_tensors([row], V)
+    with pytest.raises(ValueError, match="vocabulary"):
+        logit_bias_row({V: 1.0}, V, "cpu")
+    t = build_sampling_tensors([row._replace(logit_bias=logit_bias_row({3: 5.0}, V, "cpu")),
+                                SamplingRow(SamplingParams(), 0, 0, [1], [], EOS)], V)
+    assert t.logit_bias.shape == (2, V) and t.logit_bias[0, 3] == 5.0 and t.logit_bias.abs().sum() == 5.0
+    for bad in ({-1: 1.0}, {3: 100.5}, {3: float("nan")}, {"3": 1.0}, [3]):
+        with pytest.raises(ValueError, match="logit_bias"):
+            SamplingParams(logit_bias=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_logit_bias_equals_cpu() -> None:
+    from radixserve.sampling.tensors import logit_bias_row
+
+    rng = random.Random(8)
+    rows = random_rows(rng, 16, with_masks=False)
+    biases = [{rng.randrange(V): rng.uniform(-100, 100) for _ in range(3)} if b % 2 else None for b in range(16)]
+    logits = torch.randn(16, V, generator=torch.Generator().manual_seed(8)) * 3
+    out = {}
+    for device in ("cpu", "cuda"):
+        dev_rows = [r._replace(params=SamplingParams(**{**r.params.__dict__, "logit_bias": bias}),
+                               logit_bias=logit_bias_row(bias, V, device) if bias else None)
+                    for r, bias in zip(rows, biases)]
+        t = build_sampling_tensors(dev_rows, V, device)
+        assert t.logit_bias.device.type == device
+        out[device] = (sample(logits.to(device), t).token_ids.cpu(), processed_probs(logits.to(device), t).cpu())
+    assert torch.equal(out["cpu"][0], out["cuda"][0])
+    torch.testing.assert_close(out["cpu"][1], out["cuda"][1], atol=1e-5, rtol=1e-4)

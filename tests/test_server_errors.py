@@ -52,7 +52,7 @@ BAD = [  # (id, path, json body or raw bytes, expected status, expected param or
     ("min-tokens-over-max", CMPL, cmpl(min_tokens=5, max_tokens=2), 400, None),
     ("seed-string", CMPL, cmpl(seed="42"), 400, "seed"),
     ("unknown-model", CHAT, chat(model="gpt-7"), 404, "model"),
-    ("unknown-field", CHAT, chat(tools=[]), 400, "tools"),
+    ("unknown-field", CHAT, chat(frobnicate=1), 400, "frobnicate"),
     ("empty-stop", CMPL, cmpl(stop=[""]), 400, None),
     ("stop-wrong-type", CMPL, cmpl(stop=5), 400, "stop"),
     ("stream-options-without-stream", CMPL, cmpl(stream_options={"include_usage": True}), 400, "stream_options"),

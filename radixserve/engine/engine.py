@@ -124,11 +124,15 @@ class Engine:
                               cache_salt: str | None = None, prompt: str | None = None
                               ) -> AsyncIterator[StreamDelta]:
         """Yield StreamDeltas as tokens arrive; closing the generator aborts the request."""
+        started: set[int] = set()
         async for ev in self._events(input_ids, sampling_params, request_id, cache_salt, prompt, []):
             r = ev.req
+            first = r.index not in started
+            started.add(r.index)
+            plp = list(r.prompt_logprobs) if first and r.params.prompt_logprobs_start is not None else None
             yield StreamDelta(r.rid, r.index, ev.text, ev.token_ids, ev.logprobs or None,
                               r.finish_reason if ev.finished else None, len(r.prompt_ids),
-                              r.cached_tokens or 0, len(r.output_ids))
+                              r.cached_tokens or 0, len(r.output_ids), plp)
 
     async def agenerate(self, input_ids: Sequence[int] | None = None, sampling_params: SamplingParams | None = None,
                         request_id: str | None = None, cache_salt: str | None = None,
@@ -220,6 +224,9 @@ class Engine:
         bad = [t for t in input_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {self.vocab_size})")
+        bad = sorted(t for t in params.logit_bias or {} if t >= self.vocab_size)
+        if bad:
+            raise ValueError(f"logit_bias has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
         if len(input_ids) >= self.max_context_len:
             raise ValueError(f"the prompt has {len(input_ids)} tokens; the model's context is "
                              f"{self.max_context_len} tokens, so at most {self.max_context_len - 1} fit")

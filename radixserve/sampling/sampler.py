@@ -3,8 +3,8 @@
 Pipeline per row (vLLM / OpenAI conventions):
   1. penalties on the raw logits: repetition (seen prompt+output tokens: positive logits divided,
      negative multiplied), presence (minus p once per present output token), frequency (minus
-     f x count); then forbidden tokens (min_new_tokens / ignore_eos block, vocab_mask, the
-     grammar's packed token bitmask) set to -inf;
+     f x count); then each request's logit_bias added; then forbidden tokens (min_new_tokens /
+     ignore_eos block, vocab_mask, the grammar's packed token bitmask) set to -inf;
   2. greedy rows (temperature 0 or top_k 1) take the argmax of these logits;
   3. other rows: divide by temperature, keep the top-k, then the smallest prefix (by probability,
      renormalised over the top-k) whose mass reaches top_p, then drop tokens with probability
@@ -40,6 +40,8 @@ def penalized_logits(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
     if t.token_counts is not None:
         counts = t.token_counts  # [B, V]
         x = x - t.frequency_penalties[:, None] * counts - t.presence_penalties[:, None] * (counts > 0)
+    if t.logit_bias is not None:
+        x = x + t.logit_bias  # [B, V]
     if t.min_tokens_block is not None:
         x = x.masked_fill(t.min_tokens_block, float("-inf"))
     if t.vocab_mask is not None:

@@ -22,6 +22,7 @@ class SamplingRow(NamedTuple):
     output_ids: Sequence[int]
     eos_ids: Sequence[int]
     vocab_mask: torch.Tensor | None = None  # [V] bool, True = allowed (grammar); None = all allowed
+    logit_bias: torch.Tensor | None = None  # [V] float32 on the device (see logit_bias_row); None = no bias
 
 
 class SamplingTensors(NamedTuple):
@@ -44,6 +45,7 @@ class SamplingTensors(NamedTuple):
     want_logprobs: bool  # some row asked for logprobs
     need_filter: bool = True  # some sampled row uses top-k / top-p / min-p (host flag: skips the sort)
     all_greedy: bool = False  # every row is greedy (host flag: skips the noise)
+    logit_bias: torch.Tensor | None = None  # [B, V] float32 added to the logits; None when no row has a bias
     token_bitmask: torch.Tensor | None = None  # [B, ceil(V/32)] int32 grammar masks (bit set = allowed); None = none
 
 
@@ -77,13 +79,23 @@ def _mask_from_ids(id_lists: Sequence[Sequence[int]], vocab_size: int, what: str
     return mask
 
 
+def logit_bias_row(bias: dict[int, float], vocab_size: int, device: torch.device | str) -> torch.Tensor:
+    """A request's logit_bias as a dense [V] float32 tensor on `device`: built once per request
+    (one host->device copy), then reused by every step that samples it."""
+    if any(t >= vocab_size for t in bias):
+        raise ValueError(f"logit_bias has token id {max(bias)} outside the vocabulary [0, {vocab_size})")
+    dense = torch.zeros(vocab_size, dtype=torch.float32)  # [V]
+    dense[torch.tensor(list(bias), dtype=torch.int64)] = torch.tensor(list(bias.values()), dtype=torch.float32)
+    return to_device(dense, torch.device(device))
+
+
 def is_plain_greedy(row: SamplingRow) -> bool:
     """True when the row's next token is simply the argmax of the raw logits: greedy, no
     penalties, nothing blocked or masked, no logprobs. A batch of such rows needs no tensors."""
     p = row.params
     return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
             and p.frequency_penalty == 0.0 and p.logprobs is None and not p.ignore_eos
-            and len(row.output_ids) >= p.min_new_tokens and row.vocab_mask is None)
+            and len(row.output_ids) >= p.min_new_tokens and row.vocab_mask is None and p.logit_bias is None)
 
 
 def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
@@ -126,6 +138,23 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
                                      f"got {r.vocab_mask.dtype} {tuple(r.vocab_mask.shape)}")
                 vocab_mask[b] = r.vocab_mask.to(device)
 
+    logit_bias = None
+    if any(r.params.logit_bias for r in rows):
+        zeros = None
+        parts = []
+        for b, r in enumerate(rows):
+            if not r.params.logit_bias:
+                zeros = zeros if zeros is not None else torch.zeros(vocab_size, dtype=torch.float32, device=device)
+                parts.append(zeros)
+                continue
+            bias = r.logit_bias
+            if bias is None or tuple(bias.shape) != (vocab_size,) or bias.device.type != device.type:
+                raise ValueError(f"row {b} has a logit_bias but no [{vocab_size}] tensor on {device}; "
+                                 "build it once per request with logit_bias_row")
+            parts.append(bias)
+        # NOTE: a device-side stack of tensors already on the device: no host->device copy per step.
+        logit_bias = torch.stack(parts)  # [B, V]
+
     blocked: list[list[int]] = []
     for r in rows:
         ids: set[int] = set()
@@ -155,5 +184,6 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
         want_logprobs=any(p.logprobs is not None for p in ps),
         need_filter=need_filter,
         all_greedy=all(greedy),
+        logit_bias=logit_bias,
         token_bitmask=token_bitmask,
     )

@@ -56,6 +56,7 @@ class Request:
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""  # output text so far, with any stop string cut off
     detail: Any = None  # engine-side text state (detokenizer, stop buffer)
+    logit_bias: Any = None  # [V] float32 device tensor of params.logit_bias, built at the first sample
 
     @property
     def fill_ids(self) -> list[int]:

@@ -12,7 +12,7 @@ from radixserve.runtime.transfer import tensor_on
 from radixserve.sampling.bitmask import apply_token_bitmask
 from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
 from radixserve.sampling.sampler import SampleResult, sample
-from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy
+from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy, logit_bias_row
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
 from radixserve.scheduler.request import Request, State
@@ -116,8 +116,11 @@ class ResultProcessor:
         # NOTE: the copy to the host is enqueued now, before the next step's kernels, so finalize
         # waits for this step only: that is what lets the next step overlap the host work.
         idx = tensor_on([j for _, j in sampling], torch.int64, logits.device)
+        for r in reqs:
+            if r.params.logit_bias and r.logit_bias is None:  # once per request, not per step
+                r.logit_bias = logit_bias_row(r.params.logit_bias, self.vocab_size, logits.device)
         sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
-                                   self._eos_tuple, None) for r in reqs]
+                                   self._eos_tuple, None, r.logit_bias) for r in reqs]
         bitmask = self._bitmask(reqs, logits.device)
         if all(is_plain_greedy(r) for r in sample_rows):  # the common case needs no per-step tensors
             x = logits[idx]  # [B, V] a copy

@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from radixserve.server.errors import install_handlers
 from radixserve.server.metrics import ServerMetrics
 from radixserve.server.middleware import GuardMiddleware
+from radixserve.server.response_store import ResponseStore
+from radixserve.server.tools import template_renders_tools
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,10 @@ class ServerConfig:
     max_n: int = 64  # most samples per prompt (n) one request may ask for
     served_model_name: str | None = None  # the id /v1/models reports; default: the engine's model name
     graceful_shutdown_s: float = 30.0  # on SIGTERM, in-flight requests get this long before abort
+    # /v1/responses keeps each response (its conversation's token ids) for previous_response_id, in
+    # memory, least recently used out first, within both bounds:
+    responses_max_stored: int = 1000
+    responses_max_stored_tokens: int = 2_000_000
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -31,13 +37,15 @@ class ServerConfig:
             raise ValueError(f"max_n must be >= 1, got {self.max_n}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be empty; leave it unset to disable authentication")
+        if self.responses_max_stored < 0 or self.responses_max_stored_tokens < 0:
+            raise ValueError("responses_max_stored and responses_max_stored_tokens must be >= 0 (0: store nothing)")
         if self.graceful_shutdown_s < 0:
             raise ValueError(f"graceful_shutdown_s must be >= 0, got {self.graceful_shutdown_s}")
 
 
 def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
-    from radixserve.server import native_routes, openai_routes
+    from radixserve.server import completion_routes, native_routes, openai_routes, responses_routes
 
     config = config or ServerConfig()
     app = FastAPI(title="radixserve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -45,8 +53,12 @@ def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     app.state.config = config
     app.state.model_name = config.served_model_name or engine.model_name
     app.state.metrics = ServerMetrics(engine)
+    app.state.responses = ResponseStore(config.responses_max_stored, config.responses_max_stored_tokens)
+    app.state.tools_native = template_renders_tools(engine.tokenizer)  # else tools go in the system prompt
     install_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(completion_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(native_routes.router)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app

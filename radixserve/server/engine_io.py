@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -35,13 +35,15 @@ def request_ids(rid: str, num_prompts: int) -> list[str]:
 
 
 async def generate_all(request: Request, prompts: list[list[int]], sp: SamplingParams, rid: str,
-                       cache_salt: str | None, clock: RequestClock) -> list[list[RequestOutput]]:
-    """All samples of all prompts, one list per prompt (ordered by sample index)."""
+                       cache_salt: str | None, clock: RequestClock,
+                       param_of: Callable[[str], str | None] | None = None) -> list[list[RequestOutput]]:
+    """All samples of all prompts, one list per prompt (ordered by sample index). `param_of`
+    names the request field of an engine error (e.g. a grammar that does not compile)."""
     engine = request.app.state.engine
     ids = request_ids(rid, len(prompts))
 
     async def one(prompt: list[int], req_id: str) -> list[RequestOutput]:
-        with user_errors():
+        with user_errors(None, param_of):
             outs = await engine.agenerate(prompt, sp, request_id=req_id, cache_salt=cache_salt)
         return sorted(outs, key=lambda o: o.index)
 
@@ -55,13 +57,14 @@ async def generate_all(request: Request, prompts: list[list[int]], sp: SamplingP
 
 
 async def stream_all(request: Request, prompts: list[list[int]], sp: SamplingParams, rid: str,
-                     cache_salt: str | None) -> tuple[AsyncIterator[tuple[int, StreamDelta]], list[str]]:
+                     cache_salt: str | None, param_of: Callable[[str], str | None] | None = None
+                     ) -> tuple[AsyncIterator[tuple[int, StreamDelta]], list[str]]:
     """Merged deltas of every prompt, tagged with the prompt's position, primed (errors raise here)."""
     engine = request.app.state.engine
     ids = request_ids(rid, len(prompts))
     streams = [engine.generate_stream(p, sp, request_id=i, cache_salt=cache_salt) for p, i in zip(prompts, ids)]
     try:
-        return await prime(merge(streams)), ids
+        return await prime(merge(streams), param_of), ids
     except BaseException:
         for req_id in ids:
             engine.abort(req_id)

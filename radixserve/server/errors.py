@@ -16,7 +16,7 @@ Status codes (one rule, applied everywhere):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
 from typing import TypeVar
@@ -91,6 +91,12 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     if not loc:
         return APIError(400, f"Request body must be a JSON object: {first['msg']}")
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. response_format.type
+        path = ".".join(loc + [first.get("ctx", {}).get("discriminator", "'type'").strip("'")])
+        return APIError(400, f"Invalid value for '{path}': {first['msg']}.", param=path)
+    if loc[-1] == "[key]" and len(loc) >= 3:  # a dict key of the wrong type, e.g. logit_bias {"a": 1}
+        path = ".".join(loc[:-2])
+        return APIError(400, f"Invalid key {loc[-2]!r} in '{path}': {first['msg']}.", param=path)
     # NOTE: members of a union appear in loc as type tags (e.g. 'list[int]'); name the field instead.
     tag = next((i for i, p in enumerate(loc) if "[" in p or p in _TAGS), None)
     if tag is not None:
@@ -106,14 +112,17 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
 
 
 @contextmanager
-def user_errors(param: str | None = None) -> Iterator[None]:
-    """Around calls into the engine: its ValueError means bad input (400), a full queue means 429."""
+def user_errors(param: str | None = None, param_of: Callable[[str], str | None] | None = None) -> Iterator[None]:
+    """Around calls into the engine: its ValueError means bad input (400), a full queue means 429.
+    `param_of(message)` may name the field a message is about (else `param`)."""
     from radixserve.engine.errors import QueueFullError
 
     try:
         yield
     except ValueError as exc:
-        raise APIError(400, str(exc) or "Invalid request.", param=param) from exc
+        message = str(exc) or "Invalid request."
+        named = param_of(message) if param_of is not None else None
+        raise APIError(400, message, param=named or param) from exc
     except QueueFullError as exc:
         raise APIError(429, f"The server's request queue is full ({exc}); retry later.") from exc
 

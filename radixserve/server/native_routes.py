@@ -1,4 +1,4 @@
-"""Native routes: /generate, /tokenize, /detokenize, /health, /metrics, /flush_cache."""
+"""Native routes: /generate, /tokenize, /detokenize, /tokenizer_info, /health, /metrics, /flush_cache."""
 from __future__ import annotations
 
 import uuid
@@ -53,6 +53,17 @@ async def tokenize(request: Request) -> Response:
     return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": st.engine.max_context_len})
 
 
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request) -> Response:
+    """What a client needs to tokenise like the server (lm-evaluation-harness's remote tokenizer
+    reads it, so it never has to fetch the tokenizer from a hub)."""
+    tok = request.app.state.engine.tokenizer
+    return JSONResponse({"tokenizer_class": type(tok).__name__, "eos_token": tok.eos_token,
+                         "bos_token": tok.bos_token, "pad_token": tok.pad_token,
+                         "chat_template": getattr(tok, "chat_template", None),
+                         "model_max_length": request.app.state.engine.max_context_len})
+
+
 @router.post("/detokenize")
 async def detokenize(request: Request) -> Response:
     st = request.app.state
@@ -74,7 +85,8 @@ async def generate(request: Request) -> Response:
     prompts, batched = params.native_prompts(st.engine, req)
     sp = params.native_sampling(req)
     params.check_n(sp.n, len(prompts), st.config.max_n)
-    params.check_requests(st.engine, prompts, sp)
+    params.check_requests(st.engine, prompts, sp, prompt_param="text" if req.text is not None else "input_ids",
+                          max_tokens_param="sampling_params.max_new_tokens", bias_param="sampling_params.logit_bias")
     rid = f"gen-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
     texts = responses.TokenTexts(st.engine.tokenizer)

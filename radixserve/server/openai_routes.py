@@ -1,20 +1,21 @@
-"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models."""
+"""OpenAI-compatible routes: /v1/chat/completions (with structured output and tools) and /v1/models."""
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import params, responses
+from radixserve.server import openai_fields, params, responses, structured, tools
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
-from radixserve.server.errors import parse_body
+from radixserve.server.errors import APIError, parse_body
 from radixserve.server.metrics import RequestClock
-from radixserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from radixserve.server.protocol import ChatCompletionRequest
 from radixserve.server.streaming import DONE, sse
+from radixserve.server.tool_stream import ToolReader
 
 router = APIRouter()
 
@@ -44,48 +45,40 @@ async def chat_completions(request: Request) -> Response:
     req = await parse_body(request, ChatCompletionRequest)
     params.check_model(req.model, st.model_name)
     params.check_stream_options(req)
+    openai_fields.refuse(req)
     params.check_n(req.n, 1, st.config.max_n)
-    prompt = params.chat_prompt(st.engine, req.messages)
-    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len)
-    params.check_requests(st.engine, [prompt], sp)
+    plan = tools.plan(req, st.tools_native)
+    found = structured.constraints_of(req)
+    if plan.parses and found:
+        raise APIError(400, f"'{found[0].param}' cannot be combined with tools unless tool_choice is 'none': "
+                       "constraining the answer's text would leave no way to call a tool.", param=found[0].param)
+    tool_constraint = tools.constraint(plan)
+    constraint = structured.one_constraint(found + ([tool_constraint] if tool_constraint else []))
+    prompt = params.chat_prompt(st.engine, tools.template_messages(req.messages, plan), tools.template_tools(plan))
+    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, constraint)
+
+    def param_of(message: str) -> str | None:
+        return structured.request_param(constraint, message)
+
+    params.check_requests(st.engine, [prompt], sp, param_of=param_of)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
     texts = responses.TokenTexts(st.engine.tokenizer)
+    reader = (lambda: ToolReader(plan)) if plan.parses else None
     if req.stream:
-        stream, ids = await stream_all(request, [prompt], sp, rid, req.cache_salt)
+        stream, ids = await stream_all(request, [prompt], sp, rid, req.cache_salt, param_of)
         usage = req.stream_options is not None and req.stream_options.include_usage
-        events = _chat_events(stream, rid, st.model_name, usage, req.logprobs, texts, clock)
+        events = _chat_events(stream, rid, st.model_name, usage, req.logprobs, texts, clock, reader)
         return sse_response(request, events, ids)
-    groups = await generate_all(request, [prompt], sp, rid, req.cache_salt, clock)
-    return JSONResponse(responses.chat_completion(rid, st.model_name, groups[0], texts))
-
-
-@router.post("/v1/completions")
-async def completions(request: Request) -> Response:
-    st = request.app.state
-    req = await parse_body(request, CompletionRequest)
-    params.check_model(req.model, st.model_name)
-    params.check_stream_options(req)
-    prompts = params.completion_prompts(st.engine, req.prompt)
-    params.check_n(req.n, len(prompts), st.config.max_n)
-    sp = params.completion_sampling(req)
-    params.check_requests(st.engine, prompts, sp)
-    rid = f"cmpl-{uuid.uuid4().hex}"
-    clock = st.metrics.clock()
-    texts = responses.TokenTexts(st.engine.tokenizer)
-    if req.stream:
-        stream, ids = await stream_all(request, prompts, sp, rid, req.cache_salt)
-        usage = req.stream_options is not None and req.stream_options.include_usage
-        events = _completion_events(stream, rid, st.model_name, req.n, usage, texts, clock)
-        return sse_response(request, events, ids)
-    groups = await generate_all(request, prompts, sp, rid, req.cache_salt, clock)
-    return JSONResponse(responses.completion(rid, st.model_name, groups, texts))
+    groups = await generate_all(request, [prompt], sp, rid, req.cache_salt, clock, param_of)
+    return JSONResponse(responses.chat_completion(rid, st.model_name, groups[0], texts, reader))
 
 
 async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool, logprobs: bool,
-                       texts: responses.TokenTexts, clock: RequestClock) -> AsyncIterator[bytes]:
+                       texts: responses.TokenTexts, clock: RequestClock,
+                       reader: Callable[[], ToolReader] | None) -> AsyncIterator[bytes]:
     base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    tracker, started = UsageTracker(), set()
+    tracker, readers = UsageTracker(), {}
 
     def chunk(index: int, delta: dict, finish: str | None = None, lps: dict | None = None) -> bytes:
         body = {**base, "choices": [{"index": index, "delta": delta, "logprobs": lps, "finish_reason": finish}]}
@@ -96,35 +89,22 @@ async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool
     async for p, d in stream:
         tracker.add(p, d)
         clock.tokens(d.index, len(d.token_ids))
-        if d.index not in started:
-            started.add(d.index)
+        if d.index not in readers:
+            readers[d.index] = reader() if reader is not None else None
             yield chunk(d.index, {"role": "assistant", "content": ""})
-        if d.text or d.token_ids:
-            lps = responses.chat_logprobs(d.logprobs, texts) if logprobs else None
-            yield chunk(d.index, {"content": d.text}, lps=lps)
+        lps = responses.chat_logprobs(d.logprobs, texts) if logprobs and d.token_ids else None
+        tr = readers[d.index]
+        if tr is None:
+            if d.text or d.token_ids:
+                yield chunk(d.index, {"content": d.text}, lps=lps)
+        else:  # tool calls are read out of the text; logprobs travel in chunks of their own
+            pieces = tr.feed(d.text) + (tr.finish() if d.finish_reason is not None else [])
+            for piece in pieces:
+                yield chunk(d.index, piece.delta())
+            if lps is not None:
+                yield chunk(d.index, {}, lps=lps)
         if d.finish_reason is not None:
-            yield chunk(d.index, {}, finish=d.finish_reason)
-    clock.done()
-    if include_usage:
-        yield sse({**base, "choices": [], "usage": tracker.usage()})
-    yield DONE
-
-
-async def _completion_events(stream: Merged, rid: str, model: str, n: int, include_usage: bool,
-                             texts: responses.TokenTexts, clock: RequestClock) -> AsyncIterator[bytes]:
-    base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
-    tracker, offsets = UsageTracker(), {}
-    async for p, d in stream:
-        tracker.add(p, d)
-        index = p * n + d.index
-        clock.tokens(index, len(d.token_ids))
-        lps = responses.completion_logprobs(d.logprobs, texts, offsets.get(index, 0))
-        offsets[index] = offsets.get(index, 0) + len(d.text)
-        choice = {"index": index, "text": d.text, "logprobs": lps, "finish_reason": d.finish_reason}
-        body = {**base, "choices": [choice]}
-        if include_usage:
-            body["usage"] = None
-        yield sse(body)
+            yield chunk(d.index, {}, finish=responses.finish_reason(d.finish_reason, tr))
     clock.done()
     if include_usage:
         yield sse({**base, "choices": [], "usage": tracker.usage()})

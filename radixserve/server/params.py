@@ -1,10 +1,14 @@
 """From validated request bodies to what the engine takes: prompt token ids and SamplingParams."""
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Callable
 from typing import Any
 
 from radixserve.sampling_params import SamplingParams
 from radixserve.server.errors import APIError, user_errors
+from radixserve.server.structured import Constraint, sampling_fields
 from radixserve.server.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest,
                                         GenerateRequest, _OpenAIRequest)
 
@@ -30,19 +34,24 @@ def check_stream_options(req: _OpenAIRequest) -> None:
         raise APIError(400, "stream_options is only allowed when stream is true.", param="stream_options")
 
 
-def chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def chat_messages(messages: list[ChatMessage]) -> list[dict]:
+    """Messages as the chat template takes them, with no tools offered."""
+    from radixserve.server import tools
+
+    return tools.template_messages(messages, tools.ToolPlan("none", [], None, True, False))
+
+
+def chat_prompt(engine: Any, messages: list[ChatMessage] | list[dict], tool_defs: list[dict] | None = None) -> list[int]:
+    """Token ids of the conversation through the model's chat template (`tool_defs` for a template
+    that renders tools itself)."""
     if not messages:
         raise APIError(400, "messages must contain at least one message.", param="messages")
-    out = []
-    for m in messages:
-        role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": m.text()})
-    return out
-
-
-def chat_prompt(engine: Any, messages: list[ChatMessage]) -> list[int]:
+    dicts = chat_messages(messages) if isinstance(messages[0], ChatMessage) else messages
     with user_errors("messages"):
-        return list(engine.apply_chat_template(chat_messages(messages)))
+        if tool_defs is None:
+            return list(engine.apply_chat_template(dicts))
+        ids = engine.tokenizer.apply_chat_template(dicts, tools=tool_defs, tokenize=True, add_generation_prompt=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
 
 
 def completion_prompts(engine: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
@@ -88,29 +97,55 @@ def _common(req: _OpenAIRequest, max_new_tokens: int) -> dict[str, Any]:
         "frequency_penalty": req.frequency_penalty, "top_k": req.top_k, "min_p": req.min_p,
         "repetition_penalty": req.repetition_penalty, "min_new_tokens": req.min_tokens,
         "ignore_eos": req.ignore_eos, "stop_token_ids": req.stop_token_ids,
-        "skip_special_tokens": req.skip_special_tokens,
+        "skip_special_tokens": req.skip_special_tokens, "logit_bias": req.logit_bias,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int) -> SamplingParams:
+def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int,
+                  constraint: Constraint | None = None) -> SamplingParams:
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_new is None:  # OpenAI: the rest of the context
         max_new = max(1, max_context_len - prompt_len)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
-    fields = _common(req, max_new)
+    fields = {**_common(req, max_new), **sampling_fields(constraint)}
     if req.logprobs:
         fields["logprobs"] = req.top_logprobs or 0
-    return make_sampling(fields)
+    names = {"max_new_tokens": "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
+             "min_new_tokens": "min_tokens", "logprobs": "top_logprobs", **constraint_names(constraint)}
+    return make_sampling(fields, names)
 
 
-def completion_sampling(req: CompletionRequest) -> SamplingParams:
+def completion_sampling(req: CompletionRequest, max_n: int, constraint: Constraint | None = None) -> SamplingParams:
+    """`best_of` > n runs best_of samples (with their logprobs, to rank them); `echo` with
+    `logprobs` asks for the logprobs of every prompt token after the first."""
     max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    fields = _common(req, max_new)
+    fields = {**_common(req, max_new), **sampling_fields(constraint)}
+    if req.suffix:
+        raise APIError(400, "'suffix' is not supported: inserting text before a given suffix needs a model "
+                       "trained for fill-in-the-middle, and this server does not rewrite prompts into such a "
+                       "format; put the whole context in 'prompt' instead.", param="suffix",
+                       code="unsupported_parameter")
+    if req.best_of is not None:
+        if not 1 <= req.best_of <= max_n:
+            raise APIError(400, f"best_of must be between 1 and {max_n} on this server, got {req.best_of}.",
+                           param="best_of")
+        if req.best_of < req.n:
+            raise APIError(400, f"best_of ({req.best_of}) must be greater than or equal to n ({req.n}).",
+                           param="best_of")
+        if req.stream and req.best_of > req.n:
+            raise APIError(400, "best_of > n cannot be streamed: the best samples are known only when all have "
+                           "finished; set stream to false.", param="best_of")
+        fields["n"] = req.best_of
     if req.logprobs is not None:
         fields["logprobs"] = req.logprobs
-    return make_sampling(fields)
+    elif fields["n"] > req.n:
+        fields["logprobs"] = 0  # best_of ranks by the sampled tokens' logprobs
+    if req.echo and req.logprobs is not None:
+        fields["prompt_logprobs_start"] = 0
+        fields["prompt_top_logprobs"] = req.logprobs
+    return make_sampling(fields, {**OPENAI_NAMES, **constraint_names(constraint)})
 
 
 def native_sampling(req: GenerateRequest) -> SamplingParams:
@@ -120,24 +155,50 @@ def native_sampling(req: GenerateRequest) -> SamplingParams:
         if req.logprob_start_len >= 0:
             fields["prompt_logprobs_start"] = req.logprob_start_len
             fields["prompt_top_logprobs"] = req.top_logprobs_num
-    return make_sampling(fields)
+    names = {"logprobs": "top_logprobs_num", "prompt_top_logprobs": "top_logprobs_num",
+             "prompt_logprobs_start": "logprob_start_len"}
+    return make_sampling(fields, names, prefix="sampling_params.")
 
 
-def make_sampling(fields: dict[str, Any]) -> SamplingParams:
-    with user_errors():
+def constraint_names(c: Constraint | None) -> dict[str, str]:
+    return {} if c is None else {c.field: c.param}
+
+
+# SamplingParams field -> the OpenAI request field that sets it, where the names differ
+OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "prompt_top_logprobs": "logprobs"}
+_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+def make_sampling(fields: dict[str, Any], names: dict[str, str] | None = None, prefix: str = "") -> SamplingParams:
+    """SamplingParams(**fields); its ValueError becomes a 400 whose `param` names the request field
+    (SamplingParams' messages start with the field's name): `names` maps fields whose request
+    name differs, the others are `prefix` + their own name."""
+    try:
         return SamplingParams(**fields)
+    except ValueError as exc:
+        word = re.match(r"[a-z_]+", str(exc))
+        field = word.group(0) if word and word.group(0) in _FIELDS else None
+        names = OPENAI_NAMES if names is None else names
+        param = None if field is None else names[field] if field in names else prefix + field
+        raise APIError(400, str(exc), param=param) from exc
 
 
-def check_requests(engine: Any, prompts: list[list[int]], sp: SamplingParams) -> None:
+def check_requests(engine: Any, prompts: list[list[int]], sp: SamplingParams, prompt_param: str = "prompt",
+                   max_tokens_param: str = "max_tokens", bias_param: str = "logit_bias",
+                   param_of: Callable[[str], str | None] | None = None) -> None:
     """The engine's own checks, plus OpenAI's rule that prompt + max_tokens must fit the context
     (the engine alone would silently shorten max_tokens)."""
     ctx = engine.max_context_len
+    bad = sorted(t for t in sp.logit_bias or {} if t >= engine.vocab_size)
+    if bad:
+        raise APIError(400, f"logit_bias has token id {bad[0]}, outside the vocabulary [0, {engine.vocab_size}).",
+                       param=bias_param)
     for i, ids in enumerate(prompts):
-        param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-        with user_errors(param):
+        param = prompt_param if len(prompts) == 1 else f"{prompt_param}[{i}]"
+        with user_errors(param, param_of):
             engine.check_request(ids, sp)
         if len(ids) + sp.max_new_tokens > ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens, but {len(ids) + sp.max_new_tokens} "
                            f"were requested ({len(ids)} in the prompt, {sp.max_new_tokens} for the completion); "
-                           "shorten the prompt or lower max_tokens.", param="max_tokens",
+                           f"shorten the prompt or lower {max_tokens_param}.", param=max_tokens_param,
                            code="context_length_exceeded")

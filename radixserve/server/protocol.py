@@ -2,13 +2,19 @@
 
 Strict types (a string is not a number, 2.0 is not an integer), unknown fields rejected, NaN and
 infinity rejected. Range checks live in SamplingParams so that HTTP and Python users get the same
-messages. Responses are plain dicts built in `responses.py` and serialised with orjson.
+messages. OpenAI fields the server accepts but ignores, or refuses with a reason, are declared
+here and decided in `openai_fields.py`. Responses are plain dicts built in `responses.py` and
+serialised with orjson.
 """
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from radixserve.sampling_params import SamplingParams
 
 
 class _Strict(BaseModel):
@@ -20,22 +26,149 @@ class TextPart(_Strict):
     text: str
 
 
+class ToolCallFunction(_Strict):
+    name: str
+    arguments: str  # a JSON object, as a string (OpenAI's shape)
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None only on an assistant message with tool_calls
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: which call this is the result of
+    # what SDKs send back when an earlier answer is passed in as it was returned
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: None = None
+    function_call: None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
 
 
+class FunctionDef(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
+    strict: bool | None = None  # arguments always follow `parameters` here (constrained decoding)
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaSpec(_Strict):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(_Strict):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(_Strict):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJSONSchema(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema,
+                           Field(discriminator="type")]
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's spelling of structured output: exactly one of these."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None  # EBNF
+    json_object: bool | None = None
+    structural_tag: dict[str, Any] | str | None = None
+    backend: str | None = None  # accepted and ignored: one backend (xgrammar) serves every request
+
+
+class _StructuredFields(_Strict):
+    """Structured output on /v1/chat/completions and /v1/completions (mapped in structured.py)."""
+
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    # extensions as other servers spell them (SGLang: regex / ebnf / json_schema; older vLLM: guided_*)
+    regex: str | None = None
+    ebnf: str | None = None
+    json_schema: dict[str, Any] | str | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None  # accepted and ignored, as `structured_outputs.backend`
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # accepted and ignored: nothing here is obfuscated
 
 
-class _OpenAIRequest(_Strict):
+class _IgnoredFields(_Strict):
+    """OpenAI fields with no meaning for a self-hosted server: accepted and ignored (the list and
+    the reasons are in `openai_fields.IGNORED`)."""
+
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+
+
+class _ChatFields(_IgnoredFields):
+    """Chat/completions fields whose meaning the server cannot honour, typed loosely here:
+    `openai_fields.refuse` answers 400 naming them unless their value asks for nothing."""
+
+    prediction: Any = None
+    audio: Any = None
+    modalities: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    moderation: Any = None
+    functions: Any = None
+    function_call: Any = None
+
+
+class _OpenAIRequest(_ChatFields, _StructuredFields):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
     model: str | None = None  # None or the served model's id
@@ -47,9 +180,9 @@ class _OpenAIRequest(_Strict):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
     # extensions beyond the OpenAI API
     top_k: int | None = None
     min_p: float | None = None
@@ -66,37 +199,44 @@ class ChatCompletionRequest(_OpenAIRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_OpenAIRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = None
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
 
 
-class NativeSamplingParams(_Strict):
-    """The user-settable fields of radixserve.SamplingParams, for POST /generate."""
+# Fields of SamplingParams that /generate sets from its own top-level fields, not sampling_params.
+_NATIVE_EXCLUDED = ("logprobs", "prompt_logprobs_start", "prompt_top_logprobs")
 
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
-    temperature: float = 1.0
-    top_k: int = -1
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
-    n: int = 1
+
+def _native_sampling_model() -> type[BaseModel]:
+    """The user-settable fields of radixserve.SamplingParams, for POST /generate, derived from the
+    dataclass itself (one source for names, types and defaults; ranges are checked by it)."""
+    hints = typing.get_type_hints(SamplingParams)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(SamplingParams):
+        if f.name in _NATIVE_EXCLUDED:
+            continue
+        if f.default is dataclasses.MISSING:
+            raise TypeError(f"SamplingParams.{f.name} needs a plain default to be a /generate field")
+        fields[f.name] = (hints[f.name], f.default)
+    return create_model("NativeSamplingParams", __base__=_Strict, **fields)
+
+
+NativeSamplingParams = _native_sampling_model()
 
 
 class GenerateRequest(_Strict):
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: NativeSamplingParams | None = None
+    sampling_params: NativeSamplingParams | None = None  # type: ignore[valid-type]
     return_logprob: bool = False
     logprob_start_len: int = -1  # >= 0: also return prompt-token logprobs from this position
     top_logprobs_num: int = 0
