@@ -168,7 +168,7 @@ class Scheduler:
             if req.pending:
                 continue  # retracted with a sample still on the device: take it back first
             cached, _ = self.kv.match_len(req)
-            key = self._prefill_key(req, cached)
+            key = None if self.kv.tree.disable else self._prefill_key(req, cached)  # no tree: waiting gains nothing
             if key is not None and key in prefilling:
                 continue  # another request is computing the same tokens right now
             ext = min(req.seq_len - cached, cfg.chunked_prefill_size, budget)
@@ -194,7 +194,7 @@ class Scheduler:
     @staticmethod
     def _prefill_key(req: Request, start: int) -> tuple | None:
         """What identifies the tokens a request would compute next from `start` on."""
-        n = min(IN_BATCH_KEY, req.seq_len - 1 - start)
+        n = min(IN_BATCH_KEY, min(req.seq_len, (req.logprob_start() or req.seq_len) + len(req.prompt_logprobs)) - 1 - start)
         if n <= 0:
             return None
         return req.namespace, start, tuple(req.fill_slice(start, start + n))
