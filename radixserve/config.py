@@ -30,6 +30,9 @@ class EngineConfig:
     cuda_graph: bool = True
     overlap_schedule: bool = True  # schedule step N+1 while the device runs step N
     check_integrity: bool = False  # run the tree's integrity check every idle step (tests)
+    grammar_compile_timeout_s: float = 30.0  # a structured-output request whose grammar compiles longer is refused
+    grammar_compile_threads: int = 4  # threads compiling grammars (never the scheduler's)
+    jump_forward: bool = True  # structured output: append text the grammar forces without decoding it
 
     def __post_init__(self) -> None:
         if self.page_size < 1 or self.page_size & (self.page_size - 1):
@@ -47,5 +50,9 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.aging_tokens_per_step < 0:
             raise ValueError(f"aging_tokens_per_step must be >= 0, got {self.aging_tokens_per_step}")
+        if not self.grammar_compile_timeout_s > 0:
+            raise ValueError(f"grammar_compile_timeout_s must be > 0, got {self.grammar_compile_timeout_s}")
+        if self.grammar_compile_threads < 1:
+            raise ValueError(f"grammar_compile_threads must be >= 1, got {self.grammar_compile_threads}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "choice", "structural_tag")
+
 
 @dataclass
 class SamplingParams:
@@ -26,6 +28,13 @@ class SamplingParams:
     logprobs: int | None = None  # None = off; k >= 0: sampled token's logprob plus top-k alternatives
     prompt_logprobs_start: int | None = None  # None = off; else logprobs of prompt tokens at positions >= start
     prompt_top_logprobs: int = 0
+    # Structured output (at most one; see radixserve/grammar). json_schema {"type": "object"} is
+    # JSON-object mode: any JSON object.
+    json_schema: dict | str | None = None  # a JSON Schema, as a dict or a JSON string
+    regex: str | None = None  # the whole output matches this regular expression
+    ebnf: str | None = None  # an EBNF grammar (GBNF dialect) with a `root` rule
+    choice: list[str] | None = None  # the output is exactly one of these strings
+    structural_tag: dict | str | None = None  # xgrammar's structural tag (free text with constrained tags)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -62,6 +71,39 @@ class SamplingParams:
                f"prompt_logprobs_start must be None or an integer >= 0, got {self.prompt_logprobs_start!r}")
         _check(isinstance(self.prompt_top_logprobs, int) and 0 <= self.prompt_top_logprobs <= 20,
                f"prompt_top_logprobs must be an integer in [0, 20], got {self.prompt_top_logprobs!r}")
+        self._check_constraint()
+
+    def _check_constraint(self) -> None:
+        """Types and combinations only; the content (schema, regex, grammar) is checked by the Engine."""
+        if isinstance(self.choice, tuple):
+            self.choice = list(self.choice)
+        given = [name for name in CONSTRAINT_FIELDS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{given[0]} and {given[1]} cannot be combined: give at most one of "
+                             f"{', '.join(CONSTRAINT_FIELDS)}")
+        _check(self.json_schema is None or isinstance(self.json_schema, (dict, str)),
+               f"json_schema must be a JSON Schema as a dict or a JSON string, got {type(self.json_schema).__name__}")
+        _check(self.structural_tag is None or isinstance(self.structural_tag, (dict, str)),
+               f"structural_tag must be a dict or a JSON string, got {type(self.structural_tag).__name__}")
+        for name in ("regex", "ebnf"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and value != ""),
+                   f"{name} must be a non-empty string, got {value!r}")
+        if self.choice is not None:
+            _check(isinstance(self.choice, list) and len(self.choice) > 0,
+                   f"choice must be a non-empty list of strings, got {self.choice!r}")
+            _check(all(isinstance(c, str) for c in self.choice), "choice must hold strings only")
+        if given:
+            # NOTE: a grammar admits only EOS once it is complete; blocking EOS would leave nothing to sample.
+            _check(not self.ignore_eos, f"ignore_eos cannot be combined with {given[0]}: the grammar decides "
+                                        "where the output ends")
+            _check(self.min_new_tokens == 0, f"min_new_tokens cannot be combined with {given[0]}: the grammar "
+                                             "decides where the output ends")
+
+    @property
+    def constraint(self) -> str | None:
+        """The name of the structured-output field in use, or None."""
+        return next((name for name in CONSTRAINT_FIELDS if getattr(self, name) is not None), None)
 
     @property
     def greedy(self) -> bool:

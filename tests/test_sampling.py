@@ -10,7 +10,7 @@ import torch
 
 from radixserve.sampling import (SamplingRow, build_sampling_tensors, processed_probs, prompt_logprobs, sample,
                                  to_token_logprobs)
-from radixserve.sampling.noise import mix32, uniform_noise
+from radixserve.sampling.noise import gumbel_noise, mix32, uniform_noise
 from radixserve.sampling_params import SamplingParams
 
 V = 40
@@ -223,6 +223,19 @@ def test_uniform_noise_range_and_any_int_seed() -> None:
     row = lambda s: SamplingRow(SamplingParams(), seed=s, step=0, prompt_ids=[], output_ids=[], eos_ids=[])
     t = build_sampling_tensors([row(2**64 - 1), row(-1), row(2**70 + 5)], 8)
     assert t.seeds.tolist() == [-1, -1, 5]
+
+
+
+def test_noise_never_reaches_one() -> None:
+    """Regression: the largest 24-bit draw rounded to exactly 1.0 in float32, so its Gumbel noise was
+    +inf and that token won whatever its probability, even when masked (-inf + inf = NaN, which
+    argmax picks). About 0.3% of sampled steps over a 49k vocabulary hit it."""
+    seeds, steps = torch.tensor([11]), torch.tensor([21])  # a draw that used to be 1.0 (token 45720)
+    u = uniform_noise(seeds, steps, 49152)
+    assert float(u.max()) < 1.0 and float(u.min()) > 0.0
+    assert torch.isfinite(gumbel_noise(seeds, steps, 49152)).all()
+    h_max = torch.tensor([2**32 - 1], dtype=torch.int64)
+    assert float(((h_max >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))) == 1.0  # why the clamp is there
 
 
 # ---------------------------------------------------------------- logprobs

@@ -8,6 +8,7 @@ import itertools
 import logging
 import secrets
 import threading
+import time
 import uuid
 from typing import AsyncIterator, Callable, Sequence
 
@@ -16,6 +17,9 @@ from radixserve.config import EngineConfig
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
 from radixserve.engine.stats import EngineStats
+from radixserve.grammar.backend import GrammarBackend
+from radixserve.grammar.matcher import RequestGrammar
+from radixserve.grammar.spec import grammar_spec
 from radixserve.outputs import RequestOutput, StreamDelta
 from radixserve.runtime.model_runner import ModelRunner
 from radixserve.sampling_params import SamplingParams
@@ -46,7 +50,12 @@ class Engine:
         tree = RadixTree(self.runner.allocator, disable=self.config.disable_radix_cache)
         self.kv = KVManager(self.runner.allocator, tree, self.runner.req_table)
         self.stats_ = EngineStats()
-        self.results = ResultProcessor(self.tokenizer, self.vocab_size, self.eos_ids, self._dispatch)
+        # NOTE: builds nothing heavy until the first structured-output request (xgrammar reads the
+        # whole vocabulary then, in a compile thread).
+        self.grammar = GrammarBackend(self.tokenizer, self.vocab_size, self.eos_ids,
+                                      self.config.grammar_compile_threads, self.config.grammar_compile_timeout_s)
+        self.results = ResultProcessor(self.tokenizer, self.vocab_size, self.eos_ids, self._dispatch, self.grammar,
+                                       self.config.jump_forward)
         self.scheduler = Scheduler(self.config, self.kv, self.runner.forward, self.results, self.runner.device)
         self._sinks: dict[int, Callable[[Event], None]] = {}
         self._arrival = itertools.count()
@@ -77,6 +86,13 @@ class Engine:
             self.check_request(ids, p)
         for ids, p in zip(batch, params):
             groups.append(self._submit(ids, p, None, cache_salt, sink))
+        try:
+            for g in groups:
+                self._wait_grammar(g)
+        except ValueError:
+            for g in groups:
+                self.abort(_group_id(g))
+            raise
         while not done.wait(0.5):
             if not self.loop.is_alive():
                 raise EngineDeadError("the engine loop stopped; create a new Engine")
@@ -134,6 +150,7 @@ class Engine:
         reqs_out += self._submit(ids, params, rid, cache_salt, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
         remaining = len(reqs_out)
         try:
+            await self._await_grammar(reqs_out)
             while remaining:
                 ev = await q.get()
                 if ev.finished:
@@ -149,7 +166,7 @@ class Engine:
     # ---- state ---------------------------------------------------------------------------------
     def stats(self) -> dict:
         s = self.scheduler
-        return self.stats_.snapshot(
+        return self.grammar.stats.snapshot() | self.stats_.snapshot(
             running=len(s.running), waiting=len(s.waiting), retractions=s.retractions,
             evicted_tokens=self.kv.tree.evicted_tokens, generated_tokens=self.results.generated_tokens,
             kv_capacity=self.kv.allocator.capacity, kv_free=self.kv.allocator.num_free_slots,
@@ -182,6 +199,7 @@ class Engine:
             except Exception:  # noqa: BLE001 - shutting down anyway
                 logger.exception("aborting requests at shutdown failed")
         self.loop.stop()
+        self.grammar.shutdown()
         if self.loop.stopped and not self._released:
             self._released = True
             self.runner.release()  # another engine in this process may want the device memory
@@ -209,6 +227,9 @@ class Engine:
         if need > self.kv.allocator.capacity:
             raise ValueError(f"the prompt needs {need} KV slots but the pool holds {self.kv.allocator.capacity}; "
                              "raise max_total_tokens")
+        spec = grammar_spec(params)
+        if spec is not None:
+            self.grammar.validate(spec)  # the grammar's text; compiling it comes after, in a thread
 
     # ---- internals -----------------------------------------------------------------------------
     def _prompts_to_ids(self, prompts, input_ids) -> list[list[int]]:
@@ -235,12 +256,20 @@ class Engine:
                                          min_new_tokens=min(params.min_new_tokens, max(cap, 0)))
         rid = rid or uuid.uuid4().hex
         base_seed = params.seed if params.seed is not None else secrets.randbits(62)
+        spec = grammar_spec(params)
+        compiled, deadline = None, 0.0
+        if spec is not None:
+            compiled = self.grammar.compile(spec)
+            deadline = time.monotonic() + self.config.grammar_compile_timeout_s
+            # NOTE: an idle loop sleeps on its inbox; wake it so the request is admitted at once.
+            compiled.add_done_callback(lambda _: self.loop.submit(_noop))
         group: list[Request] = []
         for i in range(params.n):
             req = Request(rid=rid if params.n == 1 else f"{rid}#{i}", prompt_ids=list(ids), params=params,
                           seed=(base_seed + 1_000_003 * i) % (1 << 62), namespace=namespace, index=i,
                           arrival=next(self._arrival),
-                          eos_ids=tuple(self.eos_ids))
+                          eos_ids=tuple(self.eos_ids),
+                          grammar=None if spec is None else RequestGrammar(spec, compiled, deadline))
             group.append(req)
         with self._lock:
             for r in group:
@@ -252,6 +281,25 @@ class Engine:
                 s.add(r)
         self.loop.submit(add_all)
         return group
+
+    def _wait_grammar(self, group: list[Request]) -> None:
+        """Block until the group's grammar compiled; ValueError naming the field otherwise."""
+        g = group[0].grammar
+        if g is not None:
+            self.grammar.wait(g.future, g.spec, max(0.0, g.deadline - time.monotonic()))
+
+    async def _await_grammar(self, group: list[Request]) -> None:
+        """_wait_grammar without blocking the event loop."""
+        g = group[0].grammar
+        if g is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(g.future)),
+                                   max(0.0, g.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise ValueError(self.grammar.timeout_message(g.spec)) from None
+        except Exception as exc:  # noqa: BLE001 - the compiler's error, said as bad input
+            raise ValueError(self.grammar.failure_message(g.spec, exc)) from None
 
     def _dispatch(self, ev: Event) -> None:
         """Called on the loop thread for every event."""
@@ -285,6 +333,15 @@ class Engine:
             s._reap_aborted()
         except Exception:  # noqa: BLE001
             logger.exception("could not clean up after a failed step")
+
+
+def _noop(_scheduler: Scheduler) -> None:
+    return None
+
+
+def _group_id(group: list[Request]) -> str:
+    """The request id given to the n samples of one prompt (each sample's rid is "<id>#<i>")."""
+    return group[0].rid if len(group) == 1 else group[0].rid.rsplit("#", 1)[0]
 
 
 def _per_prompt(sp, count: int) -> list[SamplingParams]:

@@ -47,8 +47,11 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> 
     keys2 = mix32(keys ^ _TOKEN_SALT)  # [B, 1]
     tok = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)[None, :]  # [1, V]
     h = mix32(mix32(tok ^ keys) ^ keys2)  # [B, V] in [0, 2**32)
-    # top 24 bits -> exactly representable float32, centred so u is never 0 or 1
-    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    # top 24 bits, centred: k + 0.5 over 2**24. NOTE: for the largest k that is 1 - 2**-25, which
+    # float32 rounds to exactly 1.0; Gumbel noise would then be +inf and win over any logit, even a
+    # masked (-inf: NaN) one. Clamp it to the largest float32 below 1.
+    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return u.clamp_(max=1.0 - 2.0 ** -24)
 
 
 def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -3,8 +3,8 @@
 Pipeline per row (vLLM / OpenAI conventions):
   1. penalties on the raw logits: repetition (seen prompt+output tokens: positive logits divided,
      negative multiplied), presence (minus p once per present output token), frequency (minus
-     f x count); then forbidden tokens (min_new_tokens / ignore_eos block, grammar vocab_mask)
-     set to -inf;
+     f x count); then forbidden tokens (min_new_tokens / ignore_eos block, vocab_mask, the
+     grammar's packed token bitmask) set to -inf;
   2. greedy rows (temperature 0 or top_k 1) take the argmax of these logits;
   3. other rows: divide by temperature, keep the top-k, then the smallest prefix (by probability,
      renormalised over the top-k) whose mass reaches top_p, then drop tokens with probability
@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from radixserve.sampling.bitmask import apply_token_bitmask
 from radixserve.sampling.logprobs import raw_logprobs
 from radixserve.sampling.noise import gumbel_noise
 from radixserve.sampling.tensors import SamplingTensors
@@ -43,6 +44,10 @@ def penalized_logits(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
         x = x.masked_fill(t.min_tokens_block, float("-inf"))
     if t.vocab_mask is not None:
         x = x.masked_fill(~t.vocab_mask, float("-inf"))
+    if t.token_bitmask is not None:
+        if x is logits:
+            x = x.clone()  # NOTE: in place below; the raw logits stay intact for logprobs
+        apply_token_bitmask(x, t.token_bitmask)
     return x
 
 

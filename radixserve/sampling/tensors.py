@@ -44,6 +44,7 @@ class SamplingTensors(NamedTuple):
     want_logprobs: bool  # some row asked for logprobs
     need_filter: bool = True  # some sampled row uses top-k / top-p / min-p (host flag: skips the sort)
     all_greedy: bool = False  # every row is greedy (host flag: skips the noise)
+    token_bitmask: torch.Tensor | None = None  # [B, ceil(V/32)] int32 grammar masks (bit set = allowed); None = none
 
 
 def _as_int64(seed: int) -> int:
@@ -86,8 +87,10 @@ def is_plain_greedy(row: SamplingRow) -> bool:
 
 
 def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
-                           device: torch.device | str = "cpu") -> SamplingTensors:
-    """Turn B rows into SamplingTensors on `device` (one host->device copy per tensor)."""
+                           device: torch.device | str = "cpu",
+                           token_bitmask: torch.Tensor | None = None) -> SamplingTensors:
+    """Turn B rows into SamplingTensors on `device` (one host->device copy per tensor).
+    `token_bitmask` [B, ceil(V/32)] int32, already on `device`: the rows' grammar masks."""
     device = torch.device(device)
     ps = [r.params for r in rows]
     greedy = [p.greedy for p in ps]
@@ -152,4 +155,5 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
         want_logprobs=any(p.logprobs is not None for p in ps),
         need_filter=need_filter,
         all_greedy=all(greedy),
+        token_bitmask=token_bitmask,
     )

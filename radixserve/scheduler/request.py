@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from radixserve.grammar.matcher import RequestGrammar
 
 
 class State(enum.Enum):
@@ -32,6 +35,7 @@ class Request:
     index: int = 0  # which of the n samples of its prompt
     arrival: int = 0  # submission order, for fcfs and ties
     eos_ids: tuple[int, ...] = ()
+    grammar: RequestGrammar | None = None  # structured output: admitted once ready; finished when it terminates
     on_event: Callable[["Request", list[int], bool], None] | None = None  # (req, new token ids, finished)
 
     state: State = State.WAITING

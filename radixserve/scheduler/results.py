@@ -1,19 +1,26 @@
 """After each model step: sample, append tokens, detokenise, check stops, emit events."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import logging
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 
 from radixserve.engine.detokenizer import IncrementalDetokenizer
 from radixserve.outputs import TokenLogprob
 from radixserve.runtime.transfer import tensor_on
+from radixserve.sampling.bitmask import apply_token_bitmask
 from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
 from radixserve.sampling.sampler import SampleResult, sample
 from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
 from radixserve.scheduler.request import Request, State
+
+if TYPE_CHECKING:
+    from radixserve.grammar.backend import GrammarBackend
+
+logger = logging.getLogger(__name__)
 
 
 class Event(NamedTuple):
@@ -67,14 +74,23 @@ class _TextState:
 
 
 class ResultProcessor:
-    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int], emit: Callable[[Event], None]) -> None:
+    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int], emit: Callable[[Event], None],
+                 grammar: GrammarBackend | None = None, jump_forward: bool = True) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_ids = eos_ids
         self._eos_tuple = tuple(sorted(eos_ids))
         self.emit = emit
+        self.grammar = grammar  # grammar requests need one (the engine makes it)
+        self.jump_forward = jump_forward
         self.generated_tokens = 0
         self.finished_by_reason: dict[str, int] = {}
+
+    @staticmethod
+    def needs_host_tokens(rows: list[Row], plan: LogitsPlan) -> bool:
+        """Whether sampling this step needs the previous step's tokens on the host first: a grammar's
+        mask depends on every token before it."""
+        return any(rows[i].req.grammar is not None for i in plan.sample_rows)
 
     def sample(self, rows: list[Row], plan: LogitsPlan, logits: torch.Tensor) -> Sampled:
         """Enqueue sampling (and prompt logprobs) of one step on the device; no host sync.
@@ -87,7 +103,11 @@ class ResultProcessor:
             ids = tensor_on(req.prompt_ids[target:target + count], torch.int64, logits.device)
             k = req.params.prompt_top_logprobs
             spans.append((req, ids, k, prompt_logprobs(logits[pos:pos + count], ids, k)))
-        sampling = [(rows[i].req, j) for i, j in zip(plan.sample_rows, plan.sample_logits)]
+        # NOTE: a finalize between this step's forward and now (grammar steps) may have finished a
+        # request or jumped it forward; such a row's logits predict a position already decided.
+        sampling = [(rows[i].req, j) for i, j in zip(plan.sample_rows, plan.sample_logits)
+                    if rows[i].req.state is not State.FINISHED
+                    and rows[i].req.kv_len == rows[i].req.seq_len + rows[i].req.pending]
         done = [req for req, _ in sampling if req.params.max_new_tokens == 0]
         sampling = [(req, j) for req, j in sampling if req.params.max_new_tokens > 0]
         reqs = [req for req, _ in sampling]
@@ -98,14 +118,31 @@ class ResultProcessor:
         idx = tensor_on([j for _, j in sampling], torch.int64, logits.device)
         sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
                                    self._eos_tuple, None) for r in reqs]
+        bitmask = self._bitmask(reqs, logits.device)
         if all(is_plain_greedy(r) for r in sample_rows):  # the common case needs no per-step tensors
-            result = SampleResult(logits[idx].argmax(dim=-1), None, None, None)
+            x = logits[idx]  # [B, V] a copy
+            if bitmask is not None:
+                apply_token_bitmask(x, bitmask)
+            result = SampleResult(x.argmax(dim=-1), None, None, None)
         else:
-            result = sample(logits[idx], build_sampling_tensors(sample_rows, self.vocab_size, logits.device))
+            t = build_sampling_tensors(sample_rows, self.vocab_size, logits.device, token_bitmask=bitmask)
+            result = sample(logits[idx], t)
         for r in reqs:
             r.pending += 1
         host, ready = _to_host_async(result)
         return Sampled(spans, done, reqs, host, ready, result.token_ids)
+
+    def _bitmask(self, reqs: list[Request], device: torch.device) -> torch.Tensor | None:
+        grammars = [r.grammar for r in reqs]
+        if all(g is None for g in grammars):
+            return None
+        from radixserve.grammar.bitmask import batch_bitmask
+
+        for r in reqs:
+            # NOTE: the mask is right only if the matcher has seen every output token (see RequestGrammar).
+            assert r.grammar is None or (r.pending == 0 and r.grammar.accepted == len(r.output_ids)), \
+                (r.rid, r.pending, r.grammar.accepted, len(r.output_ids))
+        return batch_bitmask(grammars, self.grammar, device)
 
     def finalize(self, s: Sampled) -> list[Request]:
         """Bring one step's samples to the host: append tokens, detokenise, check stops. Returns
@@ -131,9 +168,30 @@ class ResultProcessor:
             if req.state is State.FINISHED:
                 continue  # computed one step ahead; the request had already stopped
             new_lp = [lps[i]] if lps is not None and req.params.logprobs is not None else []
-            if self._append(req, tok, new_lp):
+            if self._append(req, tok, new_lp) or (req.grammar is not None and self._advance_grammar(req, tok)):
                 finished.append(req)
         return finished
+
+    def _advance_grammar(self, req: Request, token: int) -> bool:
+        """Feed a sampled token to the request's grammar, then append what the grammar forces next
+        (jump-forward). True when the request finished."""
+        g = req.grammar
+        if not g.accept(token):  # the mask admitted it, so this is a bug; stop this request only
+            logger.error("%s: token %d is outside its grammar (%s); aborting the request", req.rid, token,
+                         g.spec.field)
+            req.finish_reason = "abort"
+            return True
+        # NOTE: a request that wants logprobs gets them for every token, so it decodes every token.
+        if not self.jump_forward or req.params.logprobs is not None:
+            return False
+        forced = g.jump_forward(self.grammar.encode, req.params.max_new_tokens - len(req.output_ids))
+        if forced:
+            self.grammar.stats.jump_forwards += 1
+            self.grammar.stats.jump_forward_tokens += len(forced)
+        for tok in forced:
+            if self._append(req, tok, []):
+                return True
+        return False
 
     def _append(self, req: Request, token: int, lps: list[TokenLogprob]) -> bool:
         if req.detail is None:

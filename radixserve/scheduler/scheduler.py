@@ -63,7 +63,9 @@ class Scheduler:
 
         NOTE: with overlap, a decode row's input is the previous step's sample, gathered on the
         device; the host learns it one step later. A request that stops therefore computes one
-        token more than it keeps, and that sample is dropped."""
+        token more than it keeps, and that sample is dropped. When a row samples under a grammar,
+        the previous step's samples are taken between this step's forward and its sampling (the
+        mask needs them); the forward itself still overlaps that host work."""
         self._reap_aborted()
         if self.inflight is not None and not self._can_overlap():
             self._finish_all(self.results.finalize(self.inflight))
@@ -81,6 +83,11 @@ class Scheduler:
             for req, ext in rows:
                 if ext > 1:
                     self.kv.cache_prefix(req)  # chunked prefill caches as it goes; others hit it
+            if self.inflight is not None and self.results.needs_host_tokens(rows, plan):
+                # NOTE: a grammar's mask needs the previous step's tokens: take them now, while the
+                # device runs this step's forward (which stays overlapped); sampling waits for them.
+                self._finish_all(self.results.finalize(self.inflight))
+                self.inflight = None
             launched = self.results.sample(rows, plan, logits)
         previous, self.inflight = self.inflight, launched
         if previous is not None:
@@ -167,6 +174,8 @@ class Scheduler:
                 break
             if req.pending:
                 continue  # retracted with a sample still on the device: take it back first
+            if req.grammar is not None and not req.grammar.ready:
+                continue  # its grammar is still compiling; it keeps its place and age meanwhile
             cached, _ = self.kv.match_len(req)
             key = None if self.kv.tree.disable else self._prefill_key(req, cached)  # no tree: waiting gains nothing
             if key is not None and key in prefilling:
