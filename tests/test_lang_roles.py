@@ -166,3 +166,40 @@ def test_expressions_concatenate_with_strings():
     e = "Q: " + sgl.gen("a") + "\nA:" + sgl.user("hi")
     kinds = [type(x).__name__ for x in ir.walk(e)]
     assert kinds == ["Text", "Gen", "Text", "RoleBegin", "Text", "RoleEnd"]
+
+
+# ---- what a gen appends ---------------------------------------------------------------------------
+class _TokBackend:
+    """encode/decode of the embedded tokenizer, as Backend has them."""
+
+    def __init__(self):
+        from radixserve.models.loader import embedded_model_path
+        from radixserve.models.tokenizer import load_tokenizer
+
+        self.tok = load_tokenizer(embedded_model_path())
+        self.special_ids = frozenset(self.tok.all_special_ids)
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False) if text else []
+
+    def decode(self, ids, skip=True):
+        return self.tok.decode(ids, skip_special_tokens=skip)
+
+
+def test_gen_tokens_drops_the_stop_token_and_retokenises_a_cut_tail():
+    from radixserve.lang.backend.base import GenOutput
+    from radixserve.lang.tokens import gen_tokens
+    from radixserve.sampling_params import SamplingParams
+
+    be = _TokBackend()
+    prompt = be.encode("Say something:")
+    said = be.encode(" Hello there, friend")
+    eos = be.tok.eos_token_id
+    # stopped by EOS: every model token kept, the EOS dropped
+    out = GenOutput(said + [eos], " Hello there, friend", "stop", len(prompt), 0)
+    assert gen_tokens(be, prompt, out, SamplingParams()) == (said, len(said))
+    # a stop string cut " friend" after " fr": the model's tokens before it stay, " fr" is tokenised anew
+    out = GenOutput(said, " Hello there, fr", "stop", len(prompt), 0)
+    ids, kept = gen_tokens(be, prompt, out, SamplingParams(stop=["iend"]))
+    assert ids[:kept] == said[:kept] and be.decode(ids) == " Hello there, fr"
+    assert kept == len(be.encode(" Hello there,")) and ids[kept:] == be.encode(" fr")

@@ -8,7 +8,7 @@ the engine together and batch there.
 
 NOTE (token-exact state): `tokens` are the exact ids every later call is given. Constant text is
 tokenised once, on its own (Backend.encode); a gen appends the ids the model produced (its stop
-token dropped, see `_kept_tokens`); a select appends the ids it scored. So every call continues
+token dropped, see tokens.gen_tokens); a select appends the ids it scored. So every call continues
 from tokens the engine has already computed, and is a radix-tree hit up to them. `pieces` hold
 the text of each append, so text() == "".join(pieces) == the user's view of the tokens.
 """
@@ -22,9 +22,8 @@ from typing import Any, Sequence
 from radixserve.lang.backend.base import Aborted, GenOutput, ScoreRequest
 from radixserve.lang.ir import (Expr, Gen, RoleBegin, RoleEnd, Select, Text, as_expr, check_sampling, walk)
 from radixserve.lang.run import Cancelled, ProgramError, ProgramRun
+from radixserve.lang.tokens import gen_tokens, share_equal_prefixes
 from radixserve.sampling_params import SamplingParams
-
-_CONTEXT_TOKENS = 8  # prompt tokens decoded before an output, so the output's leading spaces decode right
 
 
 class Executor:
@@ -212,6 +211,7 @@ class Executor:
 
     def _append(self, ids: Sequence[int], text: str, computed_to: int | None = None) -> None:
         with self._cv:
+            self.partial_text = ""  # NOTE: a streamed gen's text moves into pieces in one step
             self.tokens.extend(ids)
             self.pieces.append(text)
             self.text_len += len(text)
@@ -281,40 +281,14 @@ class Executor:
             if self.run.failed:
                 raise Cancelled()
             raise ProgramError(g.describe(), g.site, self.run.program, "the engine aborted the request")
-        ids, kept = self._kept_tokens(prompt, out, params)
+        ids, kept = gen_tokens(self.backend, prompt, out, params)
         meta = {"prompt_tokens": out.prompt_tokens, "cached_tokens": out.cached_tokens,
                 "completion_tokens": len(out.token_ids), "finish_reason": out.finish_reason, "latency_s": latency}
         if out.logprobs is not None:
             meta["output_token_logprobs"] = out.logprobs
-        with self._cv:
-            self.partial_text = ""
         # NOTE: the engine computed the prompt and every output token but the last sampled one.
         self._append(ids, out.text, len(prompt) + min(kept, max(len(out.token_ids) - 1, 0)))
         self._finish_var(g.name, out.text, meta)
-
-    def _kept_tokens(self, prompt: list[int], out: GenOutput, params: SamplingParams) -> tuple[list[int], int]:
-        """The ids a gen appends to the state, and how many of them are the model's own.
-
-        The matched stop token (EOS or a stop_token_id: a special token or one asked for) is
-        dropped: the value does not contain it. Then the longest run of output tokens whose text
-        is a prefix of the value is kept as is; text of the value past it (the tail of a token
-        cut by a stop string, or of a half UTF-8 character) is tokenised on its own."""
-        ids = list(out.token_ids)
-        if ids and out.finish_reason == "stop" and (ids[-1] in self.backend.special_ids
-                                                    or ids[-1] in params.stop_token_ids):
-            ids.pop()
-        ctx = prompt[-_CONTEXT_TOKENS:]
-        skip = params.skip_special_tokens
-        ctx_text = self.backend.decode(ctx, skip)
-        k, covered = len(ids), ""
-        while k > 0:
-            full = self.backend.decode(ctx + ids[:k], skip)
-            covered = full[len(ctx_text):] if full.startswith(ctx_text) else None
-            if covered is not None and out.text.startswith(covered):
-                break
-            k -= 1
-        covered = covered if k > 0 else ""
-        return ids[:k] + self.backend.encode(out.text[len(covered):]), k
 
     def _select(self, s: Select) -> None:
         prefix = list(self.tokens)
@@ -332,9 +306,9 @@ class Executor:
             if len(cond[i]) != len(c) or (uncond is not None and len(uncond[i]) != len(c)):
                 raise ProgramError(s.describe(), s.site, self.run.program,
                                    f"the backend returned log-probs for the wrong number of tokens of {s.choices[i]!r}")
-        _share_equal_prefixes(choice_ids, cond)
+        share_equal_prefixes(choice_ids, cond)
         if uncond is not None:
-            _share_equal_prefixes(choice_ids, uncond)
+            share_equal_prefixes(choice_ids, uncond)
         decision = s.method.decide(cond, uncond)
         chosen = decision.index
         meta = {"prompt_tokens": sum(o.prompt_tokens for o in outs[:k]),
@@ -370,18 +344,6 @@ class Executor:
                           self.conversation_started)
         ex.planned_role = self.planned_role
         return ex
-
-
-def _share_equal_prefixes(choice_ids: list[list[int]], logprobs: list[list[float]]) -> None:
-    """NOTE: choices that begin with the same tokens have, by definition, the same log-prob for
-    each of those tokens (same context, same token); their requests computed it separately, so
-    the float values can differ in the last bits. Use the first choice's value for all of them,
-    so that a comparison (greedy_token_selection compares exactly) never turns on that noise."""
-    seen: dict[tuple[int, ...], float] = {}
-    for ids, lps in zip(choice_ids, logprobs):
-        for j in range(len(ids)):
-            key = tuple(ids[:j + 1])
-            lps[j] = seen.setdefault(key, lps[j])
 
 
 def done_event() -> threading.Event:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from radixserve.lang.backend.base import Backend
 from radixserve.lang.executor import Executor
 from radixserve.lang.ir import DEFAULTABLE, check_sampling
-from radixserve.lang.run import ProgramRun
+from radixserve.lang.run import Cancelled, ProgramRun
 from radixserve.lang.state import ProgramState
 
 
@@ -177,6 +177,8 @@ class Function:
         except BaseException as exc:
             run.fail(exc)
             _drain(run)  # NOTE: the aborted calls have returned: their requests are gone from the engine
+            if isinstance(exc, Cancelled) and run.error is not None:
+                raise run.error from None  # the program was waiting on a call the run's failure cancelled
             raise
         finally:
             run.end()

@@ -80,7 +80,7 @@ class Backend:
 
         NOTE: the boundary rule of the language: every appended string is tokenised by itself,
         so "a" + "b" gives the tokens of "a" then those of "b", which may differ from the tokens
-        of "ab" (SmolLM2: "a"+"b" -> [64, 65], "ab" -> [370]). The state never re-tokenises."""
+        of "ab" (SmolLM2: "a"+"b" -> [81, 82], "ab" -> [369]). The state never re-tokenises."""
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
