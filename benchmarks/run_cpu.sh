@@ -16,3 +16,5 @@ $RS bench shared-prefix --scale cpu --groups 4 --prompts-per-group 8 --hf-subset
 $RS bench online --rate inf --max-concurrency 64 --out-dir "$OUT" --stem issue3_cpu_online_64_clients
 # radix tree + scheduler host overhead
 $RS bench tree --out-dir "$OUT" --stem tree_micro_cpu
+# structured output: compile and mask time, constrained vs unconstrained decode, jump-forward
+$RS bench grammar --out-dir "$OUT" --stem grammar_cpu

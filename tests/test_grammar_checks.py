@@ -223,3 +223,14 @@ def test_accepted_schemas_are_enforced_by_xgrammar(ascii_compiler, schema, insta
     check_schema(schema)
     assert not _valid(schema, instance)
     assert not _xgrammar_accepts(ascii_compiler, schema, instance)
+
+
+def test_json_object_mode_is_any_object(ascii_compiler):
+    """response_format json_object maps to json_schema {"type": "object"}: any JSON object (xgrammar's
+    strict mode forbids undeclared properties only where properties are declared), nothing else."""
+    mode = {"type": "object"}
+    check_schema(mode)
+    for ok in ({}, {"a": 1}, {"a": {"b": [True, None, 1.5, "x"]}, "c": "d"}):
+        assert _xgrammar_accepts(ascii_compiler, mode, ok), ok
+    for bad in ([1], "x", 3, None):
+        assert not _xgrammar_accepts(ascii_compiler, mode, bad), bad

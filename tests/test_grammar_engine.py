@@ -102,7 +102,7 @@ def test_retraction_under_memory_pressure_gives_the_same_outputs(engine):
     for p, o in zip(params, expected):
         _check_valid(p, o)
     need = sum(len(p) + len(o.token_ids) for p, o in zip(prompts, expected))
-    tight = make_engine(max_total_tokens=need // 4, max_prefill_tokens=256, chunked_prefill_size=128)
+    tight = make_engine(max_total_tokens=need // 6, max_prefill_tokens=256, chunked_prefill_size=128)
     try:
         outs = tight.generate(input_ids=prompts, sampling_params=params)
         stats = tight.stats()
@@ -189,6 +189,13 @@ def test_jump_forward_saves_decode_steps_and_keeps_outputs_valid(engine):
         jsonschema.validate(json.loads(o.text), LONG_KEYS)
         assert o.finish_reason == "stop"
     assert steps["on"] * 2 < steps["off"], steps
+
+
+def test_json_object_mode(engine):
+    prompt = engine.apply_chat_template([{"role": "user", "content": "Give a JSON object with the keys name and age."}])
+    out = engine.generate(input_ids=[prompt], sampling_params=SamplingParams(
+        max_new_tokens=96, temperature=0, json_schema={"type": "object"}))[0]
+    assert isinstance(json.loads(out.text), dict) and out.finish_reason == "stop", out.text
 
 
 def test_abort_of_a_constrained_stream_frees_everything(engine):

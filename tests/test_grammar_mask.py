@@ -53,6 +53,24 @@ def test_special_and_padded_ids_are_never_admitted(tokenizer, padded):
     assert done.nonzero().flatten().tolist() == [EOS]
 
 
+def test_json_view_never_admits_raw_control_characters(tokenizer):
+    """xgrammar 0.2.8 lets a string with maxLength take a raw tab (invalid JSON); the JSON view of the
+    vocabulary has no token holding a control character, so it cannot."""
+    vocab = len(tokenizer)
+    schema = '{"type": "object", "properties": {"a": {"type": "string", "maxLength": 8}}}'
+    tab_ids = [i for i in range(vocab) if "\t" in tokenizer.decode([i])]
+    assert tab_ids
+    plain = xgr.GrammarCompiler(build_tokenizer_info(tokenizer, vocab, [EOS]))
+    admitted = _allowed(plain.compile_json_schema(schema, any_whitespace=False), '{"a": "x', vocab)
+    assert admitted[tab_ids].any()  # the behaviour guarded against
+    info = build_tokenizer_info(tokenizer, vocab, [EOS], json_only=True)
+    json_view = xgr.GrammarCompiler(info)
+    admitted = _allowed(json_view.compile_json_schema(schema, any_whitespace=False), '{"a": "x', vocab)
+    assert int(admitted.sum()) > 1000 and not admitted[tab_ids].any()
+    controls = [i for i in range(vocab) if any(ord(c) < 0x20 for c in tokenizer.decode([i]))]
+    assert not admitted[controls].any()
+
+
 def test_tokenizer_wider_than_model_is_refused(tokenizer):
     with pytest.raises(ValueError, match="does not match the model"):
         build_tokenizer_info(tokenizer, 1000, [EOS])

@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 
 from engine_fixtures import make_engine
-from grammar_cases import (ARITH_EBNF, CHOICES, KV_EBNF, KV_RE, REGEXES, SCHEMAS, arith_ok, format_checker,
-                           json_prompt)
+from grammar_cases import (ANSWER_RE, ANSWER_TAG, ARITH_EBNF, CHOICES, KV_EBNF, KV_RE, REGEXES, SCHEMAS, arith_ok,
+                           format_checker, json_prompt)
 from radixserve import SamplingParams
 
 SEEDS = (None, 11, 22, 33)  # None = greedy
@@ -39,6 +39,9 @@ def run():
         kv = e.apply_chat_template([{"role": "user", "content": "Write a few settings as key=value."}])
         cases += [(f"ebnf:arith:{s}", arith, _params(s, ebnf=ARITH_EBNF), ("arith", None)) for s in SEEDS]
         cases += [(f"ebnf:kv:{s}", kv, _params(s, ebnf=KV_EBNF), ("kv", None)) for s in SEEDS]
+        tag = e.apply_chat_template([{"role": "user", "content": "Answer inside <answer> tags with a JSON person."}])
+        cases += [(f"structural_tag:answer:{s}", tag, _params(s, structural_tag=ANSWER_TAG), ("tag", None))
+                  for s in SEEDS]
         for name, options in CHOICES.items():
             ids = e.apply_chat_template([{"role": "user", "content": f"Pick one {name}: {', '.join(options)}"}])
             cases += [(f"choice:{name}:{s}", ids, _params(s, choice=options), ("choice", options)) for s in SEEDS]
@@ -49,9 +52,8 @@ def run():
         e.shutdown()
 
 
-def _problem(check, out) -> str | None:
+def _problem(check, text: str) -> str | None:
     kind, arg = check
-    text = out.text
     if kind == "json":
         try:
             value = json.loads(text)
@@ -68,6 +70,9 @@ def _problem(check, out) -> str | None:
         return None if arith_ok(text) else "not an expression of the grammar"
     if kind == "kv":
         return None if KV_RE.fullmatch(text) else "not a key=value list of the grammar"
+    if kind == "tag":
+        m = ANSWER_RE.fullmatch(text)
+        return _problem(("json", SCHEMAS["flat_person"]), m.group(1)) if m else "no <answer> tag"
     return None if text in arg else "not one of the choices"
 
 
@@ -79,7 +84,7 @@ def test_every_output_satisfies_its_constraint_and_stops(run):
     cases, outs, _, engine = run
     bad = []
     for (name, _, _, check), out in zip(cases, outs, strict=True):
-        problem = _problem(check, out)
+        problem = _problem(check, out.text)
         if problem is None and out.finish_reason != "stop":
             problem = f"finish_reason {out.finish_reason}"
         if problem is not None:

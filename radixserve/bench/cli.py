@@ -73,6 +73,18 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     for flag in ("programs", "few-shot-tokens", "branches", "thought-tokens", "answer-tokens"):
         lg.add_argument("--" + flag, type=int, default=None, help="overrides --scale")
 
+    gr = kinds.add_parser("grammar", parents=[base], help="structured output: constrained vs unconstrained decode, "
+                                                          "jump-forward, compile and mask time")
+    gr.add_argument("--parts", dest="grammar_parts", default="micro,throughput,jump-forward",
+                    help="comma-separated: micro, throughput, jump-forward")
+    gr.add_argument("--batch-sizes", default="8,32", help="throughput batch sizes, comma-separated (GPU: 64,256)")
+    gr.add_argument("--output-len", type=int, default=64, help="tokens per request in the throughput runs")
+    gr.add_argument("--prompt-len", type=int, default=32)
+    gr.add_argument("--jf-batch", type=int, default=16, help="requests in the jump-forward runs")
+    gr.add_argument("--jf-max-new-tokens", type=int, default=256)
+    gr.add_argument("--micro-repeats", type=int, default=3, help="compiles per schema")
+    gr.add_argument("--micro-steps", type=int, default=64, help="random-walk tokens per schema")
+
     gpu = kinds.add_parser("gpu", parents=[base], help="every GPU benchmark in one command (< 8 min on an H100)")
     gpu.add_argument("--budget", type=float, default=330.0, help="seconds of timed runs in all (model loads extra)")
     gpu.add_argument("--parts", default="shared-prefix,sharegpt,batch1,tree", help="which GPU runs, comma-separated")
@@ -139,6 +151,16 @@ def run_bench(args) -> int:
         cfg = dataclasses.replace(cfg, seed=seed, **sizes)
         lang_branching.run(spec, cfg, out, args.stem or f"lang_branching_{args.scale}",
                            f"radixserve.lang branching program, {cfg.programs} programs ({args.scale} scale)")
+    elif kind == "grammar":
+        from radixserve.bench import grammar
+
+        parts = {p for p in args.grammar_parts.split(",") if p}
+        unknown = parts - {"micro", "throughput", "jump-forward"}
+        if unknown:
+            raise ValueError(f"unknown --parts {sorted(unknown)}; choose from micro, throughput, jump-forward")
+        sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+        grammar.run(spec, out, args.stem or "grammar", parts, sizes, args.output_len, args.prompt_len, args.jf_batch,
+                    args.jf_max_new_tokens, args.micro_repeats, args.micro_steps, seed)
     elif kind == "gpu":
         _gpu_all(args, spec, vocab)
     return 0

@@ -3,7 +3,6 @@ xgrammar's GrammarCompiler (and its cache), and holds the batch matcher that fil
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 import time
@@ -13,11 +12,11 @@ from typing import Sequence
 from radixserve.grammar.schema_check import check_schema
 from radixserve.grammar.spec import GrammarSpec
 
-logger = logging.getLogger(__name__)
-
-# NOTE: JSON is generated in one line with ", " and ": " separators. Free whitespace would stop
-# jump-forward at every separator (it only follows a unique continuation) and lets small models
-# loop on whitespace until max_new_tokens.
+# NOTE: JSON is generated on one line with ", " and ": " separators. Free whitespace stops
+# jump-forward at every separator (it follows only a unique continuation) and lets small models
+# loop on whitespace until max_new_tokens; capping it (max_whitespace_cnt) makes xgrammar check
+# the count at run time (mask p99 ~100x slower on the test schemas). The price: a model that
+# would rather pretty-print its JSON is held to one line.
 JSON_ANY_WHITESPACE = False
 _XGR_PREFIX = re.compile(r"^\[[\d:.]+\] \S+:\d+: ")
 
@@ -75,7 +74,8 @@ class GrammarBackend:
         self._threads = threads
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._compiler = None  # xgrammar.GrammarCompiler, built on first use (it reads the whole vocabulary)
+        # xgrammar.GrammarCompiler per vocabulary view (see build_tokenizer_info), built on first use
+        self._compilers: dict[bool, object] = {}
         self._batch_matcher = None
         self._closed = False
 
@@ -119,24 +119,23 @@ class GrammarBackend:
             future.result(timeout=timeout_s)
         except FutureTimeout:
             raise ValueError(self.timeout_message(spec)) from None
-        except ValueError:
-            raise
         except Exception as exc:  # noqa: BLE001 - the compiler's error, for the caller
-            raise ValueError(f"{spec.field} could not be compiled: {_message(exc)}") from None
+            raise ValueError(self.failure_message(spec, exc)) from None
 
     def timeout_message(self, spec: GrammarSpec) -> str:
         return (f"{spec.field}: the grammar did not compile within {self.timeout_s:g} s "
                 "(grammar_compile_timeout_s); simplify it")
 
     def failure_message(self, spec: GrammarSpec, exc: BaseException) -> str:
-        return exc.args[0] if isinstance(exc, ValueError) and exc.args else \
-            f"{spec.field} could not be compiled: {_message(exc)}"
+        if isinstance(exc, ValueError) and exc.args:
+            return str(exc.args[0])  # already says what to do (e.g. xgrammar is not installed)
+        return f"{spec.field} could not be compiled: {_message(exc)}"
 
     def _compile(self, spec: GrammarSpec):
         t0 = time.perf_counter()
         ok = False
         try:
-            compiler = self.compiler()
+            compiler = self.compiler(json_only=spec.kind == "json_schema")
             if spec.kind == "json_schema":
                 out = compiler.compile_json_schema(spec.source, any_whitespace=JSON_ANY_WHITESPACE, strict_mode=True)
             elif spec.kind == "regex":
@@ -150,16 +149,17 @@ class GrammarBackend:
         finally:
             self.stats.on_compile(time.perf_counter() - t0, ok)
 
-    def compiler(self):
-        """xgrammar's GrammarCompiler for this tokenizer (built once, thread-safe)."""
+    def compiler(self, json_only: bool = False):
+        """xgrammar's GrammarCompiler for this tokenizer (built once per view, thread-safe); `json_only`:
+        the view for JSON schemas, without tokens holding raw control characters."""
         with self._lock:
-            if self._compiler is None:
+            if json_only not in self._compilers:
                 from radixserve.grammar.tokenizer_info import build_tokenizer_info
 
                 xgr = _xgrammar()
-                info = build_tokenizer_info(self.tokenizer, self.vocab_size, self.stop_token_ids)
-                self._compiler = xgr.GrammarCompiler(info, max_threads=self._threads)
-            return self._compiler
+                info = build_tokenizer_info(self.tokenizer, self.vocab_size, self.stop_token_ids, json_only)
+                self._compilers[json_only] = xgr.GrammarCompiler(info, max_threads=self._threads)
+            return self._compilers[json_only]
 
     def batch_matcher(self):
         """xgrammar's BatchGrammarMatcher (fills many rows of a bitmask in parallel); loop thread only."""

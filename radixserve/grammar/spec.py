@@ -29,10 +29,6 @@ def grammar_spec(params: SamplingParams) -> GrammarSpec | None:
     return GrammarSpec(field, field, value)
 
 
-def parsed_json(spec: GrammarSpec):
-    return json.loads(spec.source)
-
-
 def _json_text(field: str, value: dict | str) -> str:
     if isinstance(value, str):
         try:
