@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 
@@ -66,6 +67,11 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     tr = kinds.add_parser("tree", parents=[base], help="radix tree match_prefix and scheduler host overhead")
     tr.add_argument("--running", type=int, default=256)
     tr.add_argument("--real-steps", type=int, default=2, help="real model steps timed for the ratio (0: none)")
+
+    lg = kinds.add_parser("lang", parents=[base], help="a radixserve.lang branching program: radix tree vs cache off")
+    lg.add_argument("--scale", choices=("cpu", "gpu"), default="cpu")
+    for flag in ("programs", "few-shot-tokens", "branches", "thought-tokens", "answer-tokens"):
+        lg.add_argument("--" + flag, type=int, default=None, help="overrides --scale")
 
     gr = kinds.add_parser("grammar", parents=[base], help="structured output: constrained vs unconstrained decode, "
                                                           "jump-forward, compile and mask time")
@@ -134,6 +140,17 @@ def run_bench(args) -> int:
                       f"max concurrency {args.max_concurrency}", args.rate, args.max_concurrency, args.url)
     elif kind == "tree":
         suites.tree(spec, out, args.stem or "tree_micro", QUOTED_H100_STEP_MS, args.running, args.real_steps)
+    elif kind == "lang":
+        from radixserve.bench import lang_branching
+
+        if args.time_limit is not None:
+            raise ValueError("the lang workload runs its programs to the end; it has no --time-limit")
+        cfg = lang_branching.SCALES[args.scale]
+        sizes = {k: getattr(args, k) for k in ("programs", "few_shot_tokens", "branches", "thought_tokens",
+                                                "answer_tokens") if getattr(args, k) is not None}
+        cfg = dataclasses.replace(cfg, seed=seed, **sizes)
+        lang_branching.run(spec, cfg, out, args.stem or f"lang_branching_{args.scale}",
+                           f"radixserve.lang branching program, {cfg.programs} programs ({args.scale} scale)")
     elif kind == "grammar":
         from radixserve.bench import grammar
 

@@ -177,7 +177,7 @@ class Scheduler:
             if req.grammar is not None and not req.grammar.ready:
                 continue  # its grammar is still compiling; it keeps its place and age meanwhile
             cached, _ = self.kv.match_len(req)
-            key = self._prefill_key(req, cached)
+            key = None if self.kv.tree.disable else self._prefill_key(req, cached)  # no tree: waiting gains nothing
             if key is not None and key in prefilling:
                 continue  # another request is computing the same tokens right now
             ext = min(req.seq_len - cached, cfg.chunked_prefill_size, budget)
@@ -203,7 +203,7 @@ class Scheduler:
     @staticmethod
     def _prefill_key(req: Request, start: int) -> tuple | None:
         """What identifies the tokens a request would compute next from `start` on."""
-        n = min(IN_BATCH_KEY, req.seq_len - 1 - start)
+        n = min(IN_BATCH_KEY, min(req.seq_len, (req.logprob_start() or req.seq_len) + len(req.prompt_logprobs)) - 1 - start)
         if n <= 0:
             return None
         return req.namespace, start, tuple(req.fill_slice(start, start + n))
