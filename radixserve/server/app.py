@@ -37,7 +37,7 @@ class ServerConfig:
 
 def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
-    from radixserve.server import native_routes, openai_routes
+    from radixserve.server import cache_routes, native_routes, openai_routes
 
     config = config or ServerConfig()
     app = FastAPI(title="radixserve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -48,5 +48,6 @@ def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(native_routes.router)
+    app.include_router(cache_routes.router)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app
