@@ -2,12 +2,11 @@
 
 1. TokenTree (a prefix-closed set) and TokenCounter (a multiset) against Python sets and counters.
 2. The whole protocol against the real RadixTree: requests are cached in a real tree (evicting
-   under a small page pool, with namespaces, page sizes 1/2/4, resets, and an eviction log small
-   enough to overflow); the mirror hears what the router would hear (each finished request's
-   tokens, then the events on the wire format of GET /cache/events, or a dump when the log no
-   longer reaches its cursor). After every poll the mirror must hold exactly the tree's token
-   paths, and predict exactly the tree's match for any query, except after the one documented
-   race (the tree evicts a request's fresh path before the next poll); then it may only hold more.
+   under a small page pool, with namespaces, page sizes 1/2/4, resets, and an event log small
+   enough to overflow); the mirror hears what the router would hear (the requests it routed,
+   then the events on the wire format of GET /cache/events, or a dump when the log no longer
+   reaches its cursor). After every poll the mirror must hold exactly the tree's token paths and
+   predict exactly the tree's match for any query, and hold nothing routed any more.
 """
 from __future__ import annotations
 
@@ -15,11 +14,11 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from radixserve.cache.allocator import PageAllocator
-from radixserve.cache.eviction_log import EvictionLog
+from radixserve.cache.cache_events import CacheEvent, CacheEventLog
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.router.mirror import CacheMirror, decode_events, dump_paths
 from radixserve.router.token_tree import TokenCounter, TokenTree
@@ -117,7 +116,7 @@ class Replica:
     def __init__(self, page_size: int, num_pages: int, max_events: int) -> None:
         self.alloc = PageAllocator(num_pages, page_size)
         self.tree = RadixTree(self.alloc)
-        self.tree.events = EvictionLog(page_size, max_events=max_events)
+        self.tree.events = CacheEventLog(page_size, max_events=max_events)
         self.ps = page_size
 
     def cache(self, tokens: list[int], ns) -> bool:
@@ -144,19 +143,17 @@ class Replica:
         return set()
 
 
-def poll(rep: Replica, mirror: CacheMirror) -> None:
-    """What the router's poller does with one answer of GET /cache/events."""
-    while True:
-        batch = mirror.take_pending()
-        log = rep.tree.events
-        events = log.since(mirror.cursor) if mirror.epoch == log.epoch else None
-        if events is None:
-            namespaces = [(ns, dump_paths([[p, k] for p, k in nodes])) for ns, nodes in rep.tree.dump()]
-            mirror.resync(log.epoch, log.head, rep.ps, True, namespaces, batch)
-            return
-        if mirror.apply_events(decode_events(_encode(events)), batch):
-            return
-        mirror.restore_pending(batch)  # a reset: resync from a dump
+def poll(rep: Replica, mirror: CacheMirror) -> bool:
+    """What the router's poller does with one answer of GET /cache/events; True if it resynced."""
+    batch = mirror.take_pending()
+    log = rep.tree.events
+    events = log.since(mirror.cursor) if mirror.epoch == log.epoch else None
+    if events is None:
+        namespaces = [(ns, dump_paths([[p, k] for p, k in nodes])) for ns, nodes in rep.tree.dump()]
+        mirror.resync(log.epoch, log.head, rep.ps, True, namespaces, batch)
+        return True
+    mirror.apply_events(decode_events(_encode(events)), batch)
+    return False
 
 
 tenant_prompts = st.tuples(st.sampled_from([None, "a", "b"]), st.integers(0, 2), st.lists(st.integers(0, 2), max_size=8))
@@ -174,70 +171,56 @@ def test_mirror_follows_the_real_tree(page_size, num_pages, max_events, ops, que
     rep = Replica(page_size, num_pages, max_events)
     mirror = CacheMirror(page_size)
     systems = [[7, 8, 9, 10, 11, 12], [7, 8, 5, 6], [20, 21, 22, 23, 24, 25, 26, 27]]
-    pending: list[tuple] = []  # (ns, tokens) cached since the last poll
-    raced = False  # the documented race happened since the last resync
     for kind, arg in ops + [("poll", None)]:
         if kind == "request":
             ns, system, question = arg
             tokens = systems[system] + question
             handle = mirror.begin(ns, [tokens])
-            before = rep.tree.events.head
             ok = rep.cache(tokens, ns)
-            for ev in rep.tree.events.since(before) or []:  # its own admission evicted a pending path?
-                raced |= any(e_ns == ev.namespace and tuple(t[:len(ev.path)]) == ev.path for e_ns, t in pending)
             mirror.end(handle, [tokens] if ok else [])
-            if ok:
-                pending.append((ns, tokens))
         elif kind == "evict":
-            before = rep.tree.events.head
             rep.tree.evict(arg * page_size)
-            for ev in rep.tree.events.since(before) or []:
-                raced |= any(e_ns == ev.namespace and tuple(t[:len(ev.path)]) == ev.path for e_ns, t in pending)
         elif kind == "reset":
             rep.tree.reset()
         else:
-            log = rep.tree.events
-            resynced = (mirror.epoch != log.epoch or log.since(mirror.cursor) is None
-                        or any(e.path is None for e in log.since(mirror.cursor)))
-            poll(rep, mirror)
-            pending = []
-            raced = raced and not resynced
+            event("resync" if poll(rep, mirror) else "events")
             rep.tree.check_integrity()
             for ns in (None, "a", "b"):
                 mirrored, real = closure(mirror.paths(ns)), rep.paths(ns)
-                if raced:
-                    assert mirrored >= real
-                else:
-                    assert mirrored == real, (ns, sorted(mirrored - real), sorted(real - mirrored))
-            assert not mirror.inflight, "every finished request has left the in-flight overlay"
-            if not raced:
-                for ns, system, question in queries:
-                    q = systems[system] + question
-                    assert mirror.predicted_hit(ns, q) == rep.tree.match_prefix(q[:-1], ns).slots.numel()
+                assert mirrored == real, (ns, sorted(mirrored - real), sorted(real - mirrored))
+            assert not mirror.inflight and not mirror.pending, "the events covered every finished request"
+            for ns, system, question in queries:
+                q = systems[system] + question
+                assert mirror.predicted_hit(ns, q) == rep.tree.match_prefix(q[:-1], ns).slots.numel()
 
 
 def test_log_is_bounded_and_says_when_a_reader_fell_behind():
-    log = EvictionLog(page_size=1, max_events=4, max_tokens=10)
+    log = CacheEventLog(page_size=1, max_events=6, max_tokens=10)
     rep = Replica(1, 64, 1000)
     rep.tree.events = log
-    for i in range(8):
-        rep.cache([100 + i] * 3, None)
-    rep.tree.evict(3 * 8)
-    assert log.head == 8 and len(log) == 3 and log.held_tokens == 9  # 4 events would hold 12 > 10 tokens
-    assert log.since(4) is None  # events 5 was dropped
-    assert [e.seq for e in log.since(5)] == [6, 7, 8]
-    assert [e.path for e in log.since(5, limit=2)] == [(105,), (106,)]
+    for i in range(4):
+        rep.cache([100 + i] * 3, None)  # events 1..4: inserts
+    rep.tree.evict(3 * 4)  # events 5..8: evictions of 3 tokens each
+    # 6 events at most, and at most 10 evicted tokens held: events 6..8 (9 tokens) remain
+    assert log.head == 8 and len(log) == 3 and log.held_tokens == 9
+    assert log.since(4) is None  # event 5 was dropped
+    assert [(e.seq, e.kind) for e in log.since(5)] == [(6, "evict"), (7, "evict"), (8, "evict")]
+    assert [e.path for e in log.since(5, limit=2)] == [(101,), (102,)]
     assert log.since(8) == [] and log.since(9) is None and log.since(-1) is None
+    rep.cache([7, 7], None)
+    assert log.since(8) == [CacheEvent(9, "insert", None, (7, 7), 2)]
 
 
 def test_event_paths_survive_later_splits_of_their_parent():
-    """An event names its parent node; the tree splits that node afterwards; the path read later
-    is still the path at eviction time."""
+    """An event names a node; the tree splits that node afterwards; the path read later is still
+    the path at the time of the event."""
     rep = Replica(1, 64, 1000)
     rep.cache([1, 2, 3, 4, 5, 6], None)
     rep.cache([1, 2, 3, 4, 5, 6, 7, 8], None)  # node [7, 8] under [1..6]
     assert rep.tree.evict(2) == 2  # evicts [7, 8]: parent is the [1..6] node
     rep.cache([1, 2, 9], None)  # splits [1..6] into [1, 2] + [3..6]
     rep.cache([1, 2, 3, 4, 5, 6, 7, 0], None)
-    (ev,) = rep.tree.events.since(0)
-    assert ev.path == (1, 2, 3, 4, 5, 6, 7) and ev.tokens == 2 and ev.namespace is None
+    evictions = [e for e in rep.tree.events.since(0) if e.kind == "evict"]
+    assert [(e.path, e.tokens, e.namespace) for e in evictions] == [((1, 2, 3, 4, 5, 6, 7), 2, None)]
+    inserts = [e.path for e in rep.tree.events.since(0) if e.kind == "insert"]
+    assert inserts == [(1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 9), (1, 2, 3, 4, 5, 6, 7, 0)]

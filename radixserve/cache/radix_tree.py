@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from radixserve.cache.allocator import PageAllocator
-from radixserve.cache.eviction_log import EvictionLog
+from radixserve.cache.cache_events import CacheEventLog
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class RadixTree:
         self.evicted_tokens = 0
         self._seq = itertools.count()  # tie-breaker for heap entries
         self._detached_root = TreeNode([], _EMPTY, None, 0)  # returned for misses in unknown namespaces
-        self.events = EvictionLog(self.page_size)  # what eviction removed, for routers that mirror this tree
+        self.events = CacheEventLog(self.page_size)  # what was cached and evicted, for routers that mirror this tree
         self._clear()
 
     def _clear(self) -> None:
@@ -185,6 +185,7 @@ class RadixTree:
             self._num_nodes += 1
             self.evictable_size += n - i
             self._push(leaf)
+            self.events.record_insert(leaf)
             path.append(leaf)
             node = leaf
         return MatchResult(self._path_slots(path), node)

@@ -1,20 +1,20 @@
 """The router's copy of one replica's radix cache, to the token.
 
-Three parts, per namespace (cache_salt):
-- `trees`: what the replica has cached, as far as the router knows: every finished request's
-  prompt + output (the tokens the replica computed: all but the last sampled one, in whole pages),
-  with the replica's eviction events applied.
-- `inflight`: prompts routed there and not yet finished; the replica is computing them, so a
-  request sharing their prefix should follow them (a burst of one tenant's requests lands on one
-  replica before the first finishes).
-- `pending`: finished requests whose tokens join `trees` only after the next batch of events.
+Two parts, per namespace (cache_salt):
+- `trees`: the replica's cache as its event log describes it. The replica logs every insertion
+  and eviction in order (GET /cache/events); replaying them reproduces its tree's token paths
+  exactly, whoever sent the requests. A dump of the whole tree replaces the trees when the log no
+  longer reaches the mirror's cursor or the replica restarted.
+- `inflight`: what the router itself routed there and the log has not confirmed yet: prompts in
+  flight (the replica is computing them, so a request sharing their prefix should follow them: a
+  burst of one tenant's requests lands on one replica before the first finishes), then each
+  finished request's prompt + output until the first poll sent after it finished, whose events
+  include its insertion.
 
-NOTE on ordering: a finished request's tokens are inserted after the events of the first poll
-sent after it finished. That poll reads the replica's log after the request was cached there, so
-an eviction that happened before the request re-cached a path cannot wipe it from the mirror.
-(An eviction of the freshly cached path itself between the request's end and that poll leaves it
-in the mirror until an ancestor is evicted or a resync; LRU evicts the newest leaf last, and the
-poller is woken as soon as a request finishes.)
+NOTE: why not insert what the router routed straight into `trees` and only take evictions from
+the replica: the two cannot be ordered. A request's path evicted right after it was cached (under
+memory pressure the freshest leaves are all that is unlocked) and a path evicted before the
+request re-cached it arrive in the same batch of events and look the same.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from radixserve.router.token_tree import TokenCounter, TokenTree
 
 class InFlight(NamedTuple):
     namespace: str | None
-    prompts: tuple[tuple[int, ...], ...]  # the page-truncated prompts added to `inflight`
+    prompts: tuple[tuple[int, ...], ...]  # the page-truncated sequences added to `inflight`
 
 
 class CacheMirror:
@@ -37,7 +37,7 @@ class CacheMirror:
         self.cursor = -1  # the last event applied
         self.trees: dict[str | None, TokenTree] = {}
         self.inflight: dict[str | None, TokenCounter] = {}
-        self.pending: list[tuple[str | None, list[tuple[int, ...]], InFlight]] = []
+        self.pending: list[InFlight] = []  # finished, until the events of the next poll are in
         self.events_applied = 0
         self.resyncs = 0
 
@@ -53,98 +53,87 @@ class CacheMirror:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens mirrored as cached (not counting requests in flight)."""
+        """Tokens the replica holds in its cache (as of the last events applied)."""
         return sum(t.num_tokens for t in self.trees.values())
 
     @property
     def footprint(self) -> int:
-        """Cached plus in-flight tokens: how much of the replica's cache the router has filled."""
+        """Cached plus routed-but-unconfirmed tokens: how much of the replica's cache is taken."""
         return self.num_tokens + sum(c.num_tokens for c in self.inflight.values())
-
-    # ---- requests ---------------------------------------------------------------------------
-    def _pages(self, tokens: Sequence[int]) -> tuple[int, ...]:
-        n = len(tokens) - len(tokens) % self.page_size
-        return tuple(tokens[:n])
-
-    def begin(self, namespace: str | None, prompts: Sequence[Sequence[int]]) -> InFlight:
-        fly = self.inflight.setdefault(namespace, TokenCounter())
-        held = tuple(self._pages(p) for p in prompts)
-        for p in held:
-            fly.add(p)
-        return InFlight(namespace, held)
-
-    def end(self, handle: InFlight, cached: Sequence[Sequence[int]] = ()) -> None:
-        """The request left the replica. `cached`: the token sequences it left in the replica's
-        cache (each sample's prompt + output but the last token); empty when it failed."""
-        fly = self.inflight[handle.namespace]
-        held = [self._pages(c) for c in cached] if self.enabled else []
-        for c in held:
-            fly.add(c)  # NOTE: visible to routing until the next events batch moves it into the tree
-        for p in handle.prompts:
-            fly.remove(p)
-        if held:
-            self.pending.append((handle.namespace, held, InFlight(handle.namespace, tuple(held))))
-        elif not fly.size:
-            del self.inflight[handle.namespace]
-
-    # ---- the replica's side -----------------------------------------------------------------
-    def take_pending(self) -> list:
-        """Finished requests to insert after the next events; call right before sending the poll."""
-        batch, self.pending = self.pending, []
-        return batch
-
-    def restore_pending(self, batch: list) -> None:
-        """The poll failed: keep the batch for the next one."""
-        self.pending = batch + self.pending
-
-    def apply_events(self, events: list[dict], batch: list) -> bool:
-        """Events in the replica's order ({'seq', 'namespace', 'path', 'tokens'} or {'seq', 'reset'}),
-        then the batch of finished requests. Returns False, applying nothing, when the events hold
-        a reset: whether a finished request was cached before or after it is unknown, so the
-        caller must resync from a dump (and hand the batch back with restore_pending)."""
-        if any(ev.get("reset") for ev in events):
-            self.epoch = None
-            return False
-        for ev in events:
-            tree = self.trees.get(ev["namespace"])
-            if tree is not None:
-                tree.discard(ev["path"])
-                if not tree.num_tokens:
-                    del self.trees[ev["namespace"]]
-            self.cursor = ev["seq"]
-            self.events_applied += 1
-        self._insert(batch)
-        return True
-
-    def resync(self, epoch: str, head: int, page_size: int, enabled: bool,
-               namespaces: list[tuple[str | None, list[list[int]]]], batch: list) -> None:
-        """Replace the mirror by the replica's own tree (paths given per namespace); the batch
-        finished before the dump was taken, so the dump already holds it."""
-        self.epoch, self.cursor, self.page_size, self.enabled = epoch, head, page_size, enabled
-        self.trees = {}
-        for ns, paths in namespaces:
-            tree = self.trees.setdefault(ns, TokenTree(self.page_size))
-            for p in paths:
-                tree.insert(p)
-        self.resyncs += 1
-        self._insert(batch, into_trees=False)
-
-    def _insert(self, batch: list, into_trees: bool = True) -> None:
-        for ns, paths, handle in batch:
-            if into_trees and self.enabled:
-                tree = self.trees.setdefault(ns, TokenTree(self.page_size))
-                for p in paths:
-                    tree.insert(p)
-            fly = self.inflight.get(ns)
-            if fly is not None:
-                for p in handle.prompts:
-                    fly.remove(p)
-                if not fly.size:
-                    del self.inflight[ns]
 
     def paths(self, namespace: str | None = None) -> set[tuple[int, ...]]:
         tree = self.trees.get(namespace)
         return tree.paths() if tree else set()
+
+    # ---- requests ---------------------------------------------------------------------------
+    def _hold(self, namespace: str | None, seqs: Sequence[Sequence[int]]) -> InFlight:
+        fly = self.inflight.setdefault(namespace, TokenCounter())
+        held = tuple(tuple(s[:len(s) - len(s) % self.page_size]) for s in seqs)
+        for s in held:
+            fly.add(s)
+        return InFlight(namespace, held)
+
+    def _release(self, handle: InFlight) -> None:
+        fly = self.inflight[handle.namespace]
+        for s in handle.prompts:
+            fly.remove(s)
+        if not fly.size:
+            del self.inflight[handle.namespace]
+
+    def begin(self, namespace: str | None, prompts: Sequence[Sequence[int]]) -> InFlight:
+        return self._hold(namespace, prompts)
+
+    def end(self, handle: InFlight, cached: Sequence[Sequence[int]] = ()) -> None:
+        """The request left the replica. `cached`: what it left in the replica's cache as far as
+        the router knows (each sample's prompt + output); empty when it failed."""
+        if cached and self.enabled:
+            self.pending.append(self._hold(handle.namespace, cached))
+        self._release(handle)
+
+    # ---- the replica's side -----------------------------------------------------------------
+    def take_pending(self) -> list[InFlight]:
+        """Finished requests the next poll's events will cover; call right before sending it."""
+        batch, self.pending = self.pending, []
+        return batch
+
+    def restore_pending(self, batch: list[InFlight]) -> None:
+        """The poll failed: the next one covers the batch."""
+        self.pending = batch + self.pending
+
+    def apply_events(self, events: list[dict], batch: list[InFlight]) -> None:
+        """Replay events ({'seq', 'op', 'namespace', 'path', 'tokens'}) in the replica's order;
+        then the batch is covered and leaves `inflight`."""
+        for ev in events:
+            op = ev["op"]
+            if op == "reset":
+                self.trees.clear()
+            elif op == "insert":
+                self.trees.setdefault(ev["namespace"], TokenTree(self.page_size)).insert(ev["path"])
+            else:
+                tree = self.trees.get(ev["namespace"])
+                if tree is not None:
+                    tree.discard(ev["path"])
+                    if not tree.num_tokens:
+                        del self.trees[ev["namespace"]]
+            self.cursor = ev["seq"]
+            self.events_applied += 1
+        self._covered(batch)
+
+    def resync(self, epoch: str, head: int, page_size: int, enabled: bool,
+               namespaces: list[tuple[str | None, list[list[int]]]], batch: list[InFlight]) -> None:
+        """Replace the trees by the replica's own (its root-to-leaf paths per namespace)."""
+        self.epoch, self.cursor, self.page_size, self.enabled = epoch, head, page_size, enabled
+        self.trees = {}
+        for ns, paths in namespaces:
+            tree = self.trees.setdefault(ns, TokenTree(page_size))
+            for p in paths:
+                tree.insert(p)
+        self.resyncs += 1
+        self._covered(batch)
+
+    def _covered(self, batch: list[InFlight]) -> None:
+        for handle in batch:
+            self._release(handle)
 
 
 # ---- the wire format of GET /cache/events (radixserve/server/cache_routes.py) ----------------
@@ -152,11 +141,12 @@ def decode_events(wire: list[dict]) -> list[dict]:
     """Expand each event's path (the previous event's path cut to `shared`, then `tail`)."""
     out, prev = [], []
     for ev in wire:
-        if ev.get("reset"):
-            out.append({"seq": ev["seq"], "reset": True})
+        if ev["op"] == "reset":
+            out.append({"seq": ev["seq"], "op": "reset"})
             continue
         path = prev[:ev["shared"]] + ev["tail"]
-        out.append({"seq": ev["seq"], "namespace": ev["namespace"], "path": path, "tokens": ev["tokens"]})
+        out.append({"seq": ev["seq"], "op": ev["op"], "namespace": ev["namespace"], "path": path,
+                    "tokens": ev["tokens"]})
         prev = path
     return out
 

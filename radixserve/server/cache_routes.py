@@ -1,12 +1,15 @@
-"""GET /cache/events: the radix tree's evictions since a cursor, for routers that mirror this cache.
+"""GET /cache/events: what the radix tree cached and evicted since a cursor, for routers that
+mirror this cache to the token (see radixserve/cache/cache_events.py).
 
 `?after=<seq>&epoch=<epoch>` answers the events with seq > after, oldest first:
     {"epoch", "page_size", "cache_enabled", "model", "max_model_len", "vocab_size", "head",
-     "events": [{"seq", "namespace", "shared", "tail", "tokens"} | {"seq", "reset": true}],
+     "events": [{"seq", "op": "insert" | "evict", "namespace", "shared", "tail", "tokens"}
+                | {"seq", "op": "reset"}],
      "more": bool}
-where an eviction's token path (prefix + first page of the evicted run: the tree holds no path
-starting with it any more) is the previous event's path in this answer cut to `shared` tokens,
-then `tail`. `head` is the newest event's seq; with `more` the answer stopped at `limit` events.
+An insert's path is the new leaf's whole token path; an eviction's is the prefix + first page of
+the evicted run (the tree holds no path starting with it any more). Each path is the previous
+event's path in this answer cut to `shared` tokens, then `tail`. `head` is the newest event's
+seq; with `more` the answer stopped at `limit` events.
 
 Without a cursor, with another epoch (the server restarted) or with a cursor the bounded log no
 longer reaches, the answer is a resync instead of "events":
@@ -21,6 +24,7 @@ import asyncio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from radixserve.cache.cache_events import RESET
 from radixserve.server.engine_io import JSONResponse
 from radixserve.server.errors import error_response
 
@@ -63,12 +67,12 @@ async def cache_events(request: Request, after: int = Query(-1, ge=-1), epoch: s
 def _encode(events) -> list[dict]:
     out, prev = [], ()
     for ev in events:
-        if ev.path is None:
-            out.append({"seq": ev.seq, "reset": True})
+        if ev.kind == RESET:
+            out.append({"seq": ev.seq, "op": RESET})
             continue
         shared = _common_prefix(prev, ev.path)
-        out.append({"seq": ev.seq, "namespace": ev.namespace, "shared": shared, "tail": list(ev.path[shared:]),
-                    "tokens": ev.tokens})
+        out.append({"seq": ev.seq, "op": ev.kind, "namespace": ev.namespace, "shared": shared,
+                    "tail": list(ev.path[shared:]), "tokens": ev.tokens})
         prev = ev.path
     return out
 
