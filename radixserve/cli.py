@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--replica-api-key", default=None, help="the key the replicas require, if any")
     rt.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     rt.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
-    rt.add_argument("--served-model-name", default=None, help="model id reported by /v1/models (default: the replicas')")
+    rt.add_argument("--served-model-name", default=None,
+                    help="model id reported by /v1/models (default: the replicas')")
     rt.add_argument("--model", default=None, help="the replicas' model, for its tokenizer (default: embedded model)")
     rt.add_argument("--tokenizer", default=None, help="the replicas' tokenizer, if they were given one")
     _add_router_flags(rt.add_argument_group("routing"))
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # the router polls its replicas many times a second; httpx logs each call
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             return _serve(args)

@@ -156,7 +156,8 @@ def poll(rep: Replica, mirror: CacheMirror) -> bool:
     return False
 
 
-tenant_prompts = st.tuples(st.sampled_from([None, "a", "b"]), st.integers(0, 2), st.lists(st.integers(0, 2), max_size=8))
+tenant_prompts = st.tuples(st.sampled_from([None, "a", "b"]), st.integers(0, 2),
+                           st.lists(st.integers(0, 2), max_size=8))
 op = st.one_of(st.tuples(st.just("request"), tenant_prompts),
                st.tuples(st.just("evict"), st.integers(1, 12)),
                st.tuples(st.just("poll"), st.none()),
@@ -164,9 +165,8 @@ op = st.one_of(st.tuples(st.just("request"), tenant_prompts),
 
 
 @settings(SETTINGS, max_examples=100)
-@given(st.sampled_from([1, 2, 4]), st.integers(6, 16), st.sampled_from([3, 1000]), st.lists(op, min_size=20, max_size=80),
-       st.lists(st.tuples(st.sampled_from([None, "a", "b"]), st.integers(0, 2), st.lists(st.integers(0, 2), max_size=8)),
-                min_size=1, max_size=6))
+@given(st.sampled_from([1, 2, 4]), st.integers(6, 16), st.sampled_from([3, 1000]),
+       st.lists(op, min_size=20, max_size=80), st.lists(tenant_prompts, min_size=1, max_size=6))
 def test_mirror_follows_the_real_tree(page_size, num_pages, max_events, ops, queries):
     rep = Replica(page_size, num_pages, max_events)
     mirror = CacheMirror(page_size)

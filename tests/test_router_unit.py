@@ -292,3 +292,31 @@ def test_route_needs_replicas():
         build_parser().parse_args(["route"])
     args = build_parser().parse_args(["route", "--replica", "http://a:1", "--replica", "http://b:2"])
     assert args.replicas == ["http://a:1", "http://b:2"] and args.policy == "cache-aware"
+
+
+def test_a_malformed_answer_costs_a_resync_and_loses_no_routed_request():
+    answers = [httpx.Response(200, json={**META, "head": 0, "resync": {"head": 0, "namespaces": []}}),
+               httpx.Response(200, json={**META, "head": 1, "events": [{"seq": 1, "op": "insert"}]}),  # no path
+               httpx.Response(200, json={**META, "head": 1, "resync": {"head": 1, "namespaces": [
+                   {"namespace": None, "nodes": [[-1, [4, 5, 6, 7]]]}]}})]
+    r = Replica(0, "http://a", {})
+
+    def handle(request):
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": [1, 2, 3], "count": 3, "max_model_len": 512})
+        return answers.pop(0) if answers else httpx.Response(200, json={**META, "head": 1, "events": []})
+
+    async def go():
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+        await r.poll_once(client, [1, 2, 3])
+        r.mirror.end(r.mirror.begin(None, [[4, 5]]), [[4, 5, 6, 7]])  # a finished request awaiting its events
+        task = asyncio.create_task(r.run(client, 0.01, 0.01, [1, 2, 3]))
+        while answers:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+    assert r.stats.resyncs == 2 and r.usable and r.mirror.paths(None) == {(4, 5, 6, 7)}
+    assert not r.mirror.inflight and not r.mirror.pending

@@ -139,7 +139,8 @@ async def chat_completions(request: Request) -> Response:
     usage = req.stream_options is not None and req.stream_options.include_usage
     if req.stream and not req.logprobs:
         chunks = await rt.stream([prompt], req.cache_salt, sp.n, native_body([prompt], False, sp, True, req.cache_salt))
-        events = openai_routes._chat_events(_deltas(chunks, StreamDecoder(sp.n)), rid, model, usage, False, texts, clock)
+        deltas = _deltas(chunks, StreamDecoder(sp.n))
+        events = openai_routes._chat_events(deltas, rid, model, usage, False, texts, clock)
         return _sse(events, chunks)
     outs = await _call(request, [prompt], req.cache_salt, sp.n, native_body([prompt], False, sp, False, req.cache_salt))
     groups = request_outputs(outs, sp.n, req.logprobs)

@@ -29,7 +29,8 @@ class RouterCollector:
                 decisions.add_metric([str(r.index), reason], float(count))
         yield decisions
         per_replica = (
-            (CounterMetricFamily, "prompt_tokens", "Prompt tokens of finished requests", lambda r: r.stats.prompt_tokens),
+            (CounterMetricFamily, "prompt_tokens", "Prompt tokens of finished requests",
+             lambda r: r.stats.prompt_tokens),
             (CounterMetricFamily, "cached_tokens", "Prompt tokens the replica served from its cache",
              lambda r: r.stats.cached_tokens),
             (CounterMetricFamily, "predicted_cached_tokens", "Cached prompt tokens the mirror predicted when routing",
@@ -38,7 +39,8 @@ class RouterCollector:
              lambda r: r.stats.exact_predictions),
             (CounterMetricFamily, "requests", "Prompts finished", lambda r: r.stats.requests),
             (CounterMetricFamily, "failed_requests", "Requests that failed on the replica", lambda r: r.stats.failed),
-            (CounterMetricFamily, "cache_events", "Cache events (insertions, evictions) applied to the mirror", lambda r: r.stats.events),
+            (CounterMetricFamily, "cache_events", "Cache events (insertions, evictions) applied to the mirror",
+             lambda r: r.stats.events),
             (CounterMetricFamily, "resyncs", "Mirror rebuilt from a dump of the replica's tree",
              lambda r: r.stats.resyncs),
             (GaugeMetricFamily, "hit_rate", "Fraction of prompt tokens served from the replica's cache",

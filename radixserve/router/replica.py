@@ -115,7 +115,13 @@ class Replica:
         """Poll events forever (cancel to stop): right away when more are waiting, on `_wake`
         (a request finished), else every poll interval; an unreachable replica every health interval."""
         while True:
-            more = await self.poll_once(client, probe_ids)
+            try:
+                more = await self.poll_once(client, probe_ids)
+            except Exception as exc:  # noqa: BLE001 - a malformed answer must not end the polling for good
+                logger.exception("replica %d: could not apply its cache events; resyncing from a dump", self.index)
+                self.mirror.epoch = None
+                self.mark_down(f"{type(exc).__name__}: {exc}")
+                more = False
             if more:
                 continue
             timeout = poll_interval_s if self.healthy else health_interval_s
@@ -143,6 +149,16 @@ class Replica:
             m.restore_pending(batch)
             self.mark_down(str(exc) or type(exc).__name__)
             return False
+        try:
+            more = self._apply(body, batch)
+        except BaseException:
+            m.restore_pending(batch)  # NOTE: the batch is released only once everything applied
+            raise
+        self._mark_up()
+        return more
+
+    def _apply(self, body: dict, batch: list) -> bool:
+        m = self.mirror
         self.info = {k: body[k] for k in ("model", "max_model_len", "vocab_size", "page_size", "cache_enabled")}
         resync = body.get("resync")
         if resync is not None:
@@ -151,14 +167,12 @@ class Replica:
             namespaces = [(ns["namespace"], dump_paths(ns["nodes"])) for ns in resync["namespaces"]]
             m.resync(body["epoch"], resync["head"], body["page_size"], body["cache_enabled"], namespaces, batch)
             self.stats.resyncs += 1
-            self._mark_up()
             return False
         events, more = decode_events(body["events"]), bool(body.get("more"))
         m.apply_events(events, [] if more else batch)
         if more:  # NOTE: the batch's own insertions may be in the part not yet read
             m.restore_pending(batch)
         self.stats.events += len(events)
-        self._mark_up()
         return more
 
     async def _check(self, client: httpx.AsyncClient, body: dict, probe_ids: list[int]) -> None:
