@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -128,6 +129,11 @@ def replica_pid(port: int) -> int:
                 argv[argv.index(b"--port") + 1] == str(port).encode() and b"--dp" not in argv:
             return int(pid)
     raise LookupError(f"no replica process on port {port}")
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -329,6 +335,24 @@ def test_router_metrics(fleet):
     assert 'radixserve_router_replica_healthy{replica="1"} 1.0' in text
 
 
+def test_a_client_leaving_a_stream_aborts_it_on_the_replica(fleet):
+    router_url, replica_urls, _ = fleet
+
+    def aborted() -> float:
+        return sum(metric(httpx.get(u + "/metrics").text, "radixserve_requests_finished_total",
+                          '{finish_reason="abort"}') for u in replica_urls)
+
+    before = aborted()
+    body = {"prompt": "Count to a thousand:", "max_tokens": 400, "ignore_eos": True, "temperature": 0, "stream": True}
+    with httpx.stream("POST", router_url + "/v1/completions", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+    wait_for(lambda: aborted() == before + 1, 60, "the replica to abort the request")
+    wait_for(lambda: all(x["load"] == 0 for x in replicas_state(router_url)), 10, "the router to release it")
+    for u in replica_urls:
+        assert metric(httpx.get(u + "/metrics").text, "radixserve_running") == 0
+
+
 def test_replica_killed_mid_run_is_survived(fleet, single, reference):
     """Kill replica 0 while 16 requests (half streamed) are in flight through the CLI router:
     every request still gets its single-engine answer, except streams that replica was serving,
@@ -339,7 +363,7 @@ def test_replica_killed_mid_run_is_survived(fleet, single, reference):
     results: dict[int, object] = {}
 
     def one(i: int) -> None:
-        body = {"messages": requests[i], "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+        body = {"messages": requests[i], "max_tokens": 8, "temperature": 0, "ignore_eos": True}
         if i % 8 < 4:
             with httpx.stream("POST", router_url + "/v1/chat/completions", json={**body, "stream": True},
                               timeout=300) as r:
@@ -363,13 +387,13 @@ def test_replica_killed_mid_run_is_survived(fleet, single, reference):
         t.join(300)
     assert len(results) == len(picks)
 
-    # the same 12 greedy tokens the single engine gives, or (streams only) an in-band 503
+    # the same 8 greedy tokens the single engine gives, or (streams only) an in-band 503
     with httpx.Client(timeout=120) as c:
         ok = 0
         for i in picks:
             status, got = results[i]
             assert status == 200
-            want = c.post(single + "/v1/chat/completions", json={"messages": requests[i], "max_tokens": 12,
+            want = c.post(single + "/v1/chat/completions", json={"messages": requests[i], "max_tokens": 8,
                                                                  "temperature": 0, "ignore_eos": True}).json()
             if isinstance(got, dict):
                 assert got["choices"][0]["message"] == want["choices"][0]["message"]

@@ -171,6 +171,23 @@ def test_a_stream_fails_over_before_its_first_event():
     assert rt.replicas[1].stats.requests == 1 and rt.replicas[1].load == 0
 
 
+def test_a_stream_closed_before_it_was_read_gives_its_slot_back():
+    sse = b'data: ' + orjson.dumps({**native_answer(2), "meta_info": {**native_answer(2)["meta_info"],
+                                                                      "finish_reason": None}}) + b'\n\n'
+    rt = make_router({"http://a": lambda r: httpx.Response(200, content=sse)})
+
+    async def go():
+        upstream = await rt.stream([[7, 8]], None, 1, {})
+        assert rt.replicas[0].load == 1 and rt.replicas[0].mirror.inflight
+        await upstream.aclose()
+        await upstream.aclose()  # idempotent
+        return [c async for c in upstream]
+
+    assert asyncio.run(go()) == []
+    r = rt.replicas[0]
+    assert r.load == 0 and not r.mirror.inflight and r.stats.failed == 1 and r.stats.requests == 0
+
+
 # ---- the poller -------------------------------------------------------------------------------------
 def poll_replica(answers: list, probe=(1, 2, 3)) -> tuple[Replica, list[httpx.Request]]:
     seen = []

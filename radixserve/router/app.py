@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from radixserve.outputs import StreamDelta
 from radixserve.router.config import RouterConfig
 from radixserve.router.forward import StreamDecoder, native_body, request_outputs, whole_deltas
 from radixserve.router.metrics import RouterMetrics
-from radixserve.router.router import Passthrough, ReplicaLost, Router
+from radixserve.router.router import Passthrough, ReplicaLost, Router, Upstream
 from radixserve.server import openai_routes, params, responses
 from radixserve.server.engine_io import JSONResponse
 from radixserve.server.errors import APIError, error_body, error_response, install_handlers, parse_body
@@ -98,7 +99,7 @@ class _ReplicaError(Exception):
         self.body = body
 
 
-def _sse(events: AsyncIterator[bytes], upstream: AsyncIterator | None) -> Response:
+def _sse(events: AsyncIterator[bytes], upstream: Upstream | None) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in events:
@@ -116,8 +117,13 @@ def _sse(events: AsyncIterator[bytes], upstream: AsyncIterator | None) -> Respon
             if upstream is not None:
                 await upstream.aclose()  # NOTE: an unfinished upstream stream is closed: the replica aborts
 
-    return StreamingResponse(body(), media_type="text/event-stream",
+    # NOTE: the background task runs even when the client left before the body started
+    return StreamingResponse(body(), media_type="text/event-stream", background=_closer(upstream),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _closer(upstream: Upstream | None) -> BackgroundTask | None:
+    return None if upstream is None else BackgroundTask(upstream.aclose)
 
 
 # ---- OpenAI routes ---------------------------------------------------------------------------------

@@ -79,16 +79,6 @@ class Router:
             if c is not None:
                 await c.aclose()
 
-    async def wait_ready(self, timeout_s: float) -> None:
-        """Until at least one replica is usable (raises TimeoutError)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not any(r.usable for r in self.replicas):
-            if loop.time() > deadline:
-                errors = "; ".join(f"{r.url}: {r.last_error or 'incompatible tokenizer'}" for r in self.replicas)
-                raise TimeoutError(f"no replica became available within {timeout_s:.0f} s ({errors})")
-            await asyncio.sleep(0.05)
-
     # ---- what the fleet looks like -------------------------------------------------------------
     @property
     def info(self) -> dict:
@@ -172,7 +162,7 @@ class Router:
             return await self.client.post(r.url + "/generate", json=body, headers=r.headers)
 
     async def stream(self, prompts: list[list[int]], namespace: str | None, n: int,
-                     body: dict) -> AsyncIterator[dict]:
+                     body: dict) -> Upstream:
         """POST /generate with stream on a chosen replica; returns an iterator of native chunks
         whose first chunk already arrived (failures before it fail over; errors raise here)."""
         tried: set[int] = set()
@@ -220,37 +210,64 @@ class Router:
                 await stack.aclose()
                 r.fail(ticket)
                 raise
-            return self._relay(ticket, stack, first, lines, n)
+            return Upstream(ticket, stack, first, lines, n)
         if last is not None:
             raise last
         raise APIError(503, "Every replica tried failed this request; retry later.", code="no_replica")
 
-    async def _relay(self, ticket: Ticket, stack: contextlib.AsyncExitStack, first: dict,
-                     lines: AsyncIterator[dict], n: int) -> AsyncIterator[dict]:
-        r = ticket.replica
-        decoder = StreamDecoder(n)
-        done = False
-        try:
-            chunk: dict | None = first
-            while chunk is not None:
-                if "error" not in chunk:
-                    decoder(chunk)
-                yield chunk
-                try:
-                    chunk = await lines.__anext__()
-                except StopAsyncIteration:
-                    chunk = None
-                except httpx.TransportError as exc:
-                    r.mark_down(f"{type(exc).__name__}: {exc}")
-                    raise ReplicaLost(f"replica {r.index} failed mid-stream ({type(exc).__name__})") from exc
-            final = decoder.finished(len(ticket.prompts))
-            if final is not None:
-                r.finish(ticket, final, n)
-                done = True
-        finally:
-            if not done:
-                r.fail(ticket)
-            await stack.aclose()  # NOTE: closing an unfinished stream makes the replica abort the request
+
+class Upstream:
+    """A replica's native stream, relayed chunk by chunk (the first already read). Closing it
+    before the end makes the replica abort the request; `aclose` is idempotent and also works on
+    a stream never iterated (a client gone before its response started)."""
+
+    def __init__(self, ticket: Ticket, stack: contextlib.AsyncExitStack, first: dict,
+                 lines: AsyncIterator[dict], n: int) -> None:
+        self.ticket, self._stack, self._lines = ticket, stack, lines
+        self._next: dict | None = first
+        self._decoder = StreamDecoder(n)
+        self._n = n
+        self._closed = False
+
+    def __aiter__(self) -> Upstream:
+        return self
+
+    async def __anext__(self) -> dict:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._next is not None:
+            chunk, self._next = self._next, None
+        else:
+            try:
+                chunk = await self._lines.__anext__()
+            except StopAsyncIteration:
+                await self._end()
+                raise
+            except httpx.TransportError as exc:
+                r = self.ticket.replica
+                r.mark_down(f"{type(exc).__name__}: {exc}")
+                await self.aclose()
+                raise ReplicaLost(f"replica {r.index} failed mid-stream ({type(exc).__name__})") from exc
+        if "error" not in chunk:
+            self._decoder(chunk)
+        return chunk
+
+    async def _end(self) -> None:
+        final = self._decoder.finished(len(self.ticket.prompts))
+        if final is not None and not self._closed:
+            self._closed = True
+            self.ticket.replica.finish(self.ticket, final, self._n)
+            await asyncio.shield(self._stack.aclose())
+        else:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.ticket.replica.fail(self.ticket)
+        # NOTE: shielded: under a client's cancellation the connection still gets closed (the replica aborts)
+        await asyncio.shield(self._stack.aclose())
 
 
 async def _events(resp: httpx.Response) -> AsyncIterator[dict]:
