@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU benchmark of the project, on the embedded SmolLM2-135M, into benchmarks/results/.
-# About 8-10 minutes on 2 cores. Run from the repository root.
+# About 25 minutes on 2 cores (15 of them the data-parallel run). Run from the repository root.
 set -euo pipefail
 RS=${RS:-.venv/bin/radixserve}
 OUT=${OUT:-benchmarks/results}
@@ -18,3 +18,6 @@ $RS bench online --rate inf --max-concurrency 64 --out-dir "$OUT" --stem issue3_
 $RS bench tree --out-dir "$OUT" --stem tree_micro_cpu
 # structured output: compile and mask time, constrained vs unconstrained decode, jump-forward
 $RS bench grammar --out-dir "$OUT" --stem grammar_cpu
+# data parallel: 2 replica processes behind the router vs round-robin vs one engine with their memory (~15 min)
+$RS bench dp --replicas 2 --max-total-tokens 1200 --max-context-len 1024 --groups 8 --prompts-per-group 16 \
+    --system-len 256 --question-len 16 --output-len 4 --max-concurrency 8 --out-dir "$OUT" --stem dp2_cpu

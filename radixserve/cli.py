@@ -1,5 +1,6 @@
-"""The `radixserve` command: `serve` (HTTP server), `generate` (one prompt, printed) and `bench`
-(benchmarks; see benchmarks/README.md).
+"""The `radixserve` command: `serve` (HTTP server; `--dp N` starts N replicas behind a router),
+`route` (a router in front of servers started elsewhere), `generate` (one prompt, printed) and
+`bench` (benchmarks; see benchmarks/README.md).
 
 Engine flags are derived from EngineConfig's fields, so every engine option is settable and a new
 field needs no CLI change: `max_total_tokens` becomes `--max-total-tokens`, booleans get
@@ -33,6 +34,50 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
                            choices=_CHOICES.get(f.name), help=help_text)
 
 
+def _add_router_flags(group) -> None:
+    from radixserve.router.config import POLICIES, RouterConfig
+
+    d = RouterConfig(replicas=("http://x",))
+    group.add_argument("--policy", choices=POLICIES, default=d.policy, help=f"routing policy (default: {d.policy})")
+    group.add_argument("--balance-abs-threshold", type=int, default=d.balance_abs_threshold,
+                       help="the longest-match replica is bypassed for the least loaded one when its load exceeds "
+                            f"that one's by more than this many requests ... (default: {d.balance_abs_threshold})")
+    group.add_argument("--balance-rel-threshold", type=float, default=d.balance_rel_threshold,
+                       help=f"... and by more than this factor (default: {d.balance_rel_threshold})")
+    group.add_argument("--min-match-fraction", type=float, default=d.min_match_fraction,
+                       help="a cached match below this fraction of the prompt counts as none (default: "
+                            f"{d.min_match_fraction})")
+    group.add_argument("--poll-interval", type=float, default=d.poll_interval_s,
+                       help=f"seconds between cache-event polls per replica (default: {d.poll_interval_s})")
+    group.add_argument("--health-interval", type=float, default=d.health_interval_s,
+                       help=f"seconds between retries of an unavailable replica (default: {d.health_interval_s})")
+    group.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                       help=f"seconds a replica may stay silent on a request (default: {d.request_timeout_s})")
+    group.add_argument("--max-failovers", type=int, default=d.max_failovers,
+                       help=f"other replicas a request that failed to start is retried on (default: {d.max_failovers})")
+
+
+def _router_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(policy=args.policy, balance_abs_threshold=args.balance_abs_threshold,
+                balance_rel_threshold=args.balance_rel_threshold, min_match_fraction=args.min_match_fraction,
+                poll_interval_s=args.poll_interval, health_interval_s=args.health_interval,
+                request_timeout_s=args.request_timeout, max_failovers=args.max_failovers,
+                host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                max_n=args.max_n, served_model_name=args.served_model_name, log_level=args.log_level)
+
+
+def _engine_argv(options: dict[str, Any]) -> list[str]:
+    """Engine options back as `radixserve serve` flags."""
+    argv = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     return {k: v for k, v in vars(args).items() if k in names}
@@ -56,7 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most /v1/responses kept for previous_response_id (LRU, in memory)")
     serve.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
                        help="most conversation tokens kept across stored responses (LRU, in memory)")
+    serve.add_argument("--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, "
+                       "or CPU processes sharing the cores) on ports PORT+1.. behind a router on PORT")
+    _add_router_flags(serve.add_argument_group("router (with --dp > 1)"))
     _add_engine_flags(serve)
+
+    rt = sub.add_parser("route", parents=[common], help="route requests over radixserve servers started elsewhere")
+    rt.add_argument("--replica", dest="replicas", action="append", required=True, metavar="URL",
+                    help="a replica's base URL, e.g. http://10.0.0.2:8000 (repeat for each)")
+    rt.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    rt.add_argument("--port", type=int, default=8000)
+    rt.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
+    rt.add_argument("--replica-api-key", default=None, help="the key the replicas require, if any")
+    rt.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    rt.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
+    rt.add_argument("--served-model-name", default=None,
+                    help="model id reported by /v1/models (default: the replicas')")
+    rt.add_argument("--model", default=None, help="the replicas' model, for its tokenizer (default: embedded model)")
+    rt.add_argument("--tokenizer", default=None, help="the replicas' tokenizer, if they were given one")
+    _add_router_flags(rt.add_argument_group("routing"))
 
     gen = sub.add_parser("generate", parents=[common], help="generate from one prompt and print the text")
     gen.add_argument("prompt")
@@ -76,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # the router polls its replicas many times a second; httpx logs each call
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "route":
+            return _route(args)
         if args.command == "bench":
             from radixserve.bench.cli import run_bench
             return run_bench(args)
@@ -88,9 +155,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _route(args: argparse.Namespace) -> int:
+    from radixserve.router.config import RouterConfig
+    from radixserve.router.launch import route
+
+    config = RouterConfig(replicas=tuple(args.replicas), replica_api_key=args.replica_api_key, model=args.model,
+                          tokenizer=args.tokenizer, **_router_options(args))
+    return route(config)
+
+
+def _serve_dp(args: argparse.Namespace) -> int:
+    from radixserve.router.launch import serve_dp
+
+    engine = _engine_options(args)
+    if args.port + args.dp > 65535 or args.port == 0:
+        raise ValueError(f"--dp {args.dp} puts replicas on ports {args.port + 1}..{args.port + args.dp}: "
+                         "choose a --port below that")
+    server = ["--log-level", args.log_level, "--max-body-bytes", str(args.max_body_bytes), "--max-n",
+              str(args.max_n), "--graceful-shutdown-s", str(args.graceful_shutdown_s)]
+    if args.api_key is not None:
+        server += ["--api-key", args.api_key]
+    if args.served_model_name is not None:
+        server += ["--served-model-name", args.served_model_name]
+    router = dict(_router_options(args), replica_api_key=args.api_key, model=engine.get("model"),
+                  tokenizer=engine.get("tokenizer"))
+    return serve_dp(args.dp, server + _engine_argv(engine), engine.get("device", "auto"), router)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from radixserve.server.app import ServerConfig
     from radixserve.server.launch import serve
+
+    if args.dp != 1:
+        return _serve_dp(args)
 
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                           max_n=args.max_n, served_model_name=args.served_model_name,

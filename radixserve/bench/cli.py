@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 
+from radixserve.bench import dp as dp_bench
 from radixserve.bench import suites, workloads
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,19 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     on.add_argument("--max-concurrency", type=int, default=64)
     on.add_argument("--workload", dest="online_workload", choices=("shared-prefix", "sharegpt"), default="shared-prefix")
     on.add_argument("--num-requests", type=int, default=64, help="sharegpt only")
+
+    dp = kinds.add_parser("dp", parents=[base], help="N replicas behind the router (cache-aware, round-robin) vs one engine")
+    dp.add_argument("--replicas", type=int, default=2)
+    dp.add_argument("--groups", type=int, default=8)
+    dp.add_argument("--prompts-per-group", type=int, default=16)
+    dp.add_argument("--system-len", type=int, default=256)
+    dp.add_argument("--question-len", type=int, default=16)
+    dp.add_argument("--output-len", type=int, default=4)
+    dp.add_argument("--orders", default=",".join(dp_bench.ORDERS), help="request orders to run, comma-separated")
+    dp.add_argument("--rate", type=float, default=float("inf"), help="requests/s (inf: all at once)")
+    dp.add_argument("--max-concurrency", type=int, default=8)
+    dp.add_argument("--max-context-len", type=int, default=None)
+    dp.add_argument("--base-port", type=int, default=18100, help="replicas listen on loopback ports from here")
 
     tr = kinds.add_parser("tree", parents=[base], help="radix tree match_prefix and scheduler host overhead")
     tr.add_argument("--running", type=int, default=256)
@@ -138,6 +152,8 @@ def run_bench(args) -> int:
             w = workloads.shared_prefix(*SCALES["cpu"], vocab_size=vocab, seed=seed)
         suites.online(spec, w, out, args.stem or "online", f"online {w.name}, rate {args.rate}, "
                       f"max concurrency {args.max_concurrency}", args.rate, args.max_concurrency, args.url)
+    elif kind == "dp":
+        _dp(args, vocab)
     elif kind == "tree":
         suites.tree(spec, out, args.stem or "tree_micro", QUOTED_H100_STEP_MS, args.running, args.real_steps)
     elif kind == "lang":
@@ -164,6 +180,24 @@ def run_bench(args) -> int:
     elif kind == "gpu":
         _gpu_all(args, spec, vocab)
     return 0
+
+
+def _dp(args, vocab: int) -> None:
+    sizes = (args.groups, args.prompts_per_group, args.system_len, args.question_len, args.output_len)
+    base = workloads.shared_prefix(*sizes, vocab_size=vocab, seed=args.seed)
+    chosen = {}
+    for order in (o for o in args.orders.split(",") if o):
+        if order not in dp_bench.ORDERS:
+            raise ValueError(f"--orders takes {dp_bench.ORDERS}, got {order!r}")
+        chosen[order] = dp_bench.interleave(base, args.seed) if order == "interleaved" else base
+    engine = {"model": args.model, "device": args.device, "tokenizer": args.tokenizer,
+              "max_total_tokens": args.max_total_tokens, "page_size": args.page_size,
+              "max_running_requests": args.max_running_requests, "max_context_len": args.max_context_len}
+    engine = {k: v for k, v in engine.items() if v is not None}
+    title = (f"data parallel: {args.replicas} replicas vs one engine, shared-prefix {sizes[0]}x{sizes[1]}, "
+             f"S={sizes[2]} Q={sizes[3]} O={sizes[4]}, {args.max_concurrency} clients")
+    dp_bench.run_dp(args.replicas, engine, chosen, args.out_dir, args.stem or f"dp{args.replicas}", title, args.rate,
+                    args.max_concurrency, args.base_port)
 
 
 def _gpu_all(args, spec: suites.EngineSpec, vocab: int) -> None:

@@ -13,6 +13,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from radixserve.cache.allocator import PageAllocator
+from radixserve.cache.cache_events import CacheEventLog
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class RadixTree:
         self.evicted_tokens = 0
         self._seq = itertools.count()  # tie-breaker for heap entries
         self._detached_root = TreeNode([], _EMPTY, None, 0)  # returned for misses in unknown namespaces
+        self.events = CacheEventLog(self.page_size)  # what was cached and evicted, for routers that mirror this tree
         self._clear()
 
     def _clear(self) -> None:
@@ -183,6 +185,7 @@ class RadixTree:
             self._num_nodes += 1
             self.evictable_size += n - i
             self._push(leaf)
+            self.events.record_insert(leaf)
             path.append(leaf)
             node = leaf
         return MatchResult(self._path_slots(path), node)
@@ -246,6 +249,7 @@ class RadixTree:
             self._num_nodes -= 1
             parent = node.parent
             del parent.children[self._child_key(node.key, 0)]
+            self.events.record_eviction(parent, node.key)
             if parent.children:
                 continue
             if parent.parent is not None:
@@ -279,6 +283,21 @@ class RadixTree:
             nd.removed = True
         logger.debug("radix tree reset: freed %d slots in %d nodes", self.total_size, len(nodes))
         self._clear()
+        self.events.record_reset()
+
+    def dump(self) -> list[tuple[str | None, list[tuple[int, list[int]]]]]:
+        """Every namespace's nodes as (parent's index in the list or -1 for the root, token run),
+        parents before children: the whole tree's token paths, for a mirror to resync from."""
+        out = []
+        for ns, root in self._roots.items():
+            nodes: list[tuple[int, list[int]]] = []
+            stack = [(-1, c) for c in root.children.values()]
+            while stack:
+                parent, nd = stack.pop()
+                nodes.append((parent, nd.key))
+                stack.extend((len(nodes) - 1, c) for c in nd.children.values())
+            out.append((ns, nodes))
+        return out
 
     def check_integrity(self) -> None:
         """Assert every structural invariant; O(tree size). Meant for tests and idle steps."""

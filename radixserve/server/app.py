@@ -45,7 +45,7 @@ class ServerConfig:
 
 def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
-    from radixserve.server import completion_routes, native_routes, openai_routes, responses_routes
+    from radixserve.server import cache_routes, completion_routes, native_routes, openai_routes, responses_routes
 
     config = config or ServerConfig()
     app = FastAPI(title="radixserve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -60,5 +60,6 @@ def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     app.include_router(completion_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(native_routes.router)
+    app.include_router(cache_routes.router)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app

@@ -1,0 +1,41 @@
+"""The router's tokenizer: the replicas' own, so that the router tokenises once and exactly as
+they would (the router checks this against each replica with a probe chat)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+
+def load_router_tokenizer(model: str | None, tokenizer: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer the engine would load for `model` (same resolution, no weights)."""
+    from radixserve.models.loader import embedded_model_path
+    from radixserve.models.tokenizer import load_tokenizer
+
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if model is None:
+        return load_tokenizer(embedded_model_path())
+    if model.startswith("dummy:"):
+        spec = model.removeprefix("dummy:")
+        has_own = os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, f))
+                                              for f in ("tokenizer.json", "tokenizer.model"))
+        return load_tokenizer(spec if has_own else embedded_model_path())
+    return load_tokenizer(model)
+
+
+class Frontend:
+    """What the server's request helpers (radixserve.server.params) need from an engine: the
+    tokenizer, the chat template and the context length (the replicas'; set once one answers)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.max_context_len = 0
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> list[int]:
+        from radixserve.engine.engine import Engine
+
+        # NOTE: the engine's own method (it reads only self.tokenizer), so that the router's chat
+        # prompts are the replicas' to the token.
+        return Engine.apply_chat_template(self, messages)  # type: ignore[arg-type]
