@@ -9,8 +9,8 @@ from radixserve.engine.detokenizer import IncrementalDetokenizer
 from radixserve.outputs import TokenLogprob
 from radixserve.runtime.transfer import tensor_on
 from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
-from radixserve.sampling.sampler import SampleResult, sample
-from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy
+from radixserve.sampling.sampler import SampleResult, greedy_argmax, sample
+from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, greedy_blocked_ids
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
 from radixserve.scheduler.request import Request, State
@@ -98,8 +98,9 @@ class ResultProcessor:
         idx = tensor_on([j for _, j in sampling], torch.int64, logits.device)
         sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
                                    self._eos_tuple, None) for r in reqs]
-        if all(is_plain_greedy(r) for r in sample_rows):  # the common case needs no per-step tensors
-            result = SampleResult(logits[idx].argmax(dim=-1), None, None, None)
+        blocked = [greedy_blocked_ids(r, self.vocab_size) for r in sample_rows]
+        if all(b is not None for b in blocked):  # the common case (greedy, ignore_eos too) needs no per-step tensors
+            result = SampleResult(greedy_argmax(logits[idx], blocked), None, None, None)
         else:
             result = sample(logits[idx], build_sampling_tensors(sample_rows, self.vocab_size, logits.device))
         for r in reqs:
