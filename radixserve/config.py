@@ -35,6 +35,7 @@ class EngineConfig:
     cascade_attention: bool = True
     cascade_min_prefix_len: int = 32
     cascade_min_group_size: int = 2
+    fused_ops: bool = True  # fused elementwise ops (RMSNorm + residual, rotary, SiLU*mul): Triton on CUDA, CPU ops on CPU
 
     def __post_init__(self) -> None:
         if self.page_size < 1 or self.page_size & (self.page_size - 1):
