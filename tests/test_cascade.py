@@ -47,14 +47,22 @@ def _run(engine, prompts):
         engine.scheduler.forward = forward
 
 
+VARIANTS = {"cascade": dict(), "off": dict(cascade_attention=False),
+            "plain": dict(cascade_attention=False, fused_ops=False)}  # + no KV mirror, below
+
+
 @pytest.fixture(scope="module")
 def outputs():
+    from radixserve.runtime.attention.torch_native import TorchNativeBackend
+
     results = {}
-    for cascade in (True, False):
-        e = make_engine(cascade_attention=cascade)
+    for name, options in VARIANTS.items():
+        e = make_engine(**options)
+        if name == "plain":  # a mirror without budget: decode gathers K/V from the pool every step
+            e.runner.attn = TorchNativeBackend(e.runner.pool, e.runner.req_table, mirror_max_bytes=0)
         try:
             prompts, eos = [chat_ids(e, q) for q in QUESTIONS], e.eos_ids
-            results[cascade] = _run(e, prompts)
+            results[name] = _run(e, prompts)
             e.check_integrity()
         finally:
             e.shutdown()
@@ -63,20 +71,25 @@ def outputs():
 
 def test_groups_are_formed_and_true(outputs):
     *_, results = outputs
-    _, seen = results[True]
+    _, seen = results["cascade"]
     assert seen and max(seen) >= 1  # the decode steps of the 8 requests shared the system prompt
-    assert results[False][1] == []  # off: no batch carries groups
+    assert results["off"][1] == [] == results["plain"][1]  # off: no batch carries groups
 
 
 def test_cascade_on_equals_off(outputs):
     *_, results = outputs
-    assert results[True][0] == results[False][0]
+    assert results["cascade"][0] == results["off"][0]
+
+
+def test_mirror_and_fused_ops_do_not_change_outputs(outputs):
+    *_, results = outputs
+    assert results["plain"][0] == results["off"][0]
 
 
 def test_cascade_matches_transformers(outputs):
     prompts, eos, results = outputs
     hf = hf_smollm2()
-    for ids, got in list(zip(prompts, results[True][0]))[:2]:
+    for ids, got in list(zip(prompts, results["cascade"][0]))[:2]:
         expected = hf_greedy(hf, ids, GREEDY.max_new_tokens, eos)
         assert got == expected
 

@@ -67,6 +67,16 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     tr.add_argument("--running", type=int, default=256)
     tr.add_argument("--real-steps", type=int, default=2, help="real model steps timed for the ratio (0: none)")
 
+    cpu = kinds.add_parser("cpu", parents=[base], help="the CPU runtime vs transformers on one shared-prefix batch, "
+                           "with the decode step time, repeated")
+    cpu.add_argument("--prompts", type=int, default=16, help="requests, all in one batch")
+    cpu.add_argument("--system-len", type=int, default=500)
+    cpu.add_argument("--question-len", type=int, default=24)
+    cpu.add_argument("--output-len", type=int, default=64)
+    cpu.add_argument("--repeats", type=int, default=3)
+    cpu.add_argument("--variants", default="all,no-cascade,gather",
+                     help="radixserve variants per repeat: all, no-cascade, gather (comma-separated)")
+
     gpu = kinds.add_parser("gpu", parents=[base], help="every GPU benchmark in one command (< 8 min on an H100)")
     gpu.add_argument("--budget", type=float, default=330.0, help="seconds of timed runs in all (model loads extra)")
     gpu.add_argument("--parts", default="shared-prefix,sharegpt,batch1,tree", help="which GPU runs, comma-separated")
@@ -122,6 +132,16 @@ def run_bench(args) -> int:
                       f"max concurrency {args.max_concurrency}", args.rate, args.max_concurrency, args.url)
     elif kind == "tree":
         suites.tree(spec, out, args.stem or "tree_micro", QUOTED_H100_STEP_MS, args.running, args.real_steps)
+    elif kind == "cpu":
+        from radixserve.bench import cpu_suite
+
+        variants = tuple(v for v in args.variants.split(",") if v)
+        unknown = set(variants) - set(cpu_suite.VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown --variants {sorted(unknown)}; choose from {sorted(cpu_suite.VARIANTS)}")
+        cpu_suite.run(spec, out, args.stem or "cpu_runtime", prompts=args.prompts, system_len=args.system_len,
+                      question_len=args.question_len, output_len=args.output_len, repeats=args.repeats,
+                      variants=variants, seed=seed)
     elif kind == "gpu":
         _gpu_all(args, spec, vocab)
     return 0
