@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU benchmark of the project, on the embedded SmolLM2-135M, into benchmarks/results/.
-# About 8-10 minutes on 2 cores. Run from the repository root.
+# About 15-20 minutes on 2 cores. Run from the repository root.
 set -euo pipefail
 RS=${RS:-.venv/bin/radixserve}
 OUT=${OUT:-benchmarks/results}
@@ -16,3 +16,5 @@ $RS bench shared-prefix --scale cpu --groups 4 --prompts-per-group 8 --hf-subset
 $RS bench online --rate inf --max-concurrency 64 --out-dir "$OUT" --stem issue3_cpu_online_64_clients
 # radix tree + scheduler host overhead
 $RS bench tree --out-dir "$OUT" --stem tree_micro_cpu
+# issue 14: the CPU runtime vs transformers, with decode step times, 3 rounds
+$RS bench cpu --repeats 3 --out-dir "$OUT" --stem cpu_runtime

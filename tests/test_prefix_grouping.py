@@ -29,17 +29,16 @@ def _cache(tree: RadixTree, alloc: PageAllocator, tokens: list[int], namespace) 
 
 
 def brute_force(reqs, options: GroupingOptions) -> set[tuple[int, tuple[int, ...]]]:
-    """Each row joins the longest prefix (>= min length) whose slots at least min_group_size rows
-    hold; rows choosing the same prefix form a group; groups left too small are dropped."""
+    """Each row joins the prefix length p (>= min length, held by >= min_group_size rows) with the
+    largest (rows holding it - 1) * p, the longest on ties; rows choosing the same prefix form a
+    group; groups left too small are dropped."""
     k, chosen = options.min_group_size, {}
     for i, r in enumerate(reqs):
-        best = None
-        for p in range(options.min_prefix_len, r.tree_len + 1):
-            if p == 0:
-                continue
+        best, best_key = None, (0, 0)
+        for p in range(max(1, options.min_prefix_len), r.tree_len + 1):
             sharing = [j for j, o in enumerate(reqs) if o.tree_len >= p and o.slots[:p] == r.slots[:p]]
-            if len(sharing) >= k:
-                best = p
+            if len(sharing) >= k and ((len(sharing) - 1) * p, p) >= best_key:
+                best, best_key = p, ((len(sharing) - 1) * p, p)
         if best is not None:
             chosen.setdefault((best, tuple(r.slots[:best])), []).append(i)
     return {(p, tuple(rows)) for (p, _), rows in chosen.items() if len(rows) >= k}
@@ -100,13 +99,19 @@ def test_thresholds():
 
 
 @pytest.mark.parametrize("page_size", [1, 4])
-def test_deeper_shared_prefix_splits_off_its_own_group(page_size):
-    """Two rows sharing a longer prefix (a second turn) group on it; the rest on the system prompt."""
-    alloc = PageAllocator(1024 // page_size, page_size)
+def test_a_long_deeper_prefix_splits_off_a_short_one_does_not(page_size):
+    """Two rows sharing a long conversation under a 64-token system prompt group on the
+    conversation, the rest on the system prompt; a few shared tokens more (two samples of one
+    question) do not split the system prompt's group."""
+    alloc = PageAllocator(2048 // page_size, page_size)
     tree = RadixTree(alloc)
     system = list(range(1000, 1064))
-    turn = system + list(range(2000, 2040))
+    opts = GroupingOptions(32, 2)
+    turn = system + list(range(2000, 2400))
     reqs = [_cache(tree, alloc, turn + [1, 2, 3, 4], None), _cache(tree, alloc, system + [5, 6, 7, 8], None),
             _cache(tree, alloc, turn + [9, 10, 11, 12], None), _cache(tree, alloc, system + [13, 14, 15, 16], None)]
-    got = group_by_prefix(reqs, GroupingOptions(32, 2))
-    assert _as_set(got) == {(104, (0, 2)), (64, (1, 3))} == brute_force(reqs, GroupingOptions(32, 2))
+    assert _as_set(group_by_prefix(reqs, opts)) == {(464, (0, 2)), (64, (1, 3))} == brute_force(reqs, opts)
+    question = system + list(range(3000, 3012))  # 76 tokens: each pair would save only 76
+    reqs = [_cache(tree, alloc, question + [i, i + 1, i + 2, i + 3], None) for i in (1, 50)]
+    reqs += [_cache(tree, alloc, system + [i, i + 1, i + 2, i + 3], None) for i in (100, 150)]
+    assert _as_set(group_by_prefix(reqs, opts)) == {(64, (0, 1, 2, 3))} == brute_force(reqs, opts)

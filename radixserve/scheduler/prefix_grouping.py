@@ -3,8 +3,8 @@
 A running request holds its first `tree_len` tokens as the locked path root..`req.node` of the
 radix tree, and its request-table row holds that path's slots at positions 0..tree_len-1. Two
 requests whose paths pass through the same node hold the same slots up to the end of that node.
-So a group is a tree node and the decode rows whose path passes through it; its prefix length
-is the node's depth in tokens. This runs on the host every step: one walk up each row's path
+So a group is a tree node and decode rows whose path passes through it; its prefix length is
+the node's depth in tokens. This runs on the host every step: one walk up each row's path
 (a handful of nodes), no token comparison.
 """
 from __future__ import annotations
@@ -34,9 +34,13 @@ class Group(NamedTuple):
 def group_by_prefix(reqs: Sequence[Request], options: GroupingOptions) -> list[Group]:
     """Groups of `reqs` (the decode rows of one step, in batch order) sharing a cached prefix.
 
-    Each row joins at most one group: through the deepest node of its path that at least
-    `min_group_size` rows pass through and that ends at least `min_prefix_len` tokens deep.
-    Groups left smaller than `min_group_size` (their other rows chose deeper nodes) are dropped.
+    Each row joins at most one group, through the node of its path that saves the most K/V
+    reads if every row through it joined: (rows through it - 1) * its depth, deeper on ties;
+    only nodes at least `min_prefix_len` tokens deep with at least `min_group_size` rows count.
+    So 16 requests under one 500-token system prompt stay one group even when pairs of them
+    share a few more tokens (n > 1 samples of one question), while two requests sharing a long
+    conversation under a short system prompt group on the conversation. Groups left smaller than
+    `min_group_size` (their other rows chose other nodes) are dropped.
     """
     if len(reqs) < options.min_group_size:
         return []
@@ -52,10 +56,13 @@ def group_by_prefix(reqs: Sequence[Request], options: GroupingOptions) -> list[G
         paths.append(kept)
     chosen: dict[int, list[int]] = {}
     for i, path in enumerate(paths):
-        for nd in reversed(path):  # deepest first
-            if count[id(nd)] >= options.min_group_size:
-                chosen.setdefault(id(nd), []).append(i)
-                break
+        best, best_key = None, (0, 0)
+        for nd in path:
+            n, d = count[id(nd)], depth[id(nd)]
+            if n >= options.min_group_size and ((n - 1) * d, d) > best_key:
+                best, best_key = nd, ((n - 1) * d, d)
+        if best is not None:
+            chosen.setdefault(id(best), []).append(i)
     groups = [Group(depth[key], rows) for key, rows in chosen.items() if len(rows) >= options.min_group_size]
     groups.sort(key=lambda grp: grp.rows[0])
     return groups

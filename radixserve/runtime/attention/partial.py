@@ -1,9 +1,10 @@
 """Attention over one run of keys that also returns the run's log-sum-exp, and the merge of two runs.
 
 Cascade attention splits a row's keys into runs (a shared prefix, the row's own tail), attends to
-each run separately and merges the partial results: with m = max(lse1, lse2),
-    out = (o1 * exp(lse1 - m) + o2 * exp(lse2 - m)) / (exp(lse1 - m) + exp(lse2 - m)),
-which equals attention over the concatenated keys.
+each run separately and merges the partial results:
+    out = (o1 * exp(lse1) + o2 * exp(lse2)) / (exp(lse1) + exp(lse2)) = o2 + (o1 - o2) * sigmoid(lse1 - lse2),
+which equals attention over the concatenated keys (the sigmoid form needs no max shift and is
+one lerp).
 
 The CPU flash kernel behind torch's SDPA is called directly because the public
 `scaled_dot_product_attention` does not return the log-sum-exp; it reads strided key/value views
@@ -38,9 +39,5 @@ def merge(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Te
 
     o1/o2 [..., D], lse1/lse2 [...] float32 -> [..., D] in o1's dtype.
     """
-    m = torch.maximum(lse1, lse2)
-    w1 = (lse1 - m).exp_()  # [...]
-    w2 = (lse2 - m).exp_()
-    inv = (w1 + w2).reciprocal_()
-    out = o1.float() * (w1 * inv).unsqueeze(-1) + o2.float() * (w2 * inv).unsqueeze(-1)
-    return out.to(o1.dtype)
+    w1 = torch.sigmoid(lse1 - lse2).unsqueeze_(-1)  # [..., 1] weight of the first run
+    return torch.lerp(o2, o1.to(o2.dtype), w1.to(o2.dtype)).to(o1.dtype)
