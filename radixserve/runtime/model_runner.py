@@ -62,6 +62,7 @@ class ModelRunner:
     def release(self) -> None:
         """Give the weights, the KV pool and the graphs' memory back (the engine has stopped)."""
         self.graphs = None
+        self.attn = None  # NOTE: the CPU backend holds a KV mirror as large as the running requests' KV
         self.pool.k.clear()
         self.pool.v.clear()
         self.req_table.table = self.req_table.table.new_zeros((0, 0))

@@ -127,7 +127,7 @@ class KVMirror:
 
         m_t = torch.tensor(mrows, dtype=torch.int64)
         new_cells = torch.tensor(runs, dtype=torch.int64) - 1
-        # NOTE: the new cells become valid only once every layer has written them (`commit`).
+        # NOTE: the new cells become valid only once every layer has written them (`append`).
         self.cell_slot[m_t, new_cells] = -1
         self._pending = (m_t, new_cells, new_slots.to("cpu", torch.int64), self.num_layers)
         lo, hi = min(mrows), max(mrows)
