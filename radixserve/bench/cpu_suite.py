@@ -17,6 +17,8 @@ import statistics
 import time
 from typing import NamedTuple
 
+import torch
+
 from radixserve.bench import report, workloads
 from radixserve.bench.offline import reconfigure, run_offline, warmup
 from radixserve.bench.suites import EngineSpec, hf_baseline_model
@@ -57,16 +59,19 @@ class StepTimer:
     """Times the engine's forward of full-batch decode steps (CPU forwards are synchronous)."""
 
     def __init__(self, engine, batch_size: int) -> None:
-        self.engine, self.batch_size, self.times = engine, batch_size, []
+        self.engine, self.batch_size = engine, batch_size
+        self.times: list[float] = []  # wall seconds per step
+        self.cpu_times: list[float] = []  # CPU seconds of the process (all threads) per step
         self._forward = engine.scheduler.forward
 
     def __enter__(self) -> "StepTimer":
         def timed(batch):
             if not (batch.is_decode and batch.batch_size == self.batch_size):
                 return self._forward(batch)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = self._forward(batch)
             self.times.append(time.perf_counter() - t)
+            self.cpu_times.append(time.process_time() - c)
             return out
         self.engine.scheduler.forward = timed
         return self
@@ -116,11 +121,13 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
                                     config=dict(cascade_attention=v.cascade, fused_ops=v.fused_ops,
                                                 kv_mirror=v.mirror)).to_dict()
                 r["decode_step_ms"] = _spread([t * 1e3 for t in timer.times]) if timer.times else None
+                r["decode_step_cpu_ms"] = _spread([t * 1e3 for t in timer.cpu_times]) if timer.times else None
                 r["load_average_1m_before"] = load
                 runs.append(r)
                 row[key] = {"output_tok_per_s": r["output_tok_per_s"],
                             "ratio_vs_transformers": r["output_tok_per_s"] / max(hf["output_tok_per_s"], 1e-9),
-                            "decode_step_ms_median": r["decode_step_ms"]["median"] if timer.times else None}
+                            "decode_step_ms_median": r["decode_step_ms"]["median"] if timer.times else None,
+                            "decode_step_cpu_ms_median": r["decode_step_cpu_ms"]["median"] if timer.times else None}
                 logger.info("repeat %d %s: %.1f tok/s (transformers %.1f), decode step %.1f ms", rep + 1, v.name,
                             r["output_tok_per_s"], hf["output_tok_per_s"], row[key]["decode_step_ms_median"] or 0)
             per_repeat.append(row)
@@ -129,7 +136,8 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
         engine.shutdown()
     summary = {key: {"output_tok_per_s": _spread([r[key]["output_tok_per_s"] for r in per_repeat]),
                      "ratio_vs_transformers": _spread([r[key]["ratio_vs_transformers"] for r in per_repeat]),
-                     "decode_step_ms": _spread([r[key]["decode_step_ms_median"] for r in per_repeat])}
+                     "decode_step_ms": _spread([r[key]["decode_step_ms_median"] for r in per_repeat]),
+                     "decode_step_cpu_ms": _spread([r[key]["decode_step_cpu_ms_median"] for r in per_repeat])}
                for key in variants}
     summary["transformers"] = {"output_tok_per_s": _spread([r["transformers"] for r in per_repeat])}
     lines = [f"- {repeats} repeats; each repeat runs transformers `generate` (batch {prompts}) and then every "
@@ -139,7 +147,8 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
         s = summary[key]
         lines.append(f"- **{VARIANTS[key].name}**: {_fmt(s['output_tok_per_s'], '.1f')} output tok/s = "
                      f"**{_fmt(s['ratio_vs_transformers'], '.2f')}x** transformers; decode step at batch {prompts}: "
-                     f"**{_fmt(s['decode_step_ms'], '.0f')} ms**")
+                     f"**{_fmt(s['decode_step_ms'], '.0f')} ms** (process CPU time {_fmt(s['decode_step_cpu_ms'], '.0f')} ms "
+                     f"over {torch.get_num_threads()} threads)")
     lines.append(f"- transformers generate: {_fmt(summary['transformers']['output_tok_per_s'], '.1f')} output tok/s")
     title = (f"CPU runtime: {prompts} requests sharing a {system_len}-token prompt (+{question_len}), "
              f"{output_len} new tokens, batch {prompts}, float32")
