@@ -388,7 +388,7 @@ def bench_fused(engine: Engine, res: dict) -> None:
     old = runner.graphs
     try:
         for fused in (False, True):
-            layers.FUSED_CUDA_OPS = fused
+            layers.set_fused_ops(runner.model, fused)
             runner.graphs = CudaGraphDecoder(runner.model, old.attn, runner.req_table, 64, runner.device)
             runner.graphs.capture()
             for b in (1, 64):
@@ -398,7 +398,7 @@ def bench_fused(engine: Engine, res: dict) -> None:
                 release(runner, rows, slots)
                 log.info("fused: %s", out[-1])
     finally:
-        layers.FUSED_CUDA_OPS = True
+        layers.set_fused_ops(runner.model, True)
         runner.graphs = old
     res["fused_ops"] = out
 

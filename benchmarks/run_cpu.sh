@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU benchmark of the project, on the embedded SmolLM2-135M, into benchmarks/results/.
-# About 25 minutes on 2 cores (15 of them the data-parallel run). Run from the repository root.
+# About 35 minutes on 2 cores (15 of them the data-parallel run). Run from the repository root.
 set -euo pipefail
 RS=${RS:-.venv/bin/radixserve}
 OUT=${OUT:-benchmarks/results}
@@ -21,3 +21,5 @@ $RS bench grammar --out-dir "$OUT" --stem grammar_cpu
 # data parallel: 2 replica processes behind the router vs round-robin vs one engine with their memory (~15 min)
 $RS bench dp --replicas 2 --max-total-tokens 1200 --max-context-len 1024 --groups 8 --prompts-per-group 16 \
     --system-len 256 --question-len 16 --output-len 4 --max-concurrency 8 --out-dir "$OUT" --stem dp2_cpu
+# issue 14: the CPU runtime vs transformers, with decode step times, 3 rounds
+$RS bench cpu --repeats 3 --out-dir "$OUT" --stem cpu_runtime

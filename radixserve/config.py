@@ -33,6 +33,12 @@ class EngineConfig:
     grammar_compile_timeout_s: float = 30.0  # a structured-output request whose grammar compiles longer is refused
     grammar_compile_threads: int = 4  # threads compiling grammars (never the scheduler's)
     jump_forward: bool = True  # structured output: append text the grammar forces without decoding it
+    # cascade attention: decode rows sharing a cached prefix of at least cascade_min_prefix_len tokens,
+    # at least cascade_min_group_size of them, attend to it once for the whole group
+    cascade_attention: bool = True
+    cascade_min_prefix_len: int = 32
+    cascade_min_group_size: int = 2
+    fused_ops: bool = True  # fused elementwise ops (RMSNorm + residual, rotary, SiLU*mul): Triton on CUDA, CPU ops on CPU
 
     def __post_init__(self) -> None:
         if self.page_size < 1 or self.page_size & (self.page_size - 1):
@@ -45,9 +51,12 @@ class EngineConfig:
             raise ValueError(f"max_total_tokens must be at least two pages, got {self.max_total_tokens}")
         if not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
-        for name in ("max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "max_queued_requests"):
+        for name in ("max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "max_queued_requests",
+                     "cascade_min_prefix_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cascade_min_group_size < 2:
+            raise ValueError(f"cascade_min_group_size must be >= 2 (a group shares a prefix), got {self.cascade_min_group_size}")
         if self.aging_tokens_per_step < 0:
             raise ValueError(f"aging_tokens_per_step must be >= 0, got {self.aging_tokens_per_step}")
         if not self.grammar_compile_timeout_s > 0:

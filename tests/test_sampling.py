@@ -332,27 +332,9 @@ def test_cuda_draws_equal_cpu_draws() -> None:
     assert torch.equal(want, got)
 
 
-def test_plain_greedy_rows_are_exactly_those_sample_treats_as_argmax():
-    """The scheduler skips building tensors for plain-greedy batches: that shortcut must give what
-    sample() gives, and must not fire for rows that penalties, blocks or logprobs affect."""
-    from radixserve.sampling.tensors import is_plain_greedy
-
-    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(3))
-    plain = SamplingRow(SamplingParams(temperature=0), 1, 0, [1, 2], [3], [7])
-    assert is_plain_greedy(plain)
-    out = sample(logits, build_sampling_tensors([plain] * 6, 50))
-    assert torch.equal(out.token_ids, logits.argmax(-1))
-    for params, outputs in [(dict(temperature=0, repetition_penalty=1.2), [3]),
-                            (dict(temperature=0, presence_penalty=0.5), [3]),
-                            (dict(temperature=0, logprobs=0), [3]), (dict(temperature=0, ignore_eos=True), [3]),
-                            (dict(temperature=0, max_new_tokens=8, min_new_tokens=4), [3]),
-                            (dict(temperature=0.7), [3])]:
-        assert not is_plain_greedy(SamplingRow(SamplingParams(**params), 1, 0, [1, 2], outputs, [7]))
-
-
 def test_logit_bias_is_added_after_penalties_and_before_masks() -> None:
     """Brute force: the reference penalised logits plus each row's bias, then the usual pipeline."""
-    from radixserve.sampling.tensors import is_plain_greedy, logit_bias_row
+    from radixserve.sampling.tensors import greedy_blocked_ids, logit_bias_row
 
     rng = random.Random(17)
     rows = random_rows(rng, 12)
@@ -375,7 +357,7 @@ def test_logit_bias_is_added_after_penalties_and_before_masks() -> None:
         want = ref_probs(x, plain, [], list(r.output_ids), EOS, mask)
         torch.testing.assert_close(got[b], torch.tensor(want, dtype=torch.float32), atol=2e-6, rtol=1e-4,
                                    msg=f"row {b} bias {bias}")
-    assert not any(is_plain_greedy(r) for r, bias in zip(rows, biases) if bias)
+    assert all(greedy_blocked_ids(r, V) is None for r, bias in zip(rows, biases) if bias)
     # logprobs stay those of the raw logits
     res = sample(logits, t)
     if res.logprobs is not None:

@@ -98,6 +98,15 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     gr.add_argument("--jf-max-new-tokens", type=int, default=256)
     gr.add_argument("--micro-repeats", type=int, default=3, help="compiles per schema")
     gr.add_argument("--micro-steps", type=int, default=64, help="random-walk tokens per schema")
+    cpu = kinds.add_parser("cpu", parents=[base], help="the CPU runtime vs transformers on one shared-prefix batch, "
+                           "with the decode step time, repeated")
+    cpu.add_argument("--prompts", type=int, default=16, help="requests, all in one batch")
+    cpu.add_argument("--system-len", type=int, default=500)
+    cpu.add_argument("--question-len", type=int, default=24)
+    cpu.add_argument("--output-len", type=int, default=64)
+    cpu.add_argument("--repeats", type=int, default=3)
+    cpu.add_argument("--variants", default="all,no-cascade,gather",
+                     help="radixserve variants per repeat: all, no-cascade, gather (comma-separated)")
 
     gpu = kinds.add_parser("gpu", parents=[base], help="every GPU benchmark in one command (< 8 min on an H100)")
     gpu.add_argument("--budget", type=float, default=330.0, help="seconds of timed runs in all (model loads extra)")
@@ -177,6 +186,16 @@ def run_bench(args) -> int:
         sizes = [int(x) for x in args.batch_sizes.split(",") if x]
         grammar.run(spec, out, args.stem or "grammar", parts, sizes, args.output_len, args.prompt_len, args.jf_batch,
                     args.jf_max_new_tokens, args.micro_repeats, args.micro_steps, seed)
+    elif kind == "cpu":
+        from radixserve.bench import cpu_suite
+
+        variants = tuple(v for v in args.variants.split(",") if v)
+        unknown = set(variants) - set(cpu_suite.VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown --variants {sorted(unknown)}; choose from {sorted(cpu_suite.VARIANTS)}")
+        cpu_suite.run(spec, out, args.stem or "cpu_runtime", prompts=args.prompts, system_len=args.system_len,
+                      question_len=args.question_len, output_len=args.output_len, repeats=args.repeats,
+                      variants=variants, seed=seed)
     elif kind == "gpu":
         _gpu_all(args, spec, vocab)
     return 0

@@ -17,13 +17,21 @@ def machine_info() -> dict:
     import torch
 
     cpu = platform.processor() or ""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            for ln in f:
+                key, _, value = ln.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+        cpu = fields.get("model name", cpu)
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
+    if "flags" in fields:  # what decides CPU matmul speed: vector width and bf16 / AMX units
+        flags = set(fields["flags"].split())
+        info["cpu_family_model"] = f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
+        info["cpu_simd"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     try:
         info["load_average_1m"] = os.getloadavg()[0]
     except OSError:

@@ -40,13 +40,20 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def hf_baseline(spec: EngineSpec, workload: Workload, batch_size: int, pad_id: int = 0) -> dict:
-    from radixserve.bench.hf_baseline import load_hf_model, run_hf_generate
+def hf_baseline_model(spec: EngineSpec):
+    """transformers' model of the same weights, float32 on CPU, bfloat16 on CUDA."""
+    from radixserve.bench.hf_baseline import load_hf_model
 
     dev = spec.torch_device
     dtype = torch.float32 if dev == "cpu" else torch.bfloat16
     logger.info("loading the transformers baseline (%s on %s)", spec.model or "embedded GGUF", dev)
-    model = load_hf_model(spec.model, dev, dtype)
+    return load_hf_model(spec.model, dev, dtype)
+
+
+def hf_baseline(spec: EngineSpec, workload: Workload, batch_size: int, pad_id: int = 0) -> dict:
+    from radixserve.bench.hf_baseline import run_hf_generate
+
+    model = hf_baseline_model(spec)
     try:
         return run_hf_generate(model, workload, batch_size, pad_id,
                                config={"model": spec.model or "embedded SmolLM2-135M (GGUF)"}).to_dict()

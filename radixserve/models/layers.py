@@ -12,22 +12,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-# NOTE: on CUDA the fused Triton kernels replace the torch ops of RMSNorm (+ residual add), rotary
-# and SiLU*mul: each torch op is several kernels, and the fused ones cut the Llama-3.1-8B batch-1
-# decode step from 8.5 to 6.4 ms on an H100 (benchmarks/results/gpu_runtime_h100.md). CPU keeps
-# plain torch. Benchmarks set this to False to measure the torch ops.
-FUSED_CUDA_OPS = True
+from radixserve.models import cpu_ops
 
 
-def fused_ops_on(x: torch.Tensor) -> bool:
-    return x.is_cuda and FUSED_CUDA_OPS
+# NOTE: with fused ops (EngineConfig.fused_ops, set on a loaded model by set_fused_ops), RMSNorm
+# (+ residual add), rotary and SiLU*mul run as fused Triton kernels on CUDA (each torch op is
+# several kernels; the fused ones cut the Llama-3.1-8B batch-1 decode step from 8.5 to 6.4 ms on an
+# H100, benchmarks/results/gpu_runtime_h100.md) and as in-place torch sequences on CPU
+# (radixserve/models/cpu_ops.py). Without, plain torch ops everywhere.
 
 
-def single_row(x: torch.Tensor) -> bool:
-    """Batch-1 decode on CUDA: linear layers go through the Triton GEMV (kernels/gemv.py), which
-    streams the weights faster than cuBLAS does at M = 1 on the projections of an 8B model."""
-    return fused_ops_on(x) and x.dim() == 2 and x.shape[0] == 1
+def set_fused_ops(model: nn.Module, enabled: bool) -> None:
+    """Turn the fused elementwise ops of every layer of `model` on or off."""
+    for module in model.modules():
+        if hasattr(module, "fused_ops"):
+            module.fused_ops = enabled
+
+
+def single_row(x: torch.Tensor, fused_ops: bool) -> bool:
+    """Batch-1 decode on CUDA with fused ops: linear layers go through the Triton GEMV
+    (kernels/gemv.py), which streams the weights faster than cuBLAS does at M = 1 on the
+    projections of an 8B model."""
+    return fused_ops and x.is_cuda and x.dim() == 2 and x.shape[0] == 1
 
 
 class Linear(nn.Module):
@@ -40,9 +46,10 @@ class Linear(nn.Module):
                                    requires_grad=False)
         self.bias = (nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
                      if bias else None)
+        self.fused_ops = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if single_row(x):
+        if single_row(x, self.fused_ops):
             from radixserve.kernels.gemv import gemv
             return gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
@@ -64,21 +71,26 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device), requires_grad=False)
         self.eps = eps
+        self.fused_ops = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_ops_on(x):
+        if self.fused_ops and x.is_cuda:
             from radixserve.kernels.rmsnorm import rmsnorm
             return rmsnorm(x, self.weight, self.eps)
+        if self.fused_ops and x.device.type == "cpu":
+            return cpu_ops.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (norm(x + residual), x + residual); on CUDA one kernel that updates `residual` in place."""
-        if fused_ops_on(x):
+        """-> (norm(x + residual), x + residual); fused, it updates `residual` in place."""
+        if self.fused_ops and x.is_cuda:
             from radixserve.kernels.rmsnorm import fused_add_rmsnorm
             return tuple(fused_add_rmsnorm(x, residual, self.weight, self.eps))
+        if self.fused_ops and x.device.type == "cpu":
+            return cpu_ops.add_rms_norm(x, residual, self.weight, self.eps)
         residual = x + residual
         return self(residual), residual
 
@@ -92,14 +104,17 @@ class GatedMLP(nn.Module):
         self.intermediate = intermediate
         self.gate_up_proj = Linear(hidden, 2 * intermediate, bias, dtype, device)
         self.down_proj = Linear(intermediate, hidden, bias, dtype, device)
+        self.fused_ops = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if single_row(x):  # one kernel for gate|up and SiLU-mul: [1, hidden] -> [1, I]
+        if single_row(x, self.fused_ops):  # one kernel for gate|up and SiLU-mul: [1, hidden] -> [1, I]
             from radixserve.kernels.gemv import gemv
             return self.down_proj(gemv(x, self.gate_up_proj.weight, self.gate_up_proj.bias, gated=True))
-        if fused_ops_on(x):
+        if self.fused_ops and x.is_cuda:
             from radixserve.kernels.silu_mul import silu_mul
             return self.down_proj(silu_mul(self.gate_up_proj(x)))  # [T, 2I] -> [T, I] -> [T, hidden]
+        if self.fused_ops and x.device.type == "cpu":
+            return self.down_proj(cpu_ops.silu_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)  # [T, I] each
         return self.down_proj(F.silu(gate) * up)
 
@@ -164,12 +179,16 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().to(device), persistent=False)  # [P, D/2]
         self.register_buffer("sin", angles.sin().to(device), persistent=False)  # [P, D/2]
         self.max_position = max_position
+        self.fused_ops = True
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T]; q [T, H, D], k [T, Hkv, D] -> rotated q, k (in place on CUDA)."""
-        if fused_ops_on(q):
+        """positions [T]; q [T, H, D], k [T, Hkv, D] -> rotated q, k (in place when fused)."""
+        if self.fused_ops and q.is_cuda:
             from radixserve.kernels.rotary import apply_rotary
             apply_rotary(q, k, positions, self.cos, self.sin)
+            return q, k
+        if self.fused_ops and q.device.type == "cpu":
+            cpu_ops.apply_rotary(q, k, positions, self.cos, self.sin)
             return q, k
         cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
         sin = self.sin[positions].unsqueeze(1)

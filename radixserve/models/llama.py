@@ -9,7 +9,7 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import nn
 
-from radixserve.models.layers import (Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, fused_ops_on, rope_params,
+from radixserve.models.layers import (Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, rope_params,
                                      single_row)
 from radixserve.models.weights import load_stacked_weights
 from radixserve.runtime.attention.base import AttentionBackend, RopeTables
@@ -53,7 +53,7 @@ class Attention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if fused_ops_on(q) and getattr(attn, "fuses_rope", False):
+        if self.rotary.fused_ops and q.is_cuda and getattr(attn, "fuses_rope", False):
             # NOTE: on CUDA the backend rotates q and k in its KV-store kernel (one launch for both).
             rope = RopeTables(batch.positions, self.rotary.cos, self.rotary.sin)
             out = attn.forward(q, k, v, self.layer_id, batch, self.scaling, rope=rope)  # [T, H, D]
@@ -123,7 +123,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] float32."""
-        if single_row(hidden):
+        if single_row(hidden, self.norm.fused_ops):
             from radixserve.kernels.gemv import gemv
             return gemv(hidden, self.lm_head.weight).float()
         return torch.nn.functional.linear(hidden, self.lm_head.weight).float()

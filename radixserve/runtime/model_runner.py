@@ -10,6 +10,7 @@ from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
 from radixserve.config import EngineConfig
+from radixserve.models.layers import set_fused_ops
 from radixserve.models.loader import load_model
 from radixserve.runtime.forward_batch import ForwardBatch
 
@@ -37,6 +38,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         loaded = load_model(config.model, self.dtype, self.device, seed=config.seed, tokenizer=config.tokenizer)
         self.model, self.hf_config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
+        set_fused_ops(self.model, config.fused_ops)
         self.source, self.name = loaded.source, loaded.name
         self.max_context_len = min(config.max_context_len or loaded.max_context_len, loaded.max_context_len)
         self.vocab_size = int(self.hf_config.vocab_size)
@@ -60,6 +62,7 @@ class ModelRunner:
     def release(self) -> None:
         """Give the weights, the KV pool and the graphs' memory back (the engine has stopped)."""
         self.graphs = None
+        self.attn = None  # NOTE: the CPU backend holds a KV mirror as large as the running requests' KV
         self.pool.k.clear()
         self.pool.v.clear()
         self.req_table.table = self.req_table.table.new_zeros((0, 0))

@@ -14,11 +14,13 @@ No host sync happens inside; the Python branches test host flags and None-ness o
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
 from radixserve.sampling.bitmask import apply_token_bitmask
+from radixserve.runtime.transfer import tensor_on
+
 from radixserve.sampling.logprobs import raw_logprobs
 from radixserve.sampling.noise import gumbel_noise
 from radixserve.sampling.tensors import SamplingTensors
@@ -82,6 +84,23 @@ def processed_probs(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
     probs = torch.softmax(filtered_logits(x, t), dim=-1)  # [B, V]
     one_hot = torch.zeros_like(probs).scatter_(1, x.argmax(dim=-1, keepdim=True), 1.0)
     return torch.where((t.temperatures == 0)[:, None], one_hot, probs)
+
+
+def greedy_argmax(logits: torch.Tensor, blocked: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Greedy rows without penalties: the argmax of each row of logits [B, V] over the ids not in
+    its `blocked` list (see greedy_blocked_ids) -> [B] int64, as `sample` would pick.
+
+    NOTE: writes -inf into `logits` where ids are blocked (pass a tensor of your own).
+    """
+    if any(blocked):
+        if all(b == blocked[0] for b in blocked):  # the usual case: every row blocks the same EOS ids
+            logits.index_fill_(1, tensor_on(blocked[0], torch.int64, logits.device), float("-inf"))
+        else:
+            rows = tensor_on([i for i, b in enumerate(blocked) for _ in b], torch.int64, logits.device)
+            ids = tensor_on([t for b in blocked for t in b], torch.int64, logits.device)
+            # NOTE: a tensor value, not a scalar: a scalar is copied from the host and syncs.
+            logits.index_put_((rows, ids), torch.full_like(ids, float("-inf"), dtype=logits.dtype))
+    return logits.argmax(dim=-1)
 
 
 def sample(logits: torch.Tensor, t: SamplingTensors) -> SampleResult:

@@ -89,13 +89,27 @@ def logit_bias_row(bias: dict[int, float], vocab_size: int, device: torch.device
     return to_device(dense, torch.device(device))
 
 
-def is_plain_greedy(row: SamplingRow) -> bool:
-    """True when the row's next token is simply the argmax of the raw logits: greedy, no
-    penalties, nothing blocked or masked, no logprobs. A batch of such rows needs no tensors."""
+def greedy_blocked_ids(row: SamplingRow, vocab_size: int) -> list[int] | None:
+    """For a greedy row without penalties, logit bias, logprobs or vocab mask, the ids it may not take this
+    step (EOS under ignore_eos; EOS and stop ids before min_new_tokens): its next token is the
+    argmax of the raw logits over the other ids, which needs no sampling tensors. None otherwise."""
     p = row.params
-    return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
-            and p.frequency_penalty == 0.0 and p.logprobs is None and not p.ignore_eos
-            and len(row.output_ids) >= p.min_new_tokens and row.vocab_mask is None and p.logit_bias is None)
+    if not (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+            and p.frequency_penalty == 0.0 and p.logprobs is None and row.vocab_mask is None
+            and not p.logit_bias):
+        return None
+    return _blocked_ids(row, vocab_size)
+
+
+def _blocked_ids(row: SamplingRow, vocab_size: int) -> list[int]:
+    """EOS ids under ignore_eos or before min_new_tokens, stop ids before min_new_tokens."""
+    ids: set[int] = set()
+    early = len(row.output_ids) < row.params.min_new_tokens
+    if row.params.ignore_eos or early:
+        ids.update(row.eos_ids)
+    if early:
+        ids.update(row.params.stop_token_ids)
+    return sorted(i for i in ids if i < vocab_size)  # ids past the vocab cannot be sampled anyway
 
 
 def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
@@ -155,14 +169,7 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
         # NOTE: a device-side stack of tensors already on the device: no host->device copy per step.
         logit_bias = torch.stack(parts)  # [B, V]
 
-    blocked: list[list[int]] = []
-    for r in rows:
-        ids: set[int] = set()
-        if r.params.ignore_eos or len(r.output_ids) < r.params.min_new_tokens:
-            ids.update(r.eos_ids)
-        if len(r.output_ids) < r.params.min_new_tokens:
-            ids.update(r.params.stop_token_ids)
-        blocked.append(sorted(i for i in ids if i < vocab_size))  # ids past the vocab cannot be sampled anyway
+    blocked = [_blocked_ids(r, vocab_size) for r in rows]
     min_tokens_block = (_mask_from_ids(blocked, vocab_size, "eos/stop token ids", device)
                         if any(blocked) else None)
 

@@ -6,7 +6,9 @@ from typing import NamedTuple
 import torch
 
 from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.runtime.prefix_groups import PrefixGroups
 from radixserve.runtime.transfer import tensor_on
+from radixserve.scheduler.prefix_grouping import Group, GroupingOptions, group_by_prefix
 from radixserve.scheduler.request import Request
 
 
@@ -24,7 +26,9 @@ class LogitsPlan(NamedTuple):
     pending_inputs: list[tuple[int, Request]]  # (token index, request): input is its pending device sample
 
 
-def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPlan]:
+def build(rows: list[Row], device: torch.device,
+          grouping: GroupingOptions | None = None) -> tuple[ForwardBatch, LogitsPlan]:
+    """The step's ForwardBatch; with `grouping`, a decode-only batch also gets its PrefixGroups."""
     ids: list[int] = []
     pos: list[int] = []
     out_slots: list[int] = []
@@ -51,16 +55,38 @@ def build(rows: list[Row], device: torch.device) -> tuple[ForwardBatch, LogitsPl
             logits_idx.append(start + ext - 1)
     ext_lens = [ext for _, ext in rows]
     seq_lens = [req.kv_len + ext for req, ext in rows]
+    is_decode = all(e == 1 for e in ext_lens)
+    groups = group_by_prefix([req for req, _ in rows], grouping) if grouping is not None and is_decode else []
 
     # NOTE: one host->device copy for the whole batch; the fields are views into it.
     parts = [ids, pos, out_slots, [req.row for req, _ in rows], seq_lens, ext_lens, starts, logits_idx]
+    if groups:
+        parts += _group_parts(groups, rows)
     flat = tensor_on([x for part in parts for x in part], torch.int64, device)
     f = flat.split([len(part) for part in parts])
+    prefix_groups = None
+    if groups:
+        prefix_groups = PrefixGroups(*f[8:13], max_group_size=max(len(g.rows) for g in groups),
+                                     max_prefix_len=max(g.prefix_len for g in groups))
     batch = ForwardBatch(
         input_ids=f[0], positions=f[1], out_slots=f[2], req_rows=f[3], seq_lens=f[4], extend_lens=f[5],
         extend_starts=f[6], logits_indices=f[7],
-        max_seq_len=max(seq_lens), max_extend_len=max(ext_lens), is_decode=all(e == 1 for e in ext_lens))
+        max_seq_len=max(seq_lens), max_extend_len=max(ext_lens), is_decode=is_decode, prefix_groups=prefix_groups)
     return batch, plan
+
+
+def _group_parts(groups: list[Group], rows: list[Row]) -> list[list[int]]:
+    """PrefixGroups' five tensors as lists, in its field order."""
+    row_prefix = [0] * len(rows)
+    members: list[int] = []
+    bounds = [0]
+    for g in groups:
+        for r in g.rows:
+            row_prefix[r] = g.prefix_len
+        members += g.rows
+        bounds.append(len(members))
+    # NOTE: any member's table row holds the prefix slots; the first keeps it stable across steps.
+    return [row_prefix, members, bounds, [g.prefix_len for g in groups], [rows[g.rows[0]].req.row for g in groups]]
 
 
 def _prompt_logprob_positions(req: Request, kv: int, ext: int) -> tuple[int, int]:

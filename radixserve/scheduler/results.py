@@ -11,8 +11,8 @@ from radixserve.outputs import TokenLogprob
 from radixserve.runtime.transfer import tensor_on
 from radixserve.sampling.bitmask import apply_token_bitmask
 from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
-from radixserve.sampling.sampler import SampleResult, sample
-from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, is_plain_greedy, logit_bias_row
+from radixserve.sampling.sampler import SampleResult, greedy_argmax, sample
+from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, greedy_blocked_ids, logit_bias_row
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
 from radixserve.scheduler.request import Request, State
@@ -122,11 +122,12 @@ class ResultProcessor:
         sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
                                    self._eos_tuple, None, r.logit_bias) for r in reqs]
         bitmask = self._bitmask(reqs, logits.device)
-        if all(is_plain_greedy(r) for r in sample_rows):  # the common case needs no per-step tensors
+        blocked = [greedy_blocked_ids(r, self.vocab_size) for r in sample_rows]
+        if all(b is not None for b in blocked):  # the common case (greedy, ignore_eos too) needs no per-step tensors
             x = logits[idx]  # [B, V] a copy
             if bitmask is not None:
                 apply_token_bitmask(x, bitmask)
-            result = SampleResult(x.argmax(dim=-1), None, None, None)
+            result = SampleResult(greedy_argmax(x, blocked), None, None, None)
         else:
             t = build_sampling_tensors(sample_rows, self.vocab_size, logits.device, token_bitmask=bitmask)
             result = sample(logits[idx], t)

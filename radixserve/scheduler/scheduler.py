@@ -13,6 +13,7 @@ from radixserve.scheduler import batch_builder
 from radixserve.scheduler.batch_builder import Row
 from radixserve.scheduler.kv_manager import KVManager
 from radixserve.scheduler.policy import order_waiting
+from radixserve.scheduler.prefix_grouping import options_from
 from radixserve.scheduler.request import Request, State
 from radixserve.scheduler.results import Sampled
 
@@ -74,7 +75,7 @@ class Scheduler:
         launched = None
         if rows:
             self.step_count += 1
-            batch, plan = batch_builder.build(rows, self.device)
+            batch, plan = batch_builder.build(rows, self.device, options_from(self.config))
             if plan.pending_inputs:
                 self._gather_pending_inputs(batch, plan)
             logits = self.forward(batch)
