@@ -17,6 +17,7 @@ from engine_fixtures import make_engine, mixed_prompts
 from grammar_cases import ARITH_EBNF, CHOICES, REGEXES, SCHEMAS, arith_ok, json_prompt
 from radixserve import SamplingParams
 from radixserve.grammar import GrammarError
+import radixserve.scheduler.scheduler as scheduler_mod
 
 PERSON = SCHEMAS["flat_person"]
 LONG_KEYS = SCHEMAS["long_fixed_keys"]
@@ -91,7 +92,7 @@ def test_synchronous_steps_give_the_same_outputs(together):
         e.shutdown()
 
 
-def test_retraction_under_memory_pressure_gives_the_same_outputs(engine):
+def test_retraction_under_memory_pressure_gives_the_same_outputs(engine, monkeypatch):
     prompts, params = [], []
     for i in range(12):
         schema = PERSON if i % 2 else LONG_KEYS
@@ -105,6 +106,9 @@ def test_retraction_under_memory_pressure_gives_the_same_outputs(engine):
         _check_valid(p, o)
     need = sum(len(p) + len(o.token_ids) for p, o in zip(prompts, expected))
     lone = max(len(p) + len(o.token_ids) for p, o in zip(prompts, expected)) + 16
+    # NOTE: admission reserves no decode room, so decode runs out of slots and must retract (with room
+    # reserved, these short outputs fit and nothing would be retracted).
+    monkeypatch.setattr(scheduler_mod, "DECODE_RESERVE_RATIO", 0.0)
     tight = make_engine(max_total_tokens=max(need // 4, lone), max_prefill_tokens=256, chunked_prefill_size=128)
     try:
         # NOTE: compile both grammars first: requests whose grammar is ready at once are admitted in a
