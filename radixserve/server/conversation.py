@@ -14,10 +14,11 @@ the sentinel; the end-of-turn token the model already emitted is not added twice
 follow-up's prompt starts with every token of the previous turn, and the radix tree serves all of
 them from cache.
 
-NOTE: the head must not depend on the turn's tool_choice, or a turn that must call a tool would
-not be continued by the turn that sends the tool's result. So where the tools are described in
-the system message (a template without a tools section), what a required or named tool_choice
-asks of the answer is appended to the turn's last message instead.
+NOTE: the head must not depend on the turn's tool_choice or parallel_tool_calls, or a turn that
+must call a tool would not be continued by the turn that sends the tool's result. So where the
+tools are described in the system message (a template without a tools section), what a required
+or named tool_choice, or parallel_tool_calls false, asks of the answer is appended to the turn's
+last message instead.
 """
 from __future__ import annotations
 
@@ -58,14 +59,23 @@ class Rendering(NamedTuple):
         """(the template's messages, its `tools=` or None) for the conversation `messages`."""
         chat = [ChatMessage.model_validate(m) for m in with_instructions(self.instructions, messages)]
         p = self.plan
-        order = tools.directive(p) if p.parses and not p.native else None
-        dicts = tools.template_messages(chat, p if order is None else p._replace(mode="auto"))
+        order = _turn_order(p)
+        dicts = tools.template_messages(chat, p if order is None else p._replace(mode="auto", parallel=True))
         if order is not None and with_directive:
             if dicts and dicts[-1]["role"] == "user":
                 dicts[-1] = {**dicts[-1], "content": dicts[-1]["content"] + "\n\n" + order}
             else:
                 dicts.append({"role": "user", "content": order})
         return dicts, tools.template_tools(p)
+
+
+def _turn_order(p: tools.ToolPlan) -> str | None:
+    """What this turn's tool_choice and parallel_tool_calls ask of the answer, where the system
+    message describes the tools (None when it asks nothing beyond what the description says)."""
+    if not p.parses or p.native:
+        return None
+    lines = ([] if p.parallel else [tools.ONE_CALL]) + [d for d in [tools.directive(p)] if d is not None]
+    return "\n".join(lines) or None
 
 
 def with_instructions(instructions: str | None, messages: Sequence[dict]) -> list[dict]:

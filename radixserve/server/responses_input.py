@@ -72,6 +72,10 @@ def _tool(value: Any, where: str) -> ToolDef:
                        "(web search, file search, code interpreter, MCP, ...). Offer functions "
                        "({'type': 'function', 'name': ..., 'parameters': ...}) that your code executes.",
                        param=f"{where}.type", code="unsupported_parameter")
+    if isinstance(value, dict) and "function" in value:
+        raise APIError(400, f"'{where}' has the chat completions shape; on /v1/responses a function tool is flat: "
+                       "{'type': 'function', 'name': ..., 'description': ..., 'parameters': {...}}.",
+                       param=f"{where}.function")
     t = _validate(FunctionTool, value, where)
     return ToolDef(type="function", function=FunctionDef(name=t.name, description=t.description,
                                                          parameters=t.parameters, strict=t.strict))

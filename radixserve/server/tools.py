@@ -29,6 +29,7 @@ from radixserve.server.structured import Constraint
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PROBE_NAME = "rs_probe_tool_0f3a"
+ONE_CALL = "Call at most one function."
 
 
 class ToolPlan(NamedTuple):
@@ -116,7 +117,7 @@ def tools_text(p: ToolPlan) -> str:
     lines += ["</tools>", "",
               f"To call a function, write its name and arguments as one JSON object inside {OPEN}{CLOSE} tags:",
               OPEN, '{"name": "<function name>", "arguments": {<arguments as a JSON object>}}', CLOSE,
-              "You may call several functions, one block each." if p.parallel else "Call at most one function.",
+              "You may call several functions, one block each." if p.parallel else ONE_CALL,
               "Each result comes back to you inside <tool_response></tool_response> tags."]
     return "\n".join(lines)
 
