@@ -84,6 +84,19 @@ def test_required_gives_calls_valid_under_their_schemas(client, http, parallel):
     assert [o["type"] for o in raw["output"]] == ["function_call"] * len(raw["output"])
 
 
+def test_required_streamed_through_create_reads_like_the_whole_answer(client):
+    body = dict(model="smollm2", input=ASK, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False,
+                max_output_tokens=60, temperature=0)
+    whole = client.responses.create(**body)
+    events = list(client.responses.create(stream=True, **body))
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [(d.name, d.arguments) for d in done] == [(c.name, c.arguments) for c in whole.output]
+    assert check_call(done[0]) == json.loads(whole.output[0].arguments)
+    args_done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert [e.arguments for e in args_done] == [d.arguments for d in done]
+    assert events[-1].type == "response.completed" and events[-1].response.output[0].call_id == done[0].call_id
+
+
 def test_named_function_streams_its_arguments(client, http):
     body = {"input": ASK, "tools": [TIME, WEATHER], "tool_choice": {"type": "function", "name": "get_weather"},
             "max_output_tokens": 60, "temperature": 0}
