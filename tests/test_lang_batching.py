@@ -111,11 +111,10 @@ def test_step_trace_counts_the_scheduler_steps_and_restores_it(engine):
     steps0 = sched.step_count
     with StepTrace(engine) as trace:
         t0 = time.perf_counter()
-        engine.generate(input_ids=[[60 + i for i in range(16)], [90 + i for i in range(16)]],
-                        sampling_params=greedy(6))
+        _, steps = _submit_together(engine, [[60 + i for i in range(16)], [90 + i for i in range(16)]], greedy(6))
         t1 = time.perf_counter()
     s = trace.summary(t0, t1)
-    assert s["model_steps"] == sched.step_count - steps0
+    assert s["model_steps"] == sched.step_count - steps0 == steps
     first = next(r for r in trace.records if r.rows)
     assert (first.rows, first.tokens, first.decode) == (2, 32, False)  # both prompts in one prefill step
     assert s["decode_steps"] >= 5 and s["mean_decode_batch"] == 2.0
@@ -124,3 +123,65 @@ def test_step_trace_counts_the_scheduler_steps_and_restores_it(engine):
     n = len(trace.records)
     engine.generate(input_ids=[[5, 6, 7]], sampling_params=greedy(2))
     assert len(trace.records) == n  # no longer recording
+
+
+# ---- the backend's encode cache -------------------------------------------------------------------
+def test_backend_encode_is_the_tokenizers_and_tokenises_each_text_once(engine):
+    import radixserve.lang as sgl
+
+    backend = sgl.LocalBackend(engine)
+    try:
+        texts = ["Way 1:", "\nIs this way right?", " yes", " no", "Question: Ana has 3 apples.\n" * 40, "é🙂"]
+        for _ in range(3):
+            for t in texts:
+                ids = backend.encode(t)
+                assert ids == list(engine.tokenizer.encode(t, add_special_tokens=False))
+                ids.append(-1)  # a caller's list is its own
+        assert backend.encode("") == []
+        assert (backend.encode_cache.misses, backend.encode_cache.hits) == (len(texts), 2 * len(texts))
+    finally:
+        backend.shutdown()
+
+
+def test_encode_cache_concurrent_misses_encode_once_and_errors_are_not_kept():
+    from radixserve.lang.encode_cache import EncodeCache
+
+    calls = []
+
+    def slow(text):
+        calls.append(text)
+        time.sleep(0.05)
+        if text == "bad":
+            raise ValueError("cannot encode")
+        return [ord(c) for c in text]
+
+    cache = EncodeCache(slow)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache("abc"))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [[97, 98, 99]] * 16 and calls == ["abc"]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="cannot encode"):
+            cache("bad")
+    assert calls.count("bad") == 2 and len(cache) == 1
+
+
+def test_encode_cache_is_bounded_least_recently_used_first():
+    from radixserve.lang.encode_cache import EncodeCache
+
+    calls = []
+    cache = EncodeCache(lambda t: calls.append(t) or [len(t)], max_entries=2, max_chars=10)
+    cache("a"), cache("b"), cache("a"), cache("c")  # "b" is the least recently used
+    assert len(cache) == 2
+    cache("a"), cache("b")
+    assert calls == ["a", "b", "c", "b"]
+    cache("0123456789")  # 10 chars: everything else goes
+    assert len(cache) == 1
+    cache("01234567890")  # longer than max_chars: never kept
+    cache("01234567890")
+    assert calls[-2:] == ["01234567890", "01234567890"]
+    with pytest.raises(ValueError):
+        EncodeCache(lambda t: [], max_entries=0)

@@ -3,8 +3,8 @@ end and batch (rows, tokens, decode-only or not), and the time the scheduler thr
 between steps.
 
 Benchmark-only: while installed it wraps the scheduler's `step` and `forward` on the instance
-(both are looked up on the instance every step); it is installed and removed while the engine is
-idle.
+(both are looked up on the instance every step), installed and removed on the engine's loop
+thread between two steps.
 """
 from __future__ import annotations
 
@@ -47,25 +47,36 @@ class StepTrace:
                 self.records.append(StepRecord(t0, time.perf_counter(), rows, tokens, decode))
             return worked
 
-        sched.forward, sched.step = traced_forward, traced_step
+        def install(s) -> None:
+            s.forward, s.step = traced_forward, traced_step
+        if self.engine.is_alive():
+            self.engine.loop.call(install)  # NOTE: on the loop thread, between two steps
+        else:
+            install(sched)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.engine.is_alive():
-            self.engine.loop.call(lambda s: None)  # NOTE: the step in progress returns (and is recorded) first
         own_step, forward = self._saved
-        if own_step is None:
-            del self.scheduler.step
+
+        def restore(sched) -> None:
+            if own_step is None:
+                del sched.step
+            else:
+                sched.step = own_step
+            sched.forward = forward
+        # NOTE: on the loop thread, between two steps: the step in progress has been recorded, and
+        # no traced step starts after this.
+        if self.engine.is_alive():
+            self.engine.loop.call(restore)
         else:
-            self.scheduler.step = own_step
-        self.scheduler.forward = forward
+            restore(self.scheduler)
 
     def summary(self, t0: float, t1: float) -> dict:
         """Steps and idle time between perf_counter times t0 and t1 (the run's start and end)."""
         recs = [r for r in self.records if t0 <= r.start < t1]
         model = [r for r in recs if r.rows]
         decode = [r for r in model if r.decode]
-        busy = sum(r.end - r.start for r in recs)
+        busy = sum(min(r.end, t1) - r.start for r in recs)  # NOTE: the last step may end after t1
         gaps, prev = [], t0
         for r in recs:
             gaps.append(max(0.0, r.start - prev))
