@@ -42,6 +42,8 @@ def test_reachable_hit_rate_matches_a_brute_force_replay():
 def test_config_is_validated():
     with pytest.raises(ValueError, match="programs"):
         lb.BranchingConfig(programs=0)
+    with pytest.raises(ValueError, match="warmup_programs"):
+        lb.BranchingConfig(warmup_programs=-1)
     with pytest.raises(ValueError, match="two choices"):
         lb.BranchingConfig(choices=(" yes",))
 

@@ -51,19 +51,23 @@ class BranchingConfig:
     answer_tokens: int = 4
     choices: tuple[str, ...] = (" yes", " no")  # each chain's verdict (select)
     seed: int = 0
+    warmup_programs: int = 2  # programs of the untimed warm-up run of each mode, on other questions (0: none)
 
     def __post_init__(self) -> None:
         for name in ("programs", "few_shot_tokens", "branches", "thought_tokens", "answer_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.warmup_programs, int) or self.warmup_programs < 0:
+            raise ValueError(f"warmup_programs must be an integer >= 0, got {self.warmup_programs!r}")
         if len(self.choices) < 2:
             raise ValueError("the verdict select needs at least two choices")
 
 
+# NOTE: on a GPU the warm-up meets the Triton kernel variants of the workload (prefill after a cached
+# prefix, mixed steps, ...) before the timed runs; on a CPU there is no JIT and a small one does.
 SCALES = {"cpu": BranchingConfig(programs=16, few_shot_tokens=256, branches=4, thought_tokens=8, answer_tokens=4),
-          "gpu": BranchingConfig(programs=64, few_shot_tokens=1024, branches=4, thought_tokens=48, answer_tokens=16)}
-
-WARMUP_PROGRAMS = 16  # programs of each untimed warm-up run (fewer when the run has fewer)
+          "gpu": BranchingConfig(programs=64, few_shot_tokens=1024, branches=4, thought_tokens=48, answer_tokens=16,
+                                 warmup_programs=16)}
 
 _NAMES = ["Ana", "Bo", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena"]
 _THINGS = ["apples", "books", "coins", "stamps", "shells", "marbles", "pencils", "tickets"]
@@ -241,9 +245,9 @@ def run(spec: Any, cfg: BranchingConfig, out_dir: str, stem: str, title: str) ->
             encode.shutdown()
         qs = questions(cfg.programs, cfg.seed)
         # NOTE: untimed warm-up of both modes on other questions (each run starts from a flushed cache).
-        warm_qs = questions(cfg.programs + min(cfg.programs, WARMUP_PROGRAMS), cfg.seed)[cfg.programs:]
+        warm_qs = questions(cfg.programs + cfg.warmup_programs, cfg.seed)[cfg.programs:]
         warm = {}
-        for radix in (True, False):
+        for radix in (True, False) if warm_qs else ():
             t0 = time.perf_counter()
             run_mode(engine, cfg, few_shot, warm_qs, radix=radix, progress_bar=False)
             warm["radix on" if radix else "radix off"] = time.perf_counter() - t0
