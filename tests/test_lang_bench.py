@@ -42,6 +42,8 @@ def test_reachable_hit_rate_matches_a_brute_force_replay():
 def test_config_is_validated():
     with pytest.raises(ValueError, match="programs"):
         lb.BranchingConfig(programs=0)
+    with pytest.raises(ValueError, match="warmup_programs"):
+        lb.BranchingConfig(warmup_programs=-1)
     with pytest.raises(ValueError, match="two choices"):
         lb.BranchingConfig(choices=(" yes",))
 
@@ -61,3 +63,12 @@ def test_branching_benchmark_on_random_weights(tmp_path):
     saved = json.loads((tmp_path / "lang_smoke.json").read_text())
     assert saved["speedup"] == pytest.approx(off["wall_s"] / on["wall_s"]) and saved["machine"]["cpu_cores"] >= 1
     assert "achieved/optimal" in (tmp_path / "lang_smoke.md").read_text()
+    # both modes were warmed up (untimed) first, and each run says where its time went
+    assert set(saved["warmup_wall_s"]) == {"radix on", "radix off"}
+    for mode, calls in ((on, 24), (off, 21)):
+        e = mode["engine"]
+        # every generation decodes at least thought_tokens - 1 (answer_tokens - 1) steps after its prefill
+        assert e["model_steps"] >= e["decode_steps"] >= 2 + 1 and e["mean_decode_batch"] >= 1
+        assert sum(p["calls"] for p in mode["phases"].values()) == calls
+        assert mode["phases"]["gen 3 tokens"]["calls"] == 6 and mode["phases"]["gen 2 tokens"]["calls"] == 3
+        assert 0 <= mode["phases"]["score"]["first_made_s"] <= mode["phases"]["score"]["last_returned_s"] <= mode["wall_s"]

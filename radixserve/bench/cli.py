@@ -84,7 +84,7 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
 
     lg = kinds.add_parser("lang", parents=[base], help="a radixserve.lang branching program: radix tree vs cache off")
     lg.add_argument("--scale", choices=("cpu", "gpu"), default="cpu")
-    for flag in ("programs", "few-shot-tokens", "branches", "thought-tokens", "answer-tokens"):
+    for flag in ("programs", "few-shot-tokens", "branches", "thought-tokens", "answer-tokens", "warmup-programs"):
         lg.add_argument("--" + flag, type=int, default=None, help="overrides --scale")
 
     gr = kinds.add_parser("grammar", parents=[base], help="structured output: constrained vs unconstrained decode, "
@@ -172,7 +172,7 @@ def run_bench(args) -> int:
             raise ValueError("the lang workload runs its programs to the end; it has no --time-limit")
         cfg = lang_branching.SCALES[args.scale]
         sizes = {k: getattr(args, k) for k in ("programs", "few_shot_tokens", "branches", "thought_tokens",
-                                                "answer_tokens") if getattr(args, k) is not None}
+                                                "answer_tokens", "warmup_programs") if getattr(args, k) is not None}
         cfg = dataclasses.replace(cfg, seed=seed, **sizes)
         lang_branching.run(spec, cfg, out, args.stem or f"lang_branching_{args.scale}",
                            f"radixserve.lang branching program, {cfg.programs} programs ({args.scale} scale)")

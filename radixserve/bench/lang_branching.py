@@ -3,7 +3,13 @@ question, fork(F) reasoning chains each judged by a select, a final answer — r
 programs on the radix tree, against the same programs issued as independent requests with the
 radix cache off (the same engine, reconfigured), and the cached-token ratio against the optimal.
 
-Every engine call of a run is recorded (prompt ids, output ids, cached count), so the report gives:
+Before either timed run the engine runs the same program once in each mode on a few other
+questions (untimed), so neither timed run pays one-time costs (Triton JIT of the kernel variants
+the workload reaches, allocator growth); the report gives those warm-up walls too. The timed runs
+go radix-on first, so any one-time cost left would count against the radix tree.
+
+Every engine call of a run is recorded (prompt ids, output ids, cached count, start and end time),
+so the report gives:
 - achieved hit rate: cached prompt tokens / prompt tokens, as the engine reported them;
 - optimal: 1 - unique prompt tokens / prompt tokens over all calls, tokens an earlier call
   generated counting as known (workloads.optimal_hit_rate);
@@ -12,11 +18,14 @@ Every engine call of a run is recorded (prompt ids, output ids, cached count), s
   request recomputes the token before its first scored position, and a generation's last sampled
   token has no KV yet. The gap between optimal and reachable is those rules, not the cache. (An
   estimate: concurrent calls may be served in another order than they were made.)
+- where the time went: engine steps (model steps, decode-only steps, mean decode batch), the
+  scheduler thread's idle time, and per call kind when its calls were made and returned.
 """
 from __future__ import annotations
 
 import logging
 import random
+import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +34,7 @@ from typing import Any, NamedTuple, Sequence
 import radixserve.lang as sgl
 from radixserve.bench import report
 from radixserve.bench.offline import reconfigure, warmup
+from radixserve.bench.step_trace import StepTrace
 from radixserve.bench.workloads import optimal_hit_rate
 from radixserve.lang.backend.base import Backend, GenOutput, ScoreOutput, ScoreRequest
 from radixserve.sampling_params import SamplingParams
@@ -41,17 +51,23 @@ class BranchingConfig:
     answer_tokens: int = 4
     choices: tuple[str, ...] = (" yes", " no")  # each chain's verdict (select)
     seed: int = 0
+    warmup_programs: int = 2  # programs of the untimed warm-up run of each mode, on other questions (0: none)
 
     def __post_init__(self) -> None:
         for name in ("programs", "few_shot_tokens", "branches", "thought_tokens", "answer_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.warmup_programs, int) or self.warmup_programs < 0:
+            raise ValueError(f"warmup_programs must be an integer >= 0, got {self.warmup_programs!r}")
         if len(self.choices) < 2:
             raise ValueError("the verdict select needs at least two choices")
 
 
+# NOTE: on a GPU the warm-up meets the Triton kernel variants of the workload (prefill after a cached
+# prefix, mixed steps, ...) before the timed runs; on a CPU there is no JIT and a small one does.
 SCALES = {"cpu": BranchingConfig(programs=16, few_shot_tokens=256, branches=4, thought_tokens=8, answer_tokens=4),
-          "gpu": BranchingConfig(programs=64, few_shot_tokens=1024, branches=4, thought_tokens=48, answer_tokens=16)}
+          "gpu": BranchingConfig(programs=64, few_shot_tokens=1024, branches=4, thought_tokens=48, answer_tokens=16,
+                                 warmup_programs=16)}
 
 _NAMES = ["Ana", "Bo", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena"]
 _THINGS = ["apples", "books", "coins", "stamps", "shells", "marbles", "pencils", "tickets"]
@@ -98,6 +114,9 @@ class Call(NamedTuple):
     output: list[int]
     cached: int
     limit: int  # the most of the prompt the engine may serve from the cache
+    start: float = 0.0  # perf_counter when the call was made
+    end: float = 0.0  # and when it returned
+    max_new_tokens: int = 0
 
 
 class RecordingBackend(Backend):
@@ -127,16 +146,20 @@ class RecordingBackend(Backend):
 
     def generate(self, input_ids, params: SamplingParams, rid: str, on_chunk=None) -> GenOutput:
         slot = self._slot()
+        t0 = time.perf_counter()
         out = self.inner.generate(input_ids, params, rid, on_chunk)
         kind = "prefill" if params.max_new_tokens == 0 else "gen"
-        slot.append(Call(kind, list(input_ids), list(out.token_ids), out.cached_tokens, len(input_ids) - 1))
+        slot.append(Call(kind, list(input_ids), list(out.token_ids), out.cached_tokens, len(input_ids) - 1,
+                         t0, time.perf_counter(), params.max_new_tokens))
         return out
 
     def score(self, requests: Sequence[ScoreRequest], rid: str) -> list[ScoreOutput]:
         slot = self._slot()
+        t0 = time.perf_counter()
         outs = self.inner.score(requests, rid)
-        slot.extend(Call("score", list(r.input_ids), [], o.cached_tokens, min(len(r.input_ids) - 1, r.start - 1))
-                    for r, o in zip(requests, outs))
+        t1 = time.perf_counter()
+        slot.extend(Call("score", list(r.input_ids), [], o.cached_tokens, min(len(r.input_ids) - 1, r.start - 1),
+                         t0, t1) for r, o in zip(requests, outs))
         return outs
 
     def abort(self, rid: str) -> None:
@@ -175,21 +198,37 @@ def summarize_calls(calls: Sequence[Call]) -> dict:
             "requests_by_kind": {k: sum(c.kind == k for c in calls) for k in ("prefill", "gen", "score")}}
 
 
+def call_phases(calls: Sequence[Call], t0: float) -> dict:
+    """Per call kind (gens by length): how many, when the first and the last were made, when the
+    last returned, and the median call latency; times in seconds from the run's start."""
+    kinds: dict[str, list[Call]] = {}
+    for c in calls:
+        kinds.setdefault(c.kind if c.kind != "gen" else f"gen {c.max_new_tokens} tokens", []).append(c)
+    return {k: {"calls": len(cs), "first_made_s": min(c.start for c in cs) - t0,
+                "last_made_s": max(c.start for c in cs) - t0, "last_returned_s": max(c.end for c in cs) - t0,
+                "median_latency_s": statistics.median(c.end - c.start for c in cs)}
+            for k, cs in sorted(kinds.items())}
+
+
 # ---- the benchmark ---------------------------------------------------------------------------------
-def run_mode(engine: Any, cfg: BranchingConfig, few_shot: str, qs: list[str], radix: bool) -> tuple[dict, list]:
+def run_mode(engine: Any, cfg: BranchingConfig, few_shot: str, qs: list[str], radix: bool,
+             progress_bar: bool = True) -> tuple[dict, list]:
     reconfigure(engine, schedule_policy=engine.config.schedule_policy, disable_radix_cache=not radix)
     backend = RecordingBackend(sgl.LocalBackend(engine))
     args = [dict(few_shot=few_shot, question=q, branches=cfg.branches, thought_tokens=cfg.thought_tokens,
                  answer_tokens=cfg.answer_tokens, choices=cfg.choices) for q in qs]
     try:
-        t0 = time.perf_counter()
-        states = branching.run_batch(args, backend=backend, temperature=0.0, progress_bar=True)
-        wall = time.perf_counter() - t0
+        with StepTrace(engine) as trace:
+            t0 = time.perf_counter()
+            states = branching.run_batch(args, backend=backend, temperature=0.0, progress_bar=progress_bar)
+            t1 = time.perf_counter()
+        wall = t1 - t0
     finally:
         backend.inner.shutdown()
     name = "radixserve.lang, radix cache on" if radix else "same program, independent requests, radix cache off"
     result = {"name": name, "wall_s": wall, "programs": len(states), "programs_per_s": len(states) / wall,
-              **summarize_calls(backend.calls)}
+              **summarize_calls(backend.calls), "engine": trace.summary(t0, t1),
+              "phases": call_phases(backend.calls, t0)}
     result["generated_tok_per_s"] = result["generated_tokens"] / wall
     return result, [s.token_ids() for s in states]
 
@@ -205,6 +244,14 @@ def run(spec: Any, cfg: BranchingConfig, out_dir: str, stem: str, title: str) ->
         finally:
             encode.shutdown()
         qs = questions(cfg.programs, cfg.seed)
+        # NOTE: untimed warm-up of both modes on other questions (each run starts from a flushed cache).
+        warm_qs = questions(cfg.programs + cfg.warmup_programs, cfg.seed)[cfg.programs:]
+        warm = {}
+        for radix in (True, False) if warm_qs else ():
+            t0 = time.perf_counter()
+            run_mode(engine, cfg, few_shot, warm_qs, radix=radix, progress_bar=False)
+            warm["radix on" if radix else "radix off"] = time.perf_counter() - t0
+        logger.info("warm-up walls (untimed): %s", {k: round(v, 2) for k, v in warm.items()})
         on, on_ids = run_mode(engine, cfg, few_shot, qs, radix=True)
         off, off_ids = run_mode(engine, cfg, few_shot, qs, radix=False)
         reconfigure(engine, disable_radix_cache=False)
@@ -225,6 +272,21 @@ def run(spec: Any, cfg: BranchingConfig, out_dir: str, stem: str, title: str) ->
         f"- workload: {cfg.programs} programs, few-shot prefix {shared} tokens shared by all, fork({cfg.branches}) "
         f"chains of {cfg.thought_tokens} tokens, each judged by select over {list(cfg.choices)}, answer "
         f"{cfg.answer_tokens} tokens; greedy, ignore_eos",
+        f"- before the timed runs, one untimed warm-up run per mode of {len(warm_qs)} programs on other questions "
+        f"(walls: {', '.join(f'{k} {v:.2f} s' for k, v in warm.items())}); timed runs radix on first",
+        "",
+        "| run | engine steps | decode-only | mean decode batch | mean rows/step | scheduler busy s | idle s | "
+        "longest idle s |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {r['name']} | {e['model_steps']} | {e['decode_steps']} | {e['mean_decode_batch']:.1f} | "
+          f"{e['mean_rows_per_step']:.1f} | {e['scheduler_busy_s']:.2f} | {e['scheduler_idle_s']:.2f} | "
+          f"{e['longest_idle_gap_s']:.3f} |" for r in (on, off) for e in [r["engine"]]],
+        "",
+        "| run | calls | count | first made s | last made s | last returned s | median latency s |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {r['name']} | {k} | {p['calls']} | {p['first_made_s']:.2f} | {p['last_made_s']:.2f} | "
+          f"{p['last_returned_s']:.2f} | {p['median_latency_s']:.3f} |" for r in (on, off)
+          for k, p in r["phases"].items()],
         "",
         "| run | wall s | programs/s | requests | prompt tokens | computed | cached | hit rate | optimal | reachable |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -235,5 +297,5 @@ def run(spec: Any, cfg: BranchingConfig, out_dir: str, stem: str, title: str) ->
                      f"{r['optimal_hit_rate']:.1%} | {r['reachable_hit_rate']:.1%} |")
     extra = {"config": {**asdict(cfg), "few_shot_tokens_actual": shared, "model": spec.model,
                         "engine_options": dict(spec.options)},
-             "speedup": speedup, "identical_programs": same, "modes": [on, off]}
+             "speedup": speedup, "identical_programs": same, "warmup_wall_s": warm, "modes": [on, off]}
     return report.write(out_dir, stem, title, [], extra, lines)

@@ -139,19 +139,28 @@ class Engine:
                         prompt: str | None = None) -> list[RequestOutput]:
         """All n outputs of one prompt, once finished."""
         reqs: list[Request] = []
-        async for _ in self._events(input_ids, sampling_params, request_id, cache_salt, prompt, reqs):
+        async for _ in self._events(input_ids, sampling_params, request_id, cache_salt, prompt, reqs,
+                                    finished_only=True):
             pass
         return [self._output(r) for r in reqs]
 
     async def _events(self, input_ids, sampling_params, request_id, cache_salt, prompt,
-                      reqs_out: list[Request]) -> AsyncIterator[Event]:
+                      reqs_out: list[Request], finished_only: bool = False) -> AsyncIterator[Event]:
+        """The requests' events on this event loop; `finished_only`: their last events only.
+
+        NOTE: every event handed over costs a cross-thread wake-up of the event loop, paid on the
+        scheduler thread; a caller that needs only the outputs skips the per-token ones."""
         ids = self._prompts_to_ids(prompt, [input_ids] if input_ids is not None else None)[0]
         params = sampling_params or SamplingParams()
         self.check_request(ids, params)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Event] = asyncio.Queue()
         rid = request_id or uuid.uuid4().hex
-        reqs_out += self._submit(ids, params, rid, cache_salt, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+
+        def sink(ev: Event) -> None:
+            if ev.finished or not finished_only:
+                loop.call_soon_threadsafe(q.put_nowait, ev)
+        reqs_out += self._submit(ids, params, rid, cache_salt, sink)
         remaining = len(reqs_out)
         try:
             await self._await_grammar(reqs_out)

@@ -169,7 +169,7 @@ class Scheduler:
                               self.kv.match_len)
         rows: list[Row] = []
         ps = self.kv.page_size
-        prefilling = {self._prefill_key(r, r.kv_len // ps * ps) for r in self.running if r.todo > 1}
+        prefilling = {self._prefill_key(r, r.kv_len // ps * ps, r.node) for r in self.running if r.todo > 1}
         for req in order:
             if budget <= 0 or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
                 break
@@ -177,8 +177,8 @@ class Scheduler:
                 continue  # retracted with a sample still on the device: take it back first
             if req.grammar is not None and not req.grammar.ready:
                 continue  # its grammar is still compiling; it keeps its place and age meanwhile
-            cached, _ = self.kv.match_len(req)
-            key = None if self.kv.tree.disable else self._prefill_key(req, cached)  # no tree: waiting gains nothing
+            cached, node = self.kv.match_len(req)
+            key = None if self.kv.tree.disable else self._prefill_key(req, cached, node)  # no tree: waiting gains nothing
             if key is not None and key in prefilling:
                 continue  # another request is computing the same tokens right now
             ext = min(req.seq_len - cached, cfg.chunked_prefill_size, budget)
@@ -202,12 +202,18 @@ class Scheduler:
         return rows
 
     @staticmethod
-    def _prefill_key(req: Request, start: int) -> tuple | None:
-        """What identifies the tokens a request would compute next from `start` on."""
+    def _prefill_key(req: Request, start: int, node: object) -> tuple | None:
+        """What identifies the tokens a request would compute next from `start` on, after the
+        cached prefix that ends at tree `node`.
+
+        NOTE: the node stands for the whole prefix (the tree node ending at `start` on a path is
+        unique, and a split keeps the tail's identity), so requests that continue different
+        prefixes with the same tokens at the same position (fork branches of different programs:
+        "... Way 1:") are not taken for duplicates and admitted one per step."""
         n = min(IN_BATCH_KEY, min(req.seq_len, (req.logprob_start() or req.seq_len) + len(req.prompt_logprobs)) - 1 - start)
         if n <= 0:
             return None
-        return req.namespace, start, tuple(req.fill_slice(start, start + n))
+        return req.namespace, id(node), start, tuple(req.fill_slice(start, start + n))
 
     # ---- leaving the running set ---------------------------------------------------------------
     @staticmethod

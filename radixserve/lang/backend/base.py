@@ -6,6 +6,7 @@ import functools
 import threading
 from typing import Any, Callable, NamedTuple, Sequence
 
+from radixserve.lang.encode_cache import EncodeCache
 from radixserve.lang.roles import RoleMarkers, derive_role_markers
 from radixserve.sampling_params import SamplingParams
 
@@ -45,6 +46,7 @@ class Backend:
     def __init__(self) -> None:
         self._markers: RoleMarkers | ValueError | None = None
         self._markers_lock = threading.Lock()
+        self.encode_cache = EncodeCache(self._encode_uncached)
 
     # ---- engine calls -------------------------------------------------------------------------
     def generate(self, input_ids: list[int], params: SamplingParams, rid: str,
@@ -80,8 +82,12 @@ class Backend:
 
         NOTE: the boundary rule of the language: every appended string is tokenised by itself,
         so "a" + "b" gives the tokens of "a" then those of "b", which may differ from the tokens
-        of "ab" (SmolLM2: "a"+"b" -> [81, 82], "ab" -> [369]). The state never re-tokenises."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+        of "ab" (SmolLM2: "a"+"b" -> [81, 82], "ab" -> [369]). The state never re-tokenises.
+        Each text is tokenised once per backend (EncodeCache), however many programs append it."""
+        return self.encode_cache(text) if text else []
+
+    def _encode_uncached(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
