@@ -149,3 +149,19 @@ def test_budget_grants_within_time_with_one_floor_chunk():
     full = h.grant(0, 2048)
     h.hold_ms = h.ms / 2
     assert h.grant(0, 2048) < full
+
+
+def test_cut_chunks_are_whole_multiples_of_the_device_alignment():
+    """On CUDA the long-prompt attention pads a chunk's queries to a multiple of 512: a cut chunk is cut
+    to such a multiple; uncut chunks (the whole rest of a prompt) and small ones keep their size."""
+    m = for_model(dummy_config("llama-3.1-8b"), torch.bfloat16, "cuda", online=False)
+    assert m.chunk_align == 512
+    decode = batch_work([(300, 1, True)] * 32)
+    for start in (0, 20_000, 60_000, 99_000):
+        for budget_ms in (30.0, 60.0, 100.0, 150.0):
+            b = step_budget(8192, budget_ms, m, decode, 2048)
+            fit = m.max_chunk(start, 2048, b.ms)
+            n = b.grant(start, 2048)
+            assert n == (fit if fit <= 512 or fit == 2048 else fit - fit % 512), (start, budget_ms, fit, n)
+    b = step_budget(8192, 1000.0, m, decode, 2048)
+    assert b.grant(0, 700) == 700  # the whole rest of a prompt fits: not cut

@@ -207,6 +207,8 @@ class Scheduler:
         for req in order:
             if budget.exhausted or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
                 break
+            if whole_only and budget.time_left <= 0:
+                break
             if req.pending:
                 continue  # retracted with a sample still on the device: take it back first
             if req.grammar is not None and not req.grammar.ready:

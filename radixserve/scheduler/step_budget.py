@@ -43,6 +43,11 @@ class StepBudget:
         return self.ms is not None
 
     @property
+    def time_left(self) -> float:
+        """Milliseconds grants may still use (infinite without a time budget)."""
+        return math.inf if self.ms is None else self.ms - self.hold_ms
+
+    @property
     def exhausted(self) -> bool:
         # NOTE: a step whose time is used up still has its floor chunk (see MIN_CHUNK_DIVISOR) until it is taken
         return self.tokens <= 0 or (self.ms is not None and self.ms - self.hold_ms <= 0 and self._floor_used)
@@ -54,6 +59,9 @@ class StepBudget:
         if n <= 0 or self.ms is None:
             return max(n, 0)
         fit = self.cost.max_chunk(start, n, self.ms - self.hold_ms, samples)
+        align = self.cost.chunk_align
+        if align < fit < n:
+            fit -= fit % align  # NOTE: a cut chunk in whole multiples of what the device computes anyway
         if floor and not self._floor_used:
             fit = max(fit, min(n, self.min_chunk))
         return fit

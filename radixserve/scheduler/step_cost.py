@@ -96,16 +96,20 @@ class DeviceRates(NamedTuple):
     attention_flops: float  # FLOP/s of prefill attention
     bytes_per_s: float  # weight streaming
     step_overhead_ms: float  # launches and host work of one step
+    chunk_align: int  # a budget-cut chunk of at least this many tokens is cut to a multiple of it
 
 
 # NOTE: measured, not guessed. H100 (benchmarks/results/gpu_runtime_h100_issue10.md and
 # gpu_runtime_h100_long_prompts.md, Llama-3.1-8B bf16): a fresh 2048-token chunk 57 ms, 2048 tokens
 # after a 100k prefix 323 ms, batch-32 decode 7.8 ms -> ~500 TFLOP/s dense, ~430 TFLOP/s attention,
-# ~2.8 TB/s weights. CPU (2 shared cores, SmolLM2-135M float32, this project's CI machine): a
+# ~2.8 TB/s weights; the long-prompt attention path pads a chunk's queries to a multiple of 512
+# (radixserve/runtime/attention/long_prefill.py), so a cut chunk of 600 would compute 1024. CPU (2 shared cores, SmolLM2-135M float32, this project's CI machine): a
 # 512-token chunk 3.2 s at position 0 and 8.7 s at 3.5k, a batch-1 decode step ~120 ms.
 RATES = {
-    "cuda": DeviceRates(dense_flops=500e12, attention_flops=430e12, bytes_per_s=2.8e12, step_overhead_ms=1.0),
-    "cpu": DeviceRates(dense_flops=40e9, attention_flops=25e9, bytes_per_s=10e9, step_overhead_ms=50.0),
+    "cuda": DeviceRates(dense_flops=500e12, attention_flops=430e12, bytes_per_s=2.8e12, step_overhead_ms=1.0,
+                        chunk_align=512),
+    "cpu": DeviceRates(dense_flops=40e9, attention_flops=25e9, bytes_per_s=10e9, step_overhead_ms=50.0,
+                       chunk_align=1),
 }
 
 
@@ -130,9 +134,11 @@ class StepCostModel:
     stay at their prior instead of drifting."""
 
     def __init__(self, prior: CostCoefficients, online: bool = True, prior_weight: float = 0.5,
-                 forgetting: float = 0.99, clip: tuple[float, float] = (0.1, 10.0)) -> None:
+                 forgetting: float = 0.99, clip: tuple[float, float] = (0.1, 10.0), chunk_align: int = 1) -> None:
         if not 0 < forgetting <= 1:
             raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
+        if chunk_align < 1:
+            raise ValueError(f"chunk_align must be >= 1, got {chunk_align}")
         if prior_weight <= 0:
             raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
         self.prior = prior
@@ -140,6 +146,7 @@ class StepCostModel:
         self.prior_weight = prior_weight
         self.forgetting = forgetting
         self.clip = clip
+        self.chunk_align = chunk_align
         # NOTE: numpy, not torch: this runs on the host every step, and small numpy ops cost ~1 us
         self._base = np.array([prior.step_ms, prior.token_ms, prior.pair_ms, prior.logit_ms], dtype=np.float64)
         self._gram = np.zeros((4, 4))  # forgotten sum of x x^T (x: the prior's terms / the prediction)
@@ -205,7 +212,8 @@ def batch_work(rows: Sequence[tuple[int, int, bool]]) -> StepWork:
 
 def for_model(hf_config, dtype: torch.dtype, device_type: str, online: bool = True) -> StepCostModel:
     """The step cost model of a loaded model: its shape's prior on this device type, refined online."""
-    return StepCostModel(prior_coefficients(ModelShape.from_hf_config(hf_config, dtype), device_type), online=online)
+    return StepCostModel(prior_coefficients(ModelShape.from_hf_config(hf_config, dtype), device_type), online=online,
+                         chunk_align=RATES[device_type].chunk_align)
 
 
 def step_cost_for(config, runner) -> StepCostModel | None:
