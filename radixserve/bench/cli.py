@@ -113,7 +113,7 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     ls.add_argument("--scale", choices=("cpu", "gpu"), default="cpu")
     for flag, kind in (("long-prompts", int), ("long-len", int), ("long-out", int), ("shorts", int),
                        ("short-len", int), ("short-out", int), ("max-step-ms", float), ("chunked-prefill-size", int),
-                       ("warmup-len", int)):
+                       ("max-prefill-tokens", int), ("warmup-len", int)):
         ls.add_argument("--" + flag, type=kind, default=None, help="overrides --scale")
 
     gpu = kinds.add_parser("gpu", parents=[base], help="every GPU benchmark in one command (< 8 min on an H100)")

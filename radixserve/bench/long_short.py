@@ -37,14 +37,16 @@ class Scale(NamedTuple):
     short_out: int
     max_step_ms: float
     chunked_prefill_size: int
+    max_prefill_tokens: int
     warmup_len: int  # one prompt of this length first: kernels compile and plans are built outside the runs
 
 
 SCALES = {
     # the issue's workload on an H100: two 100k-token prompts + 32 requests of 200 in / 64 out
-    "gpu": Scale(2, 100_000, 8, 32, 200, 64, 100.0, 2048, 16384),
-    # scaled to a 2-core CPU and SmolLM2-135M (a 512-token chunk takes seconds there)
-    "cpu": Scale(2, 2048, 8, 32, 200, 64, 1500.0, 512, 256),
+    "gpu": Scale(2, 100_000, 8, 32, 200, 64, 100.0, 2048, 8192, 16384),
+    # scaled to a shared 2-core CPU and SmolLM2-135M, where a 256-token chunk takes seconds and a
+    # decode step of 18 rows about one
+    "cpu": Scale(2, 1024, 8, 16, 64, 32, 2500.0, 256, 1024, 64),
 }
 
 
@@ -89,6 +91,7 @@ def run(spec, scale: Scale, out_dir: str, stem: str, vocab: int, seed: int = 0) 
     """The three runs on one engine; writes <stem>.json and <stem>.md."""
     options = dict(spec.options)
     options.setdefault("chunked_prefill_size", scale.chunked_prefill_size)
+    options.setdefault("max_prefill_tokens", scale.max_prefill_tokens)
     engine = dataclasses.replace(spec, options=tuple(sorted({**options, "max_step_ms": scale.max_step_ms}.items()))
                                  ).build()
     rng = random.Random(seed)
