@@ -106,14 +106,16 @@ def test_every_decoding_step_stays_within_the_budget(engines):
     assert limited >= SHORT_OUT
 
 
-def test_short_prompt_goes_in_before_the_next_long_chunk(engines):
-    """A short request arriving while a long prompt is being chunked and others decode is admitted whole
-    in the next step, not after the long prompt's remaining chunks."""
+@pytest.mark.parametrize("late_len", [SHORT, 150])
+def test_short_prompt_goes_in_before_the_next_long_chunk(engines, late_len):
+    """A short request arriving while a long prompt is being chunked and others decode is admitted in the
+    next step (whole, when it fits the step's share), not after the long prompt's remaining chunks; one
+    that does not fit (150 tokens, ~3 steps' budget) continues before the long prompt's chunks."""
     on, _ = engines
-    rng = random.Random(2)
+    rng = random.Random(late_len)
     long_ids = [rng.randrange(100, 30000) for _ in range(LONG)]
     first = [[rng.randrange(100, 30000) for _ in range(SHORT)] for _ in range(2)]
-    late = [rng.randrange(100, 30000) for _ in range(SHORT)]
+    late = [rng.randrange(100, 30000) for _ in range(late_len)]
     sched = on.scheduler
     log: list[list[tuple]] = []
     inner = sched._schedule
@@ -150,12 +152,15 @@ def test_short_prompt_goes_in_before_the_next_long_chunk(engines):
     finally:
         on.loop.call(lambda s: s.__dict__.pop("_schedule"))
     admitted = next(i for i, rows in enumerate(log) for n, ext, kv, head in rows if head == late[:1] and kv == 0)
-    assert [r for r in log[admitted] if r[3] == late[:1]][0][1] == SHORT  # its whole prefill in one step
+    if late_len == SHORT:
+        assert [r for r in log[admitted] if r[3] == late[:1]][0][1] == SHORT  # its whole prefill in one step
+    late_done = next(i for i, rows in enumerate(log) for n, ext, kv, head in rows
+                     if head == late[:1] and kv + ext == late_len)
     # taken in between steps submitted[0] - 1 and submitted[0] (log indices), admitted in the next step or
     # the one after (the loop may have started a step before it drained its inbox)
     assert admitted <= submitted[0] + 1, (admitted, submitted)
     long_done = next(i for i, rows in enumerate(log) for n, ext, kv, _ in rows if n == LONG and kv + ext == LONG)
-    assert admitted < long_done  # not behind the long prompt's remaining chunks
+    assert admitted <= late_done < long_done  # not behind the long prompt's remaining chunks
     assert any(n == SHORT and kv >= SHORT for n, _, kv, _ in log[admitted])  # beside decoding requests
     assert len(late_out[0].token_ids) == 2
     on.check_integrity()

@@ -143,12 +143,15 @@ class Scheduler:
             rows = self._decode_rows()
             budget = self._budget(rows)
             prefilling = [r for r in self.running if r.todo > 1]
-            if budget.limited and self.waiting:
-                # NOTE: requests are decoding: a short prompt whose whole prefill fits goes in before
-                # the next chunk of a long one, within a share of the step while a long one is running.
-                budget.hold_ms = budget.ms * (1 - SHORT_FIRST_SHARE) if prefilling else 0.0
-                rows += self._admit(budget, reserved=self._reserved(), whole_only=True)
-                budget.hold_ms = 0.0
+            if budget.limited:
+                # NOTE: requests are decoding, so prefill time is scarce: short prompts (at most one chunk
+                # left) go in before the next chunk of a long one, within a share of the step while a long
+                # one is running, and running prefills continue shortest-remaining first.
+                prefilling.sort(key=lambda r: r.todo)
+                if self.waiting:
+                    budget.hold_ms = budget.ms * (1 - SHORT_FIRST_SHARE) if prefilling else 0.0
+                    rows += self._admit(budget, reserved=self._reserved(), short_only=True)
+                    budget.hold_ms = 0.0
             for req in prefilling:
                 ext = self._prefill_chunk(req, budget)
                 if ext:
@@ -194,8 +197,8 @@ class Scheduler:
         return int(sum(max(0, r.params.max_new_tokens - len(r.output_ids)) for r in self.running)
                    * DECODE_RESERVE_RATIO)
 
-    def _admit(self, budget: StepBudget, reserved: int, whole_only: bool = False) -> list[Row]:
-        """Admit waiting requests within `budget`; `whole_only`: only those whose whole prefill fits."""
+    def _admit(self, budget: StepBudget, reserved: int, short_only: bool = False) -> list[Row]:
+        """Admit waiting requests within `budget`; `short_only`: only those with at most one chunk to compute."""
         if not self.waiting or budget.exhausted:
             return []
         cfg = self.config
@@ -207,7 +210,7 @@ class Scheduler:
         for req in order:
             if budget.exhausted or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
                 break
-            if whole_only and budget.time_left <= 0:
+            if short_only and budget.time_left <= 0:
                 break
             if req.pending:
                 continue  # retracted with a sample still on the device: take it back first
@@ -218,10 +221,12 @@ class Scheduler:
             if key is not None and key in prefilling:
                 continue  # another request is computing the same tokens right now
             todo = req.seq_len - cached
-            ext = budget.grant(cached, min(todo, cfg.chunked_prefill_size), samples=True, floor=not whole_only)
-            if whole_only and ext < todo:
-                continue  # a longer prompt: it waits for the chunked pass after the running prefills
+            if short_only and todo > cfg.chunked_prefill_size:
+                continue  # a long prompt: it waits for the pass after the running prefills
+            ext = budget.grant(cached, min(todo, cfg.chunked_prefill_size), samples=True, floor=not short_only)
             if ext <= 0:
+                if short_only:
+                    continue  # NOTE: a shorter one may still fit
                 break
             need = -(-ext // self.kv.page_size) * self.kv.page_size
             future = int(max(0, req.params.max_new_tokens - len(req.output_ids)) * DECODE_RESERVE_RATIO)
@@ -237,7 +242,7 @@ class Scheduler:
             req.state = State.RUNNING
             self.running.append(req)
             rows.append(Row(req, ext))
-            budget.take(cached, ext, samples=ext == todo, floor=not whole_only)
+            budget.take(cached, ext, samples=ext == todo, floor=not short_only)
             reserved += future
             prefilling.add(key)
         return rows
