@@ -207,6 +207,8 @@ def run_bench(args) -> int:
     elif kind == "long-short":
         from radixserve.bench import long_short
 
+        if args.time_limit is not None:
+            raise ValueError("long-short runs every request to the end; it has no --time-limit")
         scale = long_short.SCALES[args.scale]
         scale = scale._replace(**{k: getattr(args, k) for k in scale._fields if getattr(args, k) is not None})
         long_short.run(spec, scale, out, args.stem or f"long_short_{args.scale}", vocab, seed)
