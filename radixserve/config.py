@@ -21,6 +21,10 @@ class EngineConfig:
     max_running_requests: int = 256
     max_prefill_tokens: int = 8192  # tokens computed per step across prefill chunks
     chunked_prefill_size: int = 2048  # longest prefill chunk of one request per step
+    # while requests decode, prefill chunks are sized (by a step cost model fitted to measured steps) so that
+    # a step takes about this long; None: off (every step may carry full chunks). Alone, a prompt prefills in full chunks.
+    max_step_ms: float | None = None
+    step_cost_online: bool = True  # refine the step cost model from measured step times (False: its prior only)
     schedule_policy: str = "lpm"
     aging_tokens_per_step: float = 8.0  # a waiting request's priority gains this many tokens per step waited
     disable_radix_cache: bool = False
@@ -59,6 +63,8 @@ class EngineConfig:
                      "cascade_min_prefix_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_step_ms is not None and not (0 < self.max_step_ms < float("inf")):
+            raise ValueError(f"max_step_ms must be a positive number of milliseconds (or None: off), got {self.max_step_ms}")
         if self.cascade_min_group_size < 2:
             raise ValueError(f"cascade_min_group_size must be >= 2 (a group shares a prefix), got {self.cascade_min_group_size}")
         if self.aging_tokens_per_step < 0:

@@ -108,6 +108,14 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     cpu.add_argument("--variants", default="all,no-cascade,gather",
                      help="radixserve variants per repeat: all, no-cascade, gather (comma-separated)")
 
+    ls = kinds.add_parser("long-short", parents=[base], help="long prompts sent with short requests: the short ones' "
+                          "TTFT/ITL and the long ones' TTFT, with and without max_step_ms")
+    ls.add_argument("--scale", choices=("cpu", "gpu"), default="cpu")
+    for flag, kind in (("long-prompts", int), ("long-len", int), ("long-out", int), ("shorts", int),
+                       ("short-len", int), ("short-out", int), ("max-step-ms", float), ("chunked-prefill-size", int),
+                       ("max-prefill-tokens", int), ("warmup-len", int)):
+        ls.add_argument("--" + flag, type=kind, default=None, help="overrides --scale")
+
     gpu = kinds.add_parser("gpu", parents=[base], help="every GPU benchmark in one command (< 8 min on an H100)")
     gpu.add_argument("--budget", type=float, default=330.0, help="seconds of timed runs in all (model loads extra)")
     gpu.add_argument("--parts", default="shared-prefix,sharegpt,batch1,tree", help="which GPU runs, comma-separated")
@@ -196,6 +204,14 @@ def run_bench(args) -> int:
         cpu_suite.run(spec, out, args.stem or "cpu_runtime", prompts=args.prompts, system_len=args.system_len,
                       question_len=args.question_len, output_len=args.output_len, repeats=args.repeats,
                       variants=variants, seed=seed)
+    elif kind == "long-short":
+        from radixserve.bench import long_short
+
+        if args.time_limit is not None:
+            raise ValueError("long-short runs every request to the end; it has no --time-limit")
+        scale = long_short.SCALES[args.scale]
+        scale = scale._replace(**{k: getattr(args, k) for k in scale._fields if getattr(args, k) is not None})
+        long_short.run(spec, scale, out, args.stem or f"long_short_{args.scale}", vocab, seed)
     elif kind == "gpu":
         _gpu_all(args, spec, vocab)
     return 0

@@ -27,6 +27,7 @@ from radixserve.scheduler.kv_manager import KVManager
 from radixserve.scheduler.request import Request
 from radixserve.scheduler.results import Event, ResultProcessor
 from radixserve.scheduler.scheduler import Scheduler
+from radixserve.scheduler.step_cost import step_cost_for
 
 logger = logging.getLogger(__name__)
 _ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -56,7 +57,8 @@ class Engine:
                                       self.config.grammar_compile_threads, self.config.grammar_compile_timeout_s)
         self.results = ResultProcessor(self.tokenizer, self.vocab_size, self.eos_ids, self._dispatch, self.grammar,
                                        self.config.jump_forward)
-        self.scheduler = Scheduler(self.config, self.kv, self.runner.forward, self.results, self.runner.device)
+        self.scheduler = Scheduler(self.config, self.kv, self.runner.forward, self.results, self.runner.device,
+                                   step_cost_for(self.config, self.runner))
         self._sinks: dict[int, Callable[[Event], None]] = {}
         self._arrival = itertools.count()
         self._lock = threading.Lock()

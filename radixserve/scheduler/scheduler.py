@@ -3,6 +3,7 @@ admits waiting requests in cache-aware order, runs the model, and hands results 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import torch
@@ -16,6 +17,8 @@ from radixserve.scheduler.policy import order_waiting
 from radixserve.scheduler.prefix_grouping import options_from
 from radixserve.scheduler.request import Request, State
 from radixserve.scheduler.results import Sampled
+from radixserve.scheduler.step_budget import SHORT_FIRST_SHARE, StepBudget, StepTimer, step_budget
+from radixserve.scheduler.step_cost import StepCostModel, batch_work
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,8 @@ DECODE_RESERVE_RATIO = 0.3
 
 class Scheduler:
     def __init__(self, config: EngineConfig, kv: KVManager,
-                 forward: Callable[[object], torch.Tensor], results, device: torch.device) -> None:
+                 forward: Callable[[object], torch.Tensor], results, device: torch.device,
+                 step_cost: StepCostModel | None = None) -> None:
         self.config = config
         self.kv = kv
         self.forward = forward  # ForwardBatch -> logits [L, V]
@@ -42,6 +46,10 @@ class Scheduler:
         self.step_count = 0
         self.retractions = 0
         self.inflight: Sampled | None = None  # the launched step whose samples the host has not seen
+        if config.max_step_ms is not None and step_cost is None:
+            raise ValueError("max_step_ms needs a step cost model (the engine builds one from the model's shape)")
+        self.step_cost = step_cost
+        self.timer = StepTimer(step_cost, time.perf_counter) if step_cost is not None else None
 
     # ---- queue -------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -69,8 +77,9 @@ class Scheduler:
         mask needs them); the forward itself still overlaps that host work."""
         self._reap_aborted()
         if self.inflight is not None and not self._can_overlap():
-            self._finish_all(self.results.finalize(self.inflight))
+            self._finalize(self.inflight)
             self.inflight = None
+        started = time.perf_counter()
         rows = self._schedule()
         launched = None
         if rows:
@@ -78,6 +87,7 @@ class Scheduler:
             batch, plan = batch_builder.build(rows, self.device, options_from(self.config))
             if plan.pending_inputs:
                 self._gather_pending_inputs(batch, plan)
+            work = batch_work([(req.kv_len, ext, False) for req, ext in rows])._replace(logit_rows=len(plan.sample_rows))
             logits = self.forward(batch)
             for req, ext in rows:
                 req.kv_len += ext
@@ -87,14 +97,16 @@ class Scheduler:
             if self.inflight is not None and self.results.needs_host_tokens(rows, plan):
                 # NOTE: a grammar's mask needs the previous step's tokens: take them now, while the
                 # device runs this step's forward (which stays overlapped); sampling waits for them.
-                self._finish_all(self.results.finalize(self.inflight))
+                self._finalize(self.inflight)
                 self.inflight = None
             launched = self.results.sample(rows, plan, logits)
+            if self.timer is not None:
+                self.timer.launched(launched, work, started)
         previous, self.inflight = self.inflight, launched
         if previous is not None:
-            self._finish_all(self.results.finalize(previous))
+            self._finalize(previous)
         if launched is not None and not self.config.overlap_schedule:
-            self._finish_all(self.results.finalize(launched))
+            self._finalize(launched)
             self.inflight = None
         return bool(rows) or previous is not None
 
@@ -116,6 +128,12 @@ class Scheduler:
         src = tensor_on([where[id(r)] for _, r in plan.pending_inputs], torch.int64, tokens.device)
         batch.input_ids[dst] = tokens[src]
 
+    def _finalize(self, s: Sampled) -> None:
+        """Take a step's samples to the host and finish the requests that stopped."""
+        self._finish_all(self.results.finalize(s))
+        if self.timer is not None:
+            self.timer.completed(s, synced=s.result is not None)
+
     def _finish_all(self, finished: list[Request]) -> None:
         for req in finished:
             self._finish(req)
@@ -123,12 +141,21 @@ class Scheduler:
     def _schedule(self) -> list[Row]:
         while True:
             rows = self._decode_rows()
-            budget = self.config.max_prefill_tokens
-            for req in [r for r in self.running if r.todo > 1]:
+            budget = self._budget(rows)
+            prefilling = [r for r in self.running if r.todo > 1]
+            if budget.limited:
+                # NOTE: requests are decoding, so prefill time is scarce: short prompts (at most one chunk
+                # left) go in before the next chunk of a long one, within a share of the step while a long
+                # one is running, and running prefills continue shortest-remaining first.
+                prefilling.sort(key=lambda r: r.todo)
+                if self.waiting:
+                    budget.hold_ms = budget.ms * (1 - SHORT_FIRST_SHARE) if prefilling else 0.0
+                    rows += self._admit(budget, reserved=self._reserved(), short_only=True)
+                    budget.hold_ms = 0.0
+            for req in prefilling:
                 ext = self._prefill_chunk(req, budget)
                 if ext:
                     rows.append(Row(req, ext))
-                    budget -= ext
             rows += self._admit(budget, reserved=self._reserved())
             if rows or not any(r.todo > 0 for r in self.running):  # todo 0: done, awaiting finalize
                 return rows
@@ -151,18 +178,28 @@ class Scheduler:
             raise RuntimeError("KV pool cannot hold one more token for a lone request; raise max_total_tokens")
         return [Row(req, 1) for req in decoding]
 
-    def _prefill_chunk(self, req: Request, budget: int) -> int:
-        ext = min(req.todo, self.config.chunked_prefill_size, budget)
+    def _budget(self, decode_rows: list[Row]) -> StepBudget:
+        cfg = self.config
+        if cfg.max_step_ms is None or not decode_rows:
+            return StepBudget(cfg.max_prefill_tokens)
+        work = batch_work([(req.kv_len, 1, True) for req, _ in decode_rows])
+        return step_budget(cfg.max_prefill_tokens, cfg.max_step_ms, self.step_cost, work, cfg.chunked_prefill_size)
+
+    def _prefill_chunk(self, req: Request, budget: StepBudget) -> int:
+        want = min(req.todo, self.config.chunked_prefill_size)
+        ext = budget.grant(req.kv_len, want, samples=req.todo <= want, floor=True)
         if ext <= 0 or not self.kv.grow(req, ext):
             return 0
+        budget.take(req.kv_len, ext, samples=ext == req.todo, floor=True)
         return ext
 
     def _reserved(self) -> int:
         return int(sum(max(0, r.params.max_new_tokens - len(r.output_ids)) for r in self.running)
                    * DECODE_RESERVE_RATIO)
 
-    def _admit(self, budget: int, reserved: int) -> list[Row]:
-        if not self.waiting or budget <= 0:
+    def _admit(self, budget: StepBudget, reserved: int, short_only: bool = False) -> list[Row]:
+        """Admit waiting requests within `budget`; `short_only`: only those with at most one chunk to compute."""
+        if not self.waiting or budget.exhausted:
             return []
         cfg = self.config
         order = order_waiting(self.waiting, cfg.schedule_policy, self.step_count, cfg.aging_tokens_per_step,
@@ -171,7 +208,9 @@ class Scheduler:
         ps = self.kv.page_size
         prefilling = {self._prefill_key(r, r.kv_len // ps * ps, r.node) for r in self.running if r.todo > 1}
         for req in order:
-            if budget <= 0 or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
+            if budget.exhausted or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
+                break
+            if short_only and budget.time_left <= 0:
                 break
             if req.pending:
                 continue  # retracted with a sample still on the device: take it back first
@@ -181,7 +220,14 @@ class Scheduler:
             key = None if self.kv.tree.disable else self._prefill_key(req, cached, node)  # no tree: waiting gains nothing
             if key is not None and key in prefilling:
                 continue  # another request is computing the same tokens right now
-            ext = min(req.seq_len - cached, cfg.chunked_prefill_size, budget)
+            todo = req.seq_len - cached
+            if short_only and todo > cfg.chunked_prefill_size:
+                continue  # a long prompt: it waits for the pass after the running prefills
+            ext = budget.grant(cached, min(todo, cfg.chunked_prefill_size), samples=True, floor=not short_only)
+            if ext <= 0:
+                if short_only:
+                    continue  # NOTE: a shorter one may still fit
+                break
             need = -(-ext // self.kv.page_size) * self.kv.page_size
             future = int(max(0, req.params.max_new_tokens - len(req.output_ids)) * DECODE_RESERVE_RATIO)
             if self.running and need + reserved + future > self.kv.available_slots():
@@ -196,7 +242,7 @@ class Scheduler:
             req.state = State.RUNNING
             self.running.append(req)
             rows.append(Row(req, ext))
-            budget -= ext
+            budget.take(cached, ext, samples=ext == todo, floor=not short_only)
             reserved += future
             prefilling.add(key)
         return rows
