@@ -28,6 +28,8 @@ def worker_main(config, rank: int, size: int, local_rank: int, init_method: str)
     if torch.get_num_threads() > 1:  # NOTE: the ranks of a CPU group share the host's cores
         torch.set_num_threads(max(1, torch.get_num_threads() // size))
     run_worker(config, rank, size, local_rank, init_method)
+    logging.shutdown()
+    os._exit(0)  # NOTE: the group is gone and nothing is left to flush; skip the interpreter's slow teardown
 
 
 @torch.inference_mode()

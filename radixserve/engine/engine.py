@@ -99,8 +99,9 @@ class Engine:
             raise
         while not done.wait(0.5):
             if not self.loop.is_alive():
-                cause = f" ({self._fatal})" if self._fatal is not None else ""
-                raise EngineDeadError(f"the engine loop stopped{cause}; create a new Engine")
+                self._raise_if_fatal()
+                raise EngineDeadError("the engine loop stopped; create a new Engine")
+        self._raise_if_fatal()
         return [self._output(r) for g in groups for r in g]
 
     def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None):
@@ -164,6 +165,7 @@ class Engine:
                 ev = await q.get()
                 if ev.finished:
                     remaining -= 1
+                    self._raise_if_fatal()
                 yield ev
         finally:
             if remaining:
@@ -340,6 +342,11 @@ class Engine:
                              logprobs=list(r.logprobs) if r.params.logprobs is not None else None,
                              prompt_logprobs=list(r.prompt_logprobs) if r.params.prompt_logprobs_start is not None
                              else None, index=r.index, matched_stop=r.matched_stop)
+
+    def _raise_if_fatal(self) -> None:
+        """EngineDeadError when a step failed for good (the requests it ended were aborted by it)."""
+        if self._fatal is not None:
+            raise EngineDeadError(f"the engine stopped: {self._fatal}")
 
     def _on_loop_error(self, exc: BaseException) -> None:
         s = self.scheduler
