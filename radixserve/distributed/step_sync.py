@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import time
+
 import torch
 
 from radixserve.cache.req_table import ReqToTokenTable
@@ -23,7 +25,8 @@ from radixserve.runtime.prefix_groups import PrefixGroups
 from radixserve.runtime.transfer import to_device
 
 HEADER_LEN = 16
-OP_FORWARD, OP_STOP = 1, 2
+OP_FORWARD, OP_STOP, OP_PROBE = 1, 2, 3
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 class TableDelta(NamedTuple):
@@ -96,6 +99,12 @@ class StepSender:
     def stop(self) -> None:
         self._broadcast_header([OP_STOP])
 
+    def probe(self, spec: "ProbeSpec") -> float:
+        """Every rank runs `spec`'s collectives; -> seconds per step on rank 0 (benchmarks)."""
+        self._broadcast_header([OP_PROBE, spec.steps, spec.rows, spec.hidden, spec.reduces, spec.gather_cols,
+                                _DTYPE_CODES[spec.dtype]])
+        return run_probe(self.tp, self.device, spec)
+
     def _broadcast_header(self, values: list[int]) -> None:
         header = torch.zeros(HEADER_LEN, dtype=torch.int64)
         header[:len(values)] = torch.tensor(values, dtype=torch.int64)
@@ -110,9 +119,19 @@ class StepReceiver:
         self._header = torch.zeros(HEADER_LEN, dtype=torch.int64, device=device)
 
     def receive(self) -> ForwardBatch | None:
-        self.tp.broadcast(self._header)
+        """The next forward step's batch; None at stop (probes in between are run here)."""
+        while True:
+            self.tp.broadcast(self._header)
+            values = self._header.tolist()
+            if values[0] != OP_PROBE:
+                return self._batch(values)
+            steps, rows, hidden, reduces, gather_cols, code = values[1:7]
+            dtype = next(d for d, c in _DTYPE_CODES.items() if c == code)
+            run_probe(self.tp, self.device, ProbeSpec(steps, rows, hidden, reduces, gather_cols, dtype))
+
+    def _batch(self, header: list[int]) -> ForwardBatch | None:
         (op, t, b, n_logits, max_seq, max_ext, is_decode, has_groups, r, g, max_group, max_prefix,
-         d, *_) = self._header.tolist()
+         d, *_) = header
         if op == OP_STOP:
             return None
         if op != OP_FORWARD:
@@ -129,3 +148,36 @@ class StepReceiver:
             groups = PrefixGroups(*fields[8:13], max_group_size=max_group, max_prefix_len=max_prefix)
         return ForwardBatch(*fields[:8], max_seq_len=max_seq, max_extend_len=max_ext, is_decode=bool(is_decode),
                             prefix_groups=groups)
+
+
+class ProbeSpec(NamedTuple):
+    """The collectives of one decode step of `rows` tokens: `reduces` all-reduces of [rows, hidden]
+    (two per layer plus the embedding's) and one all-gather of [rows, gather_cols] logits."""
+
+    steps: int
+    rows: int
+    hidden: int
+    reduces: int
+    gather_cols: int
+    dtype: torch.dtype
+
+
+def run_probe(tp: TensorParallel, device: torch.device, spec: ProbeSpec) -> float:
+    """Run `spec.steps` steps' worth of collectives (after one warm-up step); seconds per step."""
+    x = torch.zeros((spec.rows, spec.hidden), dtype=spec.dtype, device=device)  # [rows, hidden]
+    logits = torch.zeros((spec.rows, spec.gather_cols), dtype=spec.dtype, device=device)  # [rows, V/tp]
+
+    def step() -> None:
+        for _ in range(spec.reduces):
+            tp.all_reduce(x)
+        tp.all_gather_last(logits)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(spec.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / max(1, spec.steps)
