@@ -81,6 +81,15 @@ class RankSet:
                 return
             self.dead = f"tensor-parallel rank {rank} (pid {proc.pid}) exited with code {code}"
         logger.error("%s; the engine stops", self.dead)
+        if dist.get_backend(self.tp.group) == "nccl":
+            # NOTE: an NCCL collective waiting for the dead rank would block until the group's
+            # timeout; aborting the communicators makes it fail now. (gloo fails by itself: the
+            # dead peer's sockets close.)
+            try:
+                from torch.distributed.distributed_c10d import _abort_process_group
+                _abort_process_group(self.tp.group)
+            except Exception:  # noqa: BLE001 - best effort; the timeout still ends the wait
+                logger.exception("could not abort the NCCL communicators")
 
     def check_alive(self) -> None:
         """RankDeadError when a rank has exited (checked before every step)."""
@@ -122,7 +131,10 @@ class RankSet:
             destroy_group(self.tp)
         elif dist.is_initialized():
             # NOTE: a group with a dead member cannot be torn down collectively; drop it locally.
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - already aborted
+                logger.warning("the tensor-parallel group could not be destroyed cleanly", exc_info=True)
 
 
 def start_ranks(config) -> tuple[RankSet, torch.device]:
