@@ -43,6 +43,17 @@ def test_head_split_refuses_uneven(heads, kv, tp, field):
         HeadSplit.of(heads, kv, _FakeGroupTP(0, tp))
 
 
+def test_engine_refuses_an_uneven_split_before_starting_ranks():
+    from radixserve import Engine
+
+    # the embedded SmolLM2-135M has 9 heads and 3 KV heads: tp=2 cannot split them
+    with pytest.raises(ValueError, match=r"num_attention_heads \(9\) is not divisible by tp=2; use tp in \[1, 3, 9\]"):
+        Engine(None, device="cpu", tp=2)
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(ValueError, match="tp must be >= 1"):
+        EngineConfig(tp=0)
+
+
 def test_take_rows_pads_the_last_shard():
     t = torch.arange(10.0).view(5, 2)
     assert torch.equal(take_rows(t, 0, 3, 3), torch.tensor([[6.0, 7.0], [8.0, 9.0], [0.0, 0.0]]))

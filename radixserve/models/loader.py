@@ -109,6 +109,19 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
     return LoadedModel(net, config, tok, _context_len(config), source, _short_name(model))
 
 
+def load_config(model: str | None) -> PretrainedConfig:
+    """The model's config alone (no weights), for checks before anything is built."""
+    if model is None or (model.endswith(".gguf") and os.path.isfile(model)):
+        path = embedded_model_path() if model is None else model
+        return gguf_file.gguf_config(gguf_file.open_gguf(path), path)
+    if model.startswith("dummy:"):
+        return dummy.dummy_config(model.removeprefix("dummy:"))
+    if os.path.isdir(model):
+        return _hf_config(model)
+    raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
+                     "directory, a .gguf file, dummy:<name>, or None for the embedded model")
+
+
 def _short_name(model: str | None) -> str:
     if model is None:
         return EMBEDDED_MODEL_NAME

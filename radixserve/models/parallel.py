@@ -63,6 +63,16 @@ class HeadSplit(NamedTuple):
         return HeadSplit(heads, kv, tp.rank * heads, tp.rank * total_kv_heads // tp.size)
 
 
+def check_split(config, tp_size: int) -> None:
+    """ValueError unless a model with this HF config splits over tp_size ranks (checked before
+    any rank starts)."""
+    for rank in (0, tp_size - 1):
+        view = TensorParallel(rank, tp_size, group=object() if tp_size > 1 else None)
+        heads = config.num_attention_heads
+        HeadSplit.of(heads, getattr(config, "num_key_value_heads", None) or heads, view)
+        split_evenly(config.intermediate_size, view, "intermediate_size")
+
+
 class ColumnParallelLinear(Linear):
     """y_local = x W_local^T: the output features are split across ranks; no communication.
 

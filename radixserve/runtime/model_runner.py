@@ -13,7 +13,8 @@ from radixserve.config import EngineConfig
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.distributed.step_sync import RecordingReqTable, StepSender
 from radixserve.models.layers import set_fused_ops
-from radixserve.models.loader import load_model
+from radixserve.models.loader import load_config, load_model
+from radixserve.models.parallel import check_split
 from radixserve.runtime.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ModelRunner:
         self.ranks = None  # RankSet: rank 0's handle on the other ranks
         if tp is None and config.tp > 1:
             from radixserve.distributed.launch import start_ranks
+            check_split(load_config(config.model), config.tp)  # before any rank starts
             self.ranks, device = start_ranks(config)
             tp = self.ranks.tp
         self.tp = tp or single_rank()
