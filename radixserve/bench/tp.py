@@ -87,6 +87,9 @@ def run(model: str, device: str, tp_sizes: list[int], out_dir: str, stem: str, *
     title = f"tensor parallelism: batch-1 decode, {model}, prompt {prompt_len}, output {output_len}"
     notes = ["Collectives are timed on their own, eagerly (two all-reduces per layer, the embedding's, the "
              "logits all-gather); inside a CUDA-graph step they overlap nothing but skip launch overhead."]
+    if all(r["device"] == "cpu" for r in rows):
+        notes.append("CPU: the ranks share the host's cores and gloo runs over loopback TCP, so this shows the "
+                     "mechanics, not a speed-up; the figures that matter come from several GPUs.")
     return report.write(out_dir, stem, title, [], extra={"tp_runs": rows, "settings": {
         "model": model, "device": device, "prompt_len": prompt_len, "output_len": output_len, "requests": requests,
         "probe_steps": probe_steps, "engine_options": engine_options}}, summary_lines=lines + [""] + notes)
