@@ -42,21 +42,36 @@ def _run(engine, prompts):
     return engine.generate(input_ids=prompts, sampling_params=GREEDY)
 
 
+def _shared_system(tok) -> list[list[int]]:
+    """Four questions after one 40+-token system prompt: their decode rows share it (cascade groups)."""
+    system = tok.encode("You are a careful assistant for a travel company. Answer briefly and truthfully. Our "
+                        "offices are in Lisbon, Oslo and Kyoto; we sell rail passes, ferry tickets and guided walking "
+                        "tours. Never invent prices.")
+    assert len(system) >= 40
+    return [system + tok.encode(q) for q in (" Rivers?", " Trains to Bergen?", " A haiku.", " Why blue?")]
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_tp2_greedy_tokens_match_tp1_with_radix_reuse_and_chunked_prefill(checkpoints, tok, kind):
-    prompts = _prompts(tok)
+    prompts, shared = _prompts(tok), _shared_system(tok)
     # second round: the first round's prompts and outputs continued, so each hits the tree
     with make_engine(model=checkpoints[kind], **CHUNKED) as ref:
         first = _run(ref, prompts)
         follow = [p + o.token_ids + tok.encode(" And then") for p, o in zip(prompts, first)]
         second = _run(ref, follow)
+        third = _run(ref, shared)
     with make_engine(model=checkpoints[kind], tp=2, **CHUNKED) as eng:
+        sent, send = [], eng.runner.sender.send
+        eng.runner.sender.send = lambda batch: (sent.append(batch.prefix_groups is not None), send(batch))[1]
         got_first = _run(eng, prompts)
         got_second = _run(eng, follow)
+        got_third = _run(eng, shared)
         stats = eng.stats()
         eng.check_integrity()
     assert [o.token_ids for o in got_first] == [o.token_ids for o in first]
     assert [o.token_ids for o in got_second] == [o.token_ids for o in second]
+    assert [o.token_ids for o in got_third] == [o.token_ids for o in third]
+    assert any(sent)  # decode batches with cascade prefix groups went to rank 1
     # radix reuse under TP: the follow-ups were served from the cached prefixes
     assert all(o.cached_tokens >= len(p) - 1 for o, p in zip(got_second, prompts))
     assert stats["cached_tokens"] > 0 and stats["kv_private_tokens"] == 0
