@@ -32,7 +32,11 @@ class EngineConfig:
     check_integrity: bool = False  # run the tree's integrity check every idle step (tests)
     grammar_compile_timeout_s: float = 30.0  # a structured-output request whose grammar compiles longer is refused
     grammar_compile_threads: int = 4  # threads compiling grammars (never the scheduler's)
-    jump_forward: bool = True  # structured output: append text the grammar forces without decoding it
+    # structured output: append text the grammar forces (6+ tokens) without decoding it. Off by default:
+    # a jump turns its row into an extend step, which takes the whole batch off the CUDA-graph decode
+    # path; it pays for long fixed keys at modest batch (1.9x end to end, H100) and costs at high
+    # batch on schemas with short forced runs (0.34x at batch 64-256): benchmarks/results/grammar_gpu_h100.md
+    jump_forward: bool = False
     # cascade attention: decode rows sharing a cached prefix of at least cascade_min_prefix_len tokens,
     # at least cascade_min_group_size of them, attend to it once for the whole group
     cascade_attention: bool = True

@@ -17,6 +17,7 @@ from engine_fixtures import make_engine, mixed_prompts
 from grammar_cases import ARITH_EBNF, CHOICES, REGEXES, SCHEMAS, arith_ok, json_prompt
 from radixserve import SamplingParams
 from radixserve.grammar import GrammarError
+import radixserve.scheduler.scheduler as scheduler_mod
 
 PERSON = SCHEMAS["flat_person"]
 LONG_KEYS = SCHEMAS["long_fixed_keys"]
@@ -24,7 +25,7 @@ LONG_KEYS = SCHEMAS["long_fixed_keys"]
 
 @pytest.fixture(scope="module")
 def engine():
-    e = make_engine(max_total_tokens=8192)
+    e = make_engine(max_total_tokens=8192, jump_forward=True)
     yield e
     e.shutdown()
 
@@ -84,14 +85,14 @@ def test_mixed_batch_matches_each_request_alone(engine, together):
 def test_synchronous_steps_give_the_same_outputs(together):
     """Overlap on (grammar rows finalize the previous step between forward and sampling) and off."""
     prompts, params, outs = together
-    e = make_engine(max_total_tokens=4096, overlap_schedule=False)
+    e = make_engine(max_total_tokens=4096, overlap_schedule=False, jump_forward=True)
     try:
         assert _tokens(e.generate(input_ids=prompts, sampling_params=params)) == _tokens(outs)
     finally:
         e.shutdown()
 
 
-def test_retraction_under_memory_pressure_gives_the_same_outputs(engine):
+def test_retraction_under_memory_pressure_gives_the_same_outputs(engine, monkeypatch):
     prompts, params = [], []
     for i in range(12):
         schema = PERSON if i % 2 else LONG_KEYS
@@ -105,7 +106,11 @@ def test_retraction_under_memory_pressure_gives_the_same_outputs(engine):
         _check_valid(p, o)
     need = sum(len(p) + len(o.token_ids) for p, o in zip(prompts, expected))
     lone = max(len(p) + len(o.token_ids) for p, o in zip(prompts, expected)) + 16
-    tight = make_engine(max_total_tokens=max(need // 4, lone), max_prefill_tokens=256, chunked_prefill_size=128)
+    # NOTE: admission reserves no decode room, so decode runs out of slots and must retract (with room
+    # reserved, these short outputs fit and nothing would be retracted).
+    monkeypatch.setattr(scheduler_mod, "DECODE_RESERVE_RATIO", 0.0)
+    tight = make_engine(max_total_tokens=max(need // 4, lone), max_prefill_tokens=256, chunked_prefill_size=128,
+                        jump_forward=True)
     try:
         # NOTE: compile both grammars first: requests whose grammar is ready at once are admitted in a
         # fixed order, so the run (and its retractions) does not depend on compile timing.
@@ -259,7 +264,7 @@ def test_a_compiling_grammar_waits_in_the_queue_without_blocking_others(engine, 
 
 
 def test_compile_timeout_is_a_value_error_and_the_engine_keeps_serving(monkeypatch):
-    e = make_engine(max_total_tokens=1024, grammar_compile_timeout_s=0.3)
+    e = make_engine(max_total_tokens=1024, grammar_compile_timeout_s=0.3, jump_forward=True)
     try:
         slow = _SlowCompiles(e, monkeypatch)
         prompt = e.apply_chat_template(json_prompt(PERSON))

@@ -202,7 +202,7 @@ def test_response_store_against_a_brute_force_lru():
     ({"include": ["reasoning.encrypted_content"]}, "include[0]"),
     ({"reasoning": {"effort": "high"}}, "reasoning"),
     ({"background": True}, "background"),
-    ({"tools": [{"type": "web_search"}]}, "tools"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"truncation": "auto"}, "truncation"),
     ({"input": []}, "input"),
     ({"text": {"format": {"type": "mystery"}}}, "text.format.type"),

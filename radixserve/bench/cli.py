@@ -99,14 +99,14 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     gr = kinds.add_parser("grammar", parents=[base], help="structured output: constrained vs unconstrained decode, "
                                                           "jump-forward, compile and mask time")
     gr.add_argument("--parts", dest="grammar_parts", default="micro,throughput,jump-forward",
-                    help="comma-separated: micro, throughput, jump-forward")
+                    help="comma-separated: micro, host, throughput, jump-forward")
     gr.add_argument("--batch-sizes", default="8,32", help="throughput batch sizes, comma-separated (GPU: 64,256)")
     gr.add_argument("--output-len", type=int, default=64, help="tokens per request in the throughput runs")
     gr.add_argument("--prompt-len", type=int, default=32)
     gr.add_argument("--jf-batch", type=int, default=16, help="requests in the jump-forward runs")
     gr.add_argument("--jf-max-new-tokens", type=int, default=256)
     gr.add_argument("--micro-repeats", type=int, default=3, help="compiles per schema")
-    gr.add_argument("--micro-steps", type=int, default=64, help="random-walk tokens per schema")
+    gr.add_argument("--micro-steps", type=int, default=64, help="random-walk tokens per schema (micro), steps (host)")
     cpu = kinds.add_parser("cpu", parents=[base], help="the CPU runtime vs transformers on one shared-prefix batch, "
                            "with the decode step time, repeated")
     cpu.add_argument("--prompts", type=int, default=16, help="requests, all in one batch")
@@ -191,9 +191,9 @@ def run_bench(args) -> int:
         from radixserve.bench import grammar
 
         parts = {p for p in args.grammar_parts.split(",") if p}
-        unknown = parts - {"micro", "throughput", "jump-forward"}
+        unknown = parts - {"micro", "host", "throughput", "jump-forward"}
         if unknown:
-            raise ValueError(f"unknown --parts {sorted(unknown)}; choose from micro, throughput, jump-forward")
+            raise ValueError(f"unknown --parts {sorted(unknown)}; choose from micro, host, throughput, jump-forward")
         sizes = [int(x) for x in args.batch_sizes.split(",") if x]
         grammar.run(spec, out, args.stem or "grammar", parts, sizes, args.output_len, args.prompt_len, args.jf_batch,
                     args.jf_max_new_tokens, args.micro_repeats, args.micro_steps, seed)

@@ -9,6 +9,10 @@ Parts (`--parts`):
   (what hiding the host work behind the forward is worth).
 - jump-forward: LONG_KEYS (long fixed keys, bounded values, so even random weights finish) on B
   requests, jump-forward on vs off: decode steps and end-to-end time.
+- host (no model forward): the scheduler thread's grammar work per step on B rows walking RECORDS,
+  the earlier way (one accept call per row, a tokenizer call per jump-forward check) against the
+  current one (one batched accept, remembered tokenisations), both on the same states in one run;
+  and the per-request schema check, first and remembered.
 - micro (no model forward): compile time of each schema of SCHEMAS with the cache off, and the
   per-token mask time along a random walk through each grammar, median and p99.
 """
@@ -193,6 +197,65 @@ def micro(tokenizer, vocab_size: int, stop_ids: list[int], repeats: int, steps: 
             "batch_mask_ms_per_step": percentiles(batch_ms, (50, 90, 99))}
 
 
+def host(engine, batch_sizes: list[int], steps: int, seed: int) -> list[dict]:
+    """Per batch size: milliseconds per step of each piece of grammar host work (median over steps)."""
+    import xgrammar as xgr
+
+    from radixserve.grammar.spec import GrammarSpec
+    from radixserve.sampling.bitmask import unpack_bitmask
+
+    backend = engine.grammar
+    spec = GrammarSpec("json_schema", "json_schema", json.dumps(RECORDS))
+    backend._validated.clear()
+    t0 = time.perf_counter()
+    backend.validate(spec)
+    check_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    backend.validate(spec)
+    check_again = time.perf_counter() - t0
+    compiled = backend.compiler(json_only=True).compile_json_schema(spec.source, any_whitespace=False)
+    batch, stop, rng = backend.batch_matcher(), set(engine.eos_ids), random.Random(seed)
+    out = []
+    for b in batch_sizes:
+        ms = [xgr.GrammarMatcher(compiled) for _ in range(b)]
+        mask = xgr.allocate_token_bitmask(b, engine.vocab_size)
+        t = {k: [] for k in ("mask_fill", "accept_per_row", "accept_batched", "jump_check_tokenizer",
+                             "jump_check_remembered")}
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch.batch_fill_next_token_bitmask(ms, mask)
+            t["mask_fill"].append(time.perf_counter() - t0)
+            allowed = unpack_bitmask(mask, engine.vocab_size)
+            toks = [rng.choice([x for x in allowed[i].nonzero().flatten().tolist() if x not in stop] or [0])
+                    for i in range(b)]
+            forks = [m.fork() for m in ms]
+            t0 = time.perf_counter()
+            for m, x in zip(forks, toks):
+                m.accept_token(x)
+            t["accept_per_row"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            batch.batch_accept_token(ms, toks)
+            t["accept_batched"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for m in ms:
+                text = m.find_jump_forward_string()
+                if text:
+                    backend.encode(text)
+            t["jump_check_tokenizer"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for m in ms:
+                text = m.find_jump_forward_string()
+                if text:
+                    backend.encode_forced(text)
+            t["jump_check_remembered"].append(time.perf_counter() - t0)
+        row = {"batch": b, "steps": steps} | {f"{k}_ms": 1e3 * statistics.median(v) for k, v in t.items()}
+        row["schema_check_first_ms"] = 1e3 * check_first
+        row["schema_check_remembered_ms"] = 1e3 * check_again
+        out.append(row)
+        logger.info("host work, batch %d: %s", b, row)
+    return out
+
+
 def run(spec, out_dir: str, stem: str, parts: set[str], batch_sizes: list[int], output_len: int, prompt_len: int,
         jf_batch: int, jf_max_new_tokens: int, repeats: int, steps: int, seed: int) -> dict:
     engine = spec.build()
@@ -213,6 +276,19 @@ def run(spec, out_dir: str, stem: str, parts: set[str], batch_sizes: list[int], 
                       f"**{m['mask_us_per_token']['p50']:.1f} us**, p99 **{m['mask_us_per_token']['p99']:.1f} us** "
                       f"(max {m['mask_us_max']:.0f} us); a batch of {m['batch_rows']} grammar rows: median "
                       f"{m['batch_mask_ms_per_step']['p50']:.2f} ms per step"]
+        if "host" in parts:
+            rows = host(engine, batch_sizes, steps, seed)
+            extra["host"] = rows
+            lines += ["", _table(rows, ("batch", "mask_fill_ms", "accept_per_row_ms", "accept_batched_ms",
+                                        "jump_check_tokenizer_ms", "jump_check_remembered_ms",
+                                        "schema_check_first_ms", "schema_check_remembered_ms")), ""]
+            for r in rows:
+                old = r["accept_per_row_ms"] + r["jump_check_tokenizer_ms"]
+                new = r["accept_batched_ms"] + r["jump_check_remembered_ms"]
+                lines.append(f"- batch {r['batch']}: accept + jump-forward check per step {old:.2f} ms (one call per "
+                             f"row, tokenizer each time) -> **{new:.2f} ms** (batched, remembered); "
+                             f"schema check per request {r['schema_check_first_ms']:.1f} ms -> "
+                             f"{r['schema_check_remembered_ms'] * 1e3:.0f} us")
         if "throughput" in parts:
             runs = throughput(engine, batch_sizes, output_len, prompt_len, seed)
             extra["throughput"] = runs

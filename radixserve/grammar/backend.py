@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
@@ -20,6 +21,14 @@ from radixserve.grammar.spec import GrammarSpec
 # would rather pretty-print its JSON is held to one line.
 JSON_ANY_WHITESPACE = False
 _XGR_PREFIX = re.compile(r"^\[[\d:.]+\] \S+:\d+: ")
+# NOTE: checking a JSON schema against its meta-schema costs milliseconds (tens on a slow core) on the
+# caller's thread, holding the GIL the scheduler thread needs; structured-output traffic repeats a
+# few schemas, so sources that passed are remembered (by kind and exact text) and pass at once.
+VALIDATED_CACHE_SIZE = 1024
+# NOTE: jump-forward tokenises the text a grammar forces (mostly the same few keys and separators) on
+# the scheduler thread, once per constrained row and step: a tokenizer call costs tens of
+# microseconds, a dictionary hit well under one.
+FORCED_TEXT_CACHE_SIZE = 4096
 
 
 def _xgrammar():
@@ -79,10 +88,25 @@ class GrammarBackend:
         self._compilers: dict[bool, object] = {}
         self._batch_matcher = None
         self._closed = False
+        self._validated: OrderedDict[tuple[str, str], None] = OrderedDict()  # LRU of sources that passed
+        self._forced: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # LRU of encode_forced; loop thread only
 
     # ---- checks (synchronous, cheap: no token-level compilation) ----------------------------------
     def validate(self, spec: GrammarSpec) -> None:
-        """Raise GrammarError (a ValueError) if the source is not a grammar we can enforce."""
+        """Raise GrammarError (a ValueError) if the source is not a grammar we can enforce. A source
+        that passed before passes at once (the check depends on the source text only)."""
+        key = (spec.kind, spec.source)
+        with self._lock:
+            if key in self._validated:
+                self._validated.move_to_end(key)
+                return
+        self._check(spec)
+        with self._lock:
+            self._validated[key] = None
+            while len(self._validated) > VALIDATED_CACHE_SIZE:
+                self._validated.popitem(last=False)
+
+    def _check(self, spec: GrammarSpec) -> None:
         xgr = _xgrammar()
         try:
             if spec.kind == "json_schema":
@@ -172,6 +196,17 @@ class GrammarBackend:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_forced(self, text: str) -> tuple[int, ...]:
+        """encode(text), remembered (jump-forward text repeats); loop thread only."""
+        ids = self._forced.get(text)
+        if ids is None:
+            ids = self._forced[text] = tuple(self.encode(text))
+            while len(self._forced) > FORCED_TEXT_CACHE_SIZE:
+                self._forced.popitem(last=False)
+        else:
+            self._forced.move_to_end(text)
+        return ids
 
     def shutdown(self) -> None:
         with self._lock:

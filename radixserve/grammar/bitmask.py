@@ -25,7 +25,10 @@ def batch_bitmask(grammars: Sequence[RequestGrammar | None], backend: GrammarBac
     pinned = device.type == "cuda"
     # NOTE: pinned blocks come from torch's caching host allocator, which reuses a block only after
     # the copy that reads it has run, so the next step cannot overwrite a mask still in flight.
-    mask = torch.full(shape, -1, dtype=torch.int32, pin_memory=pinned)  # -1: all 32 bits set
+    mask = torch.empty(shape, dtype=torch.int32, pin_memory=pinned)
+    if len(rows) < len(grammars):  # NOTE: the matcher writes every word of its rows; only the others need filling
+        free = [i for i, g in enumerate(grammars) if g is None]
+        mask[free] = -1  # -1: all 32 bits set
     t0 = time.perf_counter()
     backend.batch_matcher().batch_fill_next_token_bitmask([grammars[i].matcher for i in rows], mask, rows)
     stats = backend.stats

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import Callable
+from typing import Callable, Sequence
 
 from radixserve.grammar.spec import GrammarSpec
+
+# NOTE: a jump makes its request an extend row in the next step, and a step with any extend row runs
+# without the decode CUDA graph (eagerly: several decode steps' time on a GPU, for the whole batch).
+# A jump saves (forced tokens - 1) decode steps of its own request only, so only long forced runs
+# (long fixed keys) pay; short ones (`", "` between values) are decoded under the mask like any
+# token. The rule looks at the request alone, never at its batch, so outputs do not depend on
+# what else runs.
+JUMP_FORWARD_MIN_TOKENS = 6
 
 
 class RequestGrammar:
@@ -44,22 +52,38 @@ class RequestGrammar:
         self.accepted += ok
         return ok
 
-    def jump_forward(self, encode: Callable[[str], list[int]], limit: int) -> list[int]:
-        """Tokens of the text the grammar forces next (at most `limit`), already accepted.
+    def jump_forward(self, encode: Callable[[str], Sequence[int]], limit: int,
+                     min_tokens: int = JUMP_FORWARD_MIN_TOKENS) -> list[int]:
+        """Tokens of the text the grammar forces next (at most `limit`), already accepted; none when
+        the forced text is shorter than `min_tokens` tokens (then it is decoded under the mask).
 
         The forced text is tokenised on its own and fed token by token; if the tokenizer's split is
         not accepted somewhere (e.g. it merges across the forced text's end), the jump stops there.
         Tokens already sampled are never rewritten: they have been streamed.
         """
-        if limit <= 0 or self.finished:
+        if limit <= 0 or limit < min_tokens or self.finished:
             return []
         text = self.matcher.find_jump_forward_string()
         if not text:
             return []
+        forced = encode(text)
+        if len(forced) < min_tokens:
+            return []
         out: list[int] = []
-        for tok in encode(text)[:limit]:
+        for tok in forced[:limit]:
             if not self.matcher.accept_token(tok):
                 break
             out.append(tok)
         self.accepted += len(out)
         return out
+
+
+def accept_batch(grammars: Sequence[RequestGrammar], tokens: Sequence[int], batch_matcher) -> list[bool]:
+    """Advance each grammar by its sampled token in one call (xgrammar's BatchGrammarMatcher, in C++,
+    instead of one Python call per row); ok[i] is False where grammars[i] does not admit tokens[i]."""
+    if not grammars:
+        return []
+    ok = batch_matcher.batch_accept_token([g.matcher for g in grammars], list(tokens))
+    for g, accepted in zip(grammars, ok):
+        g.accepted += bool(accepted)
+    return [bool(a) for a in ok]

@@ -167,28 +167,44 @@ class ResultProcessor:
         if result.logprobs is not None:
             ks = [r.params.logprobs or 0 for r in reqs]
             lps = to_token_logprobs(result.token_ids, result.logprobs, result.top_ids, result.top_logprobs, ks)
+        constrained: list[tuple[Request, int]] = []
         for i, (req, tok) in enumerate(zip(reqs, tokens)):
             req.pending -= 1
             if req.state is State.FINISHED:
                 continue  # computed one step ahead; the request had already stopped
             new_lp = [lps[i]] if lps is not None and req.params.logprobs is not None else []
-            if self._append(req, tok, new_lp) or (req.grammar is not None and self._advance_grammar(req, tok)):
+            if self._append(req, tok, new_lp):
+                finished.append(req)
+            elif req.grammar is not None:
+                constrained.append((req, tok))
+        if constrained:
+            finished += self._advance_grammars(constrained)
+        return finished
+
+    def _advance_grammars(self, rows: list[tuple[Request, int]]) -> list[Request]:
+        """Feed each row's sampled token to its grammar (one batched call), then append what the
+        grammar forces next (jump-forward). Returns the requests that finished."""
+        from radixserve.grammar.matcher import accept_batch
+
+        ok = accept_batch([req.grammar for req, _ in rows], [tok for _, tok in rows], self.grammar.batch_matcher())
+        finished = []
+        for (req, token), accepted in zip(rows, ok):
+            if not accepted:  # the mask admitted it, so this is a bug; stop this request only
+                logger.error("%s: token %d is outside its grammar (%s); aborting the request", req.rid, token,
+                             req.grammar.spec.field)
+                req.finish_reason = "abort"
+                finished.append(req)
+            elif self._jump_forward(req):
                 finished.append(req)
         return finished
 
-    def _advance_grammar(self, req: Request, token: int) -> bool:
-        """Feed a sampled token to the request's grammar, then append what the grammar forces next
-        (jump-forward). True when the request finished."""
-        g = req.grammar
-        if not g.accept(token):  # the mask admitted it, so this is a bug; stop this request only
-            logger.error("%s: token %d is outside its grammar (%s); aborting the request", req.rid, token,
-                         g.spec.field)
-            req.finish_reason = "abort"
-            return True
+    def _jump_forward(self, req: Request) -> bool:
+        """Append the text the request's grammar forces next, if long enough to pay (see
+        JUMP_FORWARD_MIN_TOKENS). True when the request finished."""
         # NOTE: a request that wants logprobs gets them for every token, so it decodes every token.
         if not self.jump_forward or req.params.logprobs is not None:
             return False
-        forced = g.jump_forward(self.grammar.encode, req.params.max_new_tokens - len(req.output_ids))
+        forced = req.grammar.jump_forward(self.grammar.encode_forced, req.params.max_new_tokens - len(req.output_ids))
         if forced:
             self.grammar.stats.jump_forwards += 1
             self.grammar.stats.jump_forward_tokens += len(forced)

@@ -54,10 +54,6 @@ def _false(value: Any) -> bool:
     return value is None or value is False
 
 
-def _no_tool_choice(value: Any) -> bool:
-    return value is None or value in ("auto", "none")
-
-
 # field -> (is the value harmless?, why a non-harmless value is refused)
 REFUSED: dict[str, tuple[Any, str]] = {
     "prediction": (_empty_prediction, "predicted outputs (speculative decoding against a given text) are not "
@@ -83,8 +79,6 @@ REFUSED: dict[str, tuple[Any, str]] = {
 # Refused on /v1/responses only (the chat route honours its own fields of these names).
 RESPONSES_REFUSED: dict[str, tuple[Any, str]] = {
     "prompt": (_empty, "stored prompt templates are not supported; send instructions and input"),
-    "tools": (_empty, "tools on /v1/responses are not supported yet; use /v1/chat/completions for tool calls"),
-    "tool_choice": (_no_tool_choice, "there are no tools to choose on /v1/responses"),
 }
 
 

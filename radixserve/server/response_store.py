@@ -3,8 +3,8 @@
 A stored response keeps its conversation as TOKEN IDS (its prompt followed by its output, exactly
 as the model saw them), so a follow-up continues from those tokens: the radix tree still holds
 their KV, and the follow-up's prompt is a cache hit for all of them. It also keeps the
-conversation as messages (to re-render when a follow-up changes the instructions) and the
-response object.
+conversation as messages (to re-render when a follow-up changes the instructions or the tools)
+and the response object.
 
 Storage is in memory, bounded by a count and a total of tokens, least recently used first out
 (a follow-up or a GET counts as a use). A server restart forgets everything.
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 class StoredResponse:
     id: str
     tokens: array  # 'l' array: prompt + output token ids of this turn, the whole conversation so far
-    messages: tuple[dict, ...]  # the conversation as chat messages, without the instructions
-    instructions: str | None  # the system message the tokens were rendered with
+    messages: tuple[dict, ...]  # the conversation as chat messages (with tool calls), without the instructions
+    head: str | None  # the key of the instructions and tools the tokens were rendered with (conversation.py)
     cache_salt: str | None  # the prefix-cache namespace of the conversation
     body: dict  # the response object as returned
 

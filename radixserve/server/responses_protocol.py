@@ -1,4 +1,8 @@
-"""Request body of POST /v1/responses (the OpenAI Responses API, text in and text out)."""
+"""Request body of POST /v1/responses (the OpenAI Responses API: text, structured output and
+function calling).
+
+`input` items and `tools` are validated one by one in responses_input.py, so that an error names
+the item (`input[2].call_id`, `tools[0].type`) rather than the whole union."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -40,6 +44,47 @@ class InputMessage(_Strict):
         return "".join(part.text for part in self.content)
 
 
+class FunctionCallItem(_Strict):
+    """A call the model made, sent back as input (alone or as part of a returned output)."""
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str  # a JSON object, as a string
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputItem(_Strict):
+    """The result of a call, for the model to read."""
+
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[InputText]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.output, str):
+            return self.output
+        return "".join(part.text for part in self.output)
+
+
+class FunctionTool(_Strict):
+    """A function tool, flat as the Responses API spells it (chat nests it under `function`)."""
+
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
+    strict: bool | None = None  # arguments always follow `parameters` here (constrained decoding)
+
+
+class ToolChoiceFunction(_Strict):
+    type: Literal["function"]
+    name: str
+
+
 class TextFormatText(_Strict):
     type: Literal["text"]
 
@@ -70,7 +115,7 @@ class ResponsesRequest(_IgnoredFields):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
     model: str | None = None
-    input: str | list[InputMessage]
+    input: str | list[dict[str, Any]]  # messages and function_call / function_call_output items
     instructions: str | None = None
     previous_response_id: str | None = None
     max_output_tokens: int | None = None
@@ -82,8 +127,8 @@ class ResponsesRequest(_IgnoredFields):
     stream_options: StreamOptions | None = None
     store: bool | None = None  # honoured: False = not kept for previous_response_id or GET
     text: TextConfig | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[Any] | None = None  # FunctionTool each; other types are refused by name
+    tool_choice: Any = None  # "none" | "auto" | "required" | ToolChoiceFunction
     parallel_tool_calls: bool | None = None
     max_tool_calls: int | None = None
     truncation: Literal["auto", "disabled"] | None = None

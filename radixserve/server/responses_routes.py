@@ -1,4 +1,4 @@
-"""The OpenAI Responses API for text: POST /v1/responses, GET and DELETE /v1/responses/{id}.
+"""The OpenAI Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id}.
 
 A turn's prompt is its instructions (as the system message) and input messages through the chat
 template; with `previous_response_id` it is the previous turn's stored tokens followed by the new
@@ -7,6 +7,12 @@ Streams emit the events the openai SDK accumulates: response.created, response.i
 response.output_item.added, response.content_part.added, response.output_text.delta...,
 response.output_text.done, response.content_part.done, response.output_item.done, and
 response.completed (or response.incomplete when max_output_tokens ended the answer).
+
+Function tools go through the machinery of /v1/chat/completions (tools.py, tool_stream.py): the
+same prompt, the same constraints for a required or named tool_choice, the same reading of calls
+out of the text; calls come out as `function_call` items (responses_output.py), streamed with
+response.function_call_arguments.delta / .done, and come back as `function_call_output` input
+items (responses_input.py), on a follow-up that continues from the stored tokens.
 """
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ from starlette.responses import Response
 
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling_params import SamplingParams
-from radixserve.server import conversation, openai_fields, params, responses, structured
+from radixserve.server import conversation, openai_fields, params, responses, responses_input, structured
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError, parse_body
 from radixserve.server.metrics import RequestClock
 from radixserve.server.response_store import ResponseStore, StoredResponse
+from radixserve.server.responses_output import Event, OutputItems
 from radixserve.server.responses_protocol import ResponsesRequest
+from radixserve.server.tool_stream import Piece, ToolReader
+from radixserve.server.tools import ToolPlan
 
 router = APIRouter()
 
@@ -45,8 +54,9 @@ async def create_response(request: Request) -> Response:
     if req.text is not None:
         openai_fields.refuse(req.text, "text.")
     want_logprobs = _check_include(req)
-    constraint = _text_format(req)
-    turn = _turn_prompt(st.engine, st.responses, req)
+    plan = responses_input.tool_plan(req, st.tools_native)
+    constraint = _constraint(req, plan, want_logprobs)
+    turn = _turn_prompt(st.engine, st.responses, req, plan)
     sp = _sampling(req, len(turn.ids), st.engine.max_context_len, want_logprobs, constraint)
 
     def param_of(message: str) -> str | None:
@@ -54,14 +64,14 @@ async def create_response(request: Request) -> Response:
 
     params.check_requests(st.engine, [turn.ids], sp, prompt_param="input", max_tokens_param="max_output_tokens",
                           param_of=param_of)
-    turn_ctx = _Turn(req, turn, sp, st.model_name, st.engine.tokenizer, want_logprobs)
+    turn_ctx = _Turn(req, turn, sp, st.model_name, st.engine.tokenizer, want_logprobs, plan)
     clock = st.metrics.clock()
     if req.stream:
         stream, ids = await stream_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt, param_of)
         return sse_response(request, _events(stream, turn_ctx, st.responses, clock), ids)
     out = (await generate_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt, clock, param_of))[0][0]
-    body = turn_ctx.finish(out.token_ids, out.text, out.logprobs, out.finish_reason, out.prompt_tokens,
-                           out.cached_tokens, st.responses)
+    turn_ctx.add(out.text, out.logprobs)
+    body = turn_ctx.finish(out.token_ids, out.finish_reason, out.prompt_tokens, out.cached_tokens, st.responses)
     return JSONResponse(body)
 
 
@@ -100,20 +110,25 @@ def _check_include(req: ResponsesRequest) -> bool:
     return LOGPROBS_INCLUDE in (req.include or [])
 
 
-def _messages(req: ResponsesRequest) -> list[dict]:
-    if isinstance(req.input, str):
-        return [{"role": "user", "content": req.input}]
-    if not req.input and req.previous_response_id is None:
-        raise APIError(400, "input must contain at least one message.", param="input")
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.input]
-
-
-def _turn_prompt(engine: Any, store: ResponseStore, req: ResponsesRequest) -> conversation.TurnPrompt:
-    messages = _messages(req)
+def _turn_prompt(engine: Any, store: ResponseStore, req: ResponsesRequest, plan: ToolPlan) -> conversation.TurnPrompt:
+    rendering = conversation.Rendering(req.instructions, plan)
     if req.previous_response_id is None:
-        return conversation.first_turn(engine, req.instructions, messages)
+        return conversation.first_turn(engine, rendering, responses_input.messages(req, ()))
     prev = _stored(store, req.previous_response_id, "previous_response_id", (req.cache_salt,))
-    return conversation.follow_up(engine, prev, req.instructions, messages)
+    return conversation.follow_up(engine, prev, rendering, responses_input.messages(req, prev.messages))
+
+
+def _constraint(req: ResponsesRequest, plan: ToolPlan, want_logprobs: bool) -> structured.Constraint | None:
+    """text.format's constraint, or the one a required or named tool_choice puts on the answer."""
+    text = _text_format(req)
+    if plan.parses and text is not None:
+        raise APIError(400, "'text.format' cannot be combined with tools unless tool_choice is 'none': "
+                       "constraining the answer's text would leave no way to call a tool.", param="text.format")
+    if plan.parses and want_logprobs:
+        raise APIError(400, f"include {LOGPROBS_INCLUDE!r} is not available with tools (unless tool_choice is "
+                       "'none'): the answer's tokens are split between text and function calls.", param="include",
+                       code="unsupported_parameter")
+    return text if text is not None else responses_input.tool_constraint(plan)
 
 
 def _text_format(req: ResponsesRequest) -> structured.Constraint | None:
@@ -145,16 +160,19 @@ def _sampling(req: ResponsesRequest, prompt_len: int, max_context_len: int, want
 
 
 class _Turn:
-    """One response being made: its ids, the response object in each state, and storing it."""
+    """One response being made: its ids, its output items as the answer arrives, the response
+    object in each state, and storing it."""
 
     def __init__(self, req: ResponsesRequest, turn: conversation.TurnPrompt, sp: SamplingParams, model: str,
-                 tokenizer: Any, want_logprobs: bool) -> None:
-        self.req, self.turn, self.sp, self.model = req, turn, sp, model
+                 tokenizer: Any, want_logprobs: bool, plan: ToolPlan) -> None:
+        self.req, self.turn, self.sp, self.model, self.plan = req, turn, sp, model, plan
         self.texts = responses.TokenTexts(tokenizer)
         self.want_logprobs = want_logprobs
         self.id = f"resp_{uuid.uuid4().hex}"
-        self.message_id = f"msg_{uuid.uuid4().hex}"
         self.created = int(time.time())
+        self.reader = ToolReader(plan) if plan.parses else None
+        self.output = OutputItems(eager_message=self.reader is None)
+        self.closing: list[Event] = []  # the events that close the output, once `finish` ran
 
     def body(self, status: str, output: list[dict], usage: dict | None, incomplete: str | None = None) -> dict:
         req = self.req
@@ -165,22 +183,23 @@ class _Turn:
             "incomplete_details": {"reason": incomplete} if incomplete else None,
             "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
             "max_tool_calls": req.max_tool_calls, "metadata": req.metadata or {}, "model": self.model,
-            "output": output, "parallel_tool_calls": req.parallel_tool_calls is not False,
+            "output": output, "parallel_tool_calls": self.plan.parallel,
             "previous_response_id": req.previous_response_id, "reasoning": {"effort": None, "summary": None},
             "service_tier": "default", "store": req.store is not False,
             "temperature": self.sp.temperature, "text": self.text_config(),
-            "tool_choice": "auto", "tools": [], "top_logprobs": req.top_logprobs or 0, "top_p": self.sp.top_p,
+            "tool_choice": self.tool_choice(), "tools": responses_input.tool_dicts(req),
+            "top_logprobs": req.top_logprobs or 0, "top_p": self.sp.top_p,
             "truncation": "disabled", "usage": usage, "user": req.user,
         }
+
+    def tool_choice(self) -> str | dict:
+        if self.plan.mode == "named":
+            return {"type": "function", "name": self.plan.named}
+        return self.req.tool_choice if isinstance(self.req.tool_choice, str) else "auto"
 
     def text_config(self) -> dict:
         fmt = self.req.text.format if self.req.text is not None else None
         return {"format": {"type": "text"} if fmt is None else fmt.model_dump(by_alias=True, exclude_none=True)}
-
-    def message(self, text: str, status: str, lps: list[TokenLogprob] | None) -> dict:
-        part = {"type": "output_text", "text": text, "annotations": [],
-                "logprobs": self.output_logprobs(lps) if self.want_logprobs else []}
-        return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": [part]}
 
     def output_logprobs(self, lps: list[TokenLogprob] | None) -> list[dict]:
         def entry(token_id: int, logprob: float) -> dict:
@@ -189,22 +208,42 @@ class _Turn:
         return [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, v) for i, v in lp.top]}
                 for lp in lps or []]
 
-    def finish(self, token_ids: list[int], text: str, lps: list[TokenLogprob] | None, finish_reason: str | None,
-               prompt_tokens: int, cached_tokens: int, store: ResponseStore) -> dict:
-        """The final response object; stored (unless store=false) for follow-ups and GET."""
+    def add(self, text: str, lps: list[TokenLogprob] | None, final: bool = True) -> list[Event]:
+        """Generated text (and its tokens' logprobs): the events it makes. `final` = the answer ended."""
+        if self.reader is None:
+            if not (text or (self.want_logprobs and lps)):
+                return []
+            entries = self.output_logprobs(lps) if self.want_logprobs else []
+            delta_lps = [{k: v for k, v in e.items() if k != "bytes"} | {
+                "top_logprobs": [{"token": x["token"], "logprob": x["logprob"]} for x in e["top_logprobs"]]}
+                for e in entries]
+            return self.output.text(text, entries, delta_lps)
+        pieces: list[Piece] = self.reader.feed(text) + (self.reader.finish() if final else [])
+        return [e for p in pieces for e in self.output.piece(p)]
+
+    def finish(self, token_ids: list[int], finish_reason: str | None, prompt_tokens: int, cached_tokens: int,
+               store: ResponseStore) -> dict:
+        """The final response object (after the last `add`); stored (unless store=false) for
+        follow-ups and GET."""
         incomplete = "max_output_tokens" if finish_reason == "length" else None
         status = "incomplete" if incomplete else "completed"
+        # NOTE: only a named tool_choice streams a call's arguments before they are whole
+        self.closing = self.output.finish(status, status if self.plan.mode == "named" else "completed")
         usage = {"input_tokens": prompt_tokens,
                  "input_tokens_details": {"cached_tokens": cached_tokens,
                                           "cache_write_tokens": prompt_tokens - cached_tokens},
                  "output_tokens": len(token_ids), "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": prompt_tokens + len(token_ids)}
-        body = self.body(status, [self.message(text, status, lps)], usage, incomplete)
+        body = self.body(status, self.output.items, usage, incomplete)
         if self.req.store is not False and finish_reason in ("stop", "length"):
+            answer = self.output.as_message()
+            message: dict = {"role": "assistant", "content": answer.content}
+            if answer.tool_calls:
+                message["tool_calls"] = answer.tool_calls
             store.put(StoredResponse(
                 id=self.id, tokens=array("l", self.turn.ids + list(token_ids)),
-                messages=tuple(self.turn.messages + [{"role": "assistant", "content": text}]),
-                instructions=self.req.instructions, cache_salt=self.req.cache_salt, body=body))
+                messages=tuple(self.turn.messages + [message]), head=self.turn.head,
+                cache_salt=self.req.cache_salt, body=body))
         return body
 
 
@@ -217,32 +256,22 @@ async def _events(stream: AsyncIterator, t: _Turn, store: ResponseStore, clock: 
         seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    at = {"item_id": t.message_id, "output_index": 0, "content_index": 0}
     yield event("response.created", response=t.body("in_progress", [], None))
     yield event("response.in_progress", response=t.body("in_progress", [], None))
-    yield event("response.output_item.added", output_index=0,
-                item={**t.message("", "in_progress", None), "content": []})
-    yield event("response.content_part.added", **at, part={"type": "output_text", "text": "", "annotations": [],
-                                                            "logprobs": []})
-    text, ids, lps = "", [], []
+    for kind, fields in t.output.start():
+        yield event(kind, **fields)
+    ids: list[int] = []
     finish, prompt_tokens, cached = None, 0, 0
     async for _, d in stream:
         clock.tokens(0, len(d.token_ids))
         prompt_tokens, cached = d.prompt_tokens, d.cached_tokens
         ids += d.token_ids
-        lps += d.logprobs or []
-        text += d.text
-        if d.text or (t.want_logprobs and d.logprobs):
-            delta_lps = [{k: v for k, v in e.items() if k != "bytes"} | {
-                "top_logprobs": [{"token": x["token"], "logprob": x["logprob"]} for x in e["top_logprobs"]]}
-                for e in t.output_logprobs(d.logprobs)] if t.want_logprobs else []
-            yield event("response.output_text.delta", **at, delta=d.text, logprobs=delta_lps)
+        for kind, fields in t.add(d.text, d.logprobs, final=d.finish_reason is not None):
+            yield event(kind, **fields)
         if d.finish_reason is not None:
             finish = d.finish_reason
     clock.done()
-    body = t.finish(ids, text, lps if t.want_logprobs else None, finish, prompt_tokens, cached, store)
-    item = body["output"][0]
-    yield event("response.output_text.done", **at, text=text, logprobs=item["content"][0]["logprobs"])
-    yield event("response.content_part.done", **at, part=item["content"][0])
-    yield event("response.output_item.done", output_index=0, item=item)
+    body = t.finish(ids, finish, prompt_tokens, cached, store)
+    for kind, fields in t.closing:
+        yield event(kind, **fields)
     yield event("response.incomplete" if body["status"] == "incomplete" else "response.completed", response=body)

@@ -29,6 +29,7 @@ from radixserve.server.structured import Constraint
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PROBE_NAME = "rs_probe_tool_0f3a"
+ONE_CALL = "Call at most one function."
 
 
 class ToolPlan(NamedTuple):
@@ -104,20 +105,31 @@ def constraint(p: ToolPlan) -> Constraint | None:
 # ---- the prompt -------------------------------------------------------------------------------
 
 def _system_text(p: ToolPlan) -> str:
+    order = directive(p)
+    return tools_text(p) + ("" if order is None else "\n" + order)
+
+
+def tools_text(p: ToolPlan) -> str:
+    """The tools and the call format, as the system message describes them (whatever the mode)."""
     lines = ["You can call functions to help you answer. They are listed below inside <tools></tools>, "
              "one JSON object per line:", "<tools>"]
     lines += [json.dumps(t.model_dump(exclude_none=True), ensure_ascii=False) for t in p.tools]
     lines += ["</tools>", "",
               f"To call a function, write its name and arguments as one JSON object inside {OPEN}{CLOSE} tags:",
               OPEN, '{"name": "<function name>", "arguments": {<arguments as a JSON object>}}', CLOSE,
-              "You may call several functions, one block each." if p.parallel else "Call at most one function.",
+              "You may call several functions, one block each." if p.parallel else ONE_CALL,
               "Each result comes back to you inside <tool_response></tool_response> tags."]
-    if p.mode == "required":
-        lines.append('Now call at least one function: reply with a JSON array of calls, like '
-                     '[{"name": "<function name>", "arguments": {...}}], and nothing else.')
-    elif p.mode == "named":
-        lines.append(f"Now call the function {p.named}: reply with its arguments as a JSON object, and nothing else.")
     return "\n".join(lines)
+
+
+def directive(p: ToolPlan) -> str | None:
+    """What a required or named tool_choice asks of this answer (None for auto and none)."""
+    if p.mode == "required":
+        return ('Now call at least one function: reply with a JSON array of calls, like '
+                '[{"name": "<function name>", "arguments": {...}}], and nothing else.')
+    if p.mode == "named":
+        return f"Now call the function {p.named}: reply with its arguments as a JSON object, and nothing else."
+    return None
 
 
 def _args(call: Any, i: int, j: int) -> Any:

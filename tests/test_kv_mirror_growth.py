@@ -1,0 +1,34 @@
+"""The CPU KV mirror grows in place: cells already copied survive every growth, the one near its
+memory budget included (that growth takes only the positions asked for)."""
+from __future__ import annotations
+
+import torch
+
+from radixserve.cache.kv_pool import KVPool
+from radixserve.runtime.attention.kv_mirror import KVMirror, SlotVersions
+
+
+def _mirror(max_cells: int) -> KVMirror:
+    pool = KVPool(num_slots=64, num_layers=2, num_kv_heads=3, head_dim=4, dtype=torch.float32, device="cpu")
+    bytes_per_cell = 2 * 2 * 3 * 4 * 4
+    return KVMirror(pool, SlotVersions(64), max_bytes=max_cells * bytes_per_cell)
+
+
+def test_growth_near_the_budget_keeps_the_cells_held():
+    m = _mirror(max_cells=64 * 128)
+    assert m._reserve(8, 100)  # 8 rows x 128 positions (100 rounded up)
+    assert m.capacity == (8, 128)
+    for layer in m.k + m.v:
+        layer.copy_(torch.randn(layer.shape))
+    held = [layer.clone() for layer in m.k + m.v]
+    m.cell_slot[:, :] = torch.arange(8 * 128).view(8, 128)
+    # 64 rows at the usual 1.5x width (192) is over the budget; 64 x 128 fits: the width stays 128
+    assert m._reserve(64, 64)
+    assert m.capacity == (64, 128)
+    for before, layer in zip(held, m.k + m.v):
+        assert torch.equal(layer[:8], before)
+        assert not layer[8:].any()
+    assert torch.equal(m.cell_slot[:8], torch.arange(8 * 128).view(8, 128))
+    assert (m.cell_slot[8:] == -1).all()
+    assert not m._reserve(128, 128)  # past the budget: refused, nothing lost
+    assert m.capacity == (64, 128)
