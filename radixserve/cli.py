@@ -168,6 +168,9 @@ def _serve_dp(args: argparse.Namespace) -> int:
     from radixserve.router.launch import serve_dp
 
     engine = _engine_options(args)
+    if engine.get("tp", 1) > 1:
+        raise ValueError("--dp with --tp > 1 is not supported yet: run tensor-parallel servers yourself and put "
+                         "`radixserve route --replica URL ...` in front of them")
     if args.port + args.dp > 65535 or args.port == 0:
         raise ValueError(f"--dp {args.dp} puts replicas on ports {args.port + 1}..{args.port + args.dp}: "
                          "choose a --port below that")

@@ -46,6 +46,7 @@ class EngineConfig:
     cascade_attention: bool = True
     cascade_min_prefix_len: int = 32
     cascade_min_group_size: int = 2
+    tp: int = 1  # tensor parallelism: ranks the model is split over (one process and device each)
     fused_ops: bool = True  # fused elementwise ops (RMSNorm + residual, rotary, SiLU*mul): Triton on CUDA, CPU ops on CPU
 
     def __post_init__(self) -> None:
@@ -59,7 +60,7 @@ class EngineConfig:
             raise ValueError(f"max_total_tokens must be at least two pages, got {self.max_total_tokens}")
         if not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
-        for name in ("max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "max_queued_requests",
+        for name in ("tp", "max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "max_queued_requests",
                      "cascade_min_prefix_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -78,6 +78,15 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
     dp.add_argument("--max-context-len", type=int, default=None)
     dp.add_argument("--base-port", type=int, default=18100, help="replicas listen on loopback ports from here")
 
+    tpb = kinds.add_parser("tp", parents=[base], help="tensor parallelism: batch-1 decode tok/s and collective time "
+                           "per step, TP=N vs TP=1 (default model: dummy:llama-3.1-8b on GPU, dummy:tiny-llama on CPU)")
+    tpb.add_argument("--tp", dest="tp_sizes", default="1,2", help="TP sizes to run, comma-separated")
+    tpb.add_argument("--prompt-len", type=int, default=128)
+    tpb.add_argument("--output-len", type=int, default=64)
+    tpb.add_argument("--requests", type=int, default=3, help="timed requests per TP size (one at a time)")
+    tpb.add_argument("--probe-steps", type=int, default=50, help="steps' worth of collectives timed on their own")
+    tpb.add_argument("--dtype", default="auto")
+
     tr = kinds.add_parser("tree", parents=[base], help="radix tree match_prefix and scheduler host overhead")
     tr.add_argument("--running", type=int, default=256)
     tr.add_argument("--real-steps", type=int, default=2, help="real model steps timed for the ratio (0: none)")
@@ -171,6 +180,8 @@ def run_bench(args) -> int:
                       f"max concurrency {args.max_concurrency}", args.rate, args.max_concurrency, args.url)
     elif kind == "dp":
         _dp(args, vocab)
+    elif kind == "tp":
+        _tp(args)
     elif kind == "tree":
         suites.tree(spec, out, args.stem or "tree_micro", QUOTED_H100_STEP_MS, args.running, args.real_steps)
     elif kind == "lang":
@@ -233,6 +244,25 @@ def _dp(args, vocab: int) -> None:
              f"S={sizes[2]} Q={sizes[3]} O={sizes[4]}, {args.max_concurrency} clients")
     dp_bench.run_dp(args.replicas, engine, chosen, args.out_dir, args.stem or f"dp{args.replicas}", title, args.rate,
                     args.max_concurrency, args.base_port)
+
+
+def _tp(args) -> None:
+    import torch
+
+    from radixserve.bench import tp as tp_bench
+
+    sizes = [int(x) for x in args.tp_sizes.split(",") if x]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--tp takes TP sizes >= 1, comma-separated; got {args.tp_sizes!r}")
+    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    model = args.model or ("dummy:llama-3.1-8b" if on_gpu else "dummy:tiny-llama")
+    opts = {k: getattr(args, k) for k in ("tokenizer", "max_total_tokens", "page_size", "max_running_requests")
+            if getattr(args, k) is not None}
+    opts.setdefault("max_total_tokens", max(8192, 4 * (args.prompt_len + args.output_len)))
+    opts["dtype"] = args.dtype
+    tp_bench.run(model, args.device, sizes, args.out_dir, args.stem or f"tp_{'_'.join(map(str, sizes))}",
+                 prompt_len=args.prompt_len, output_len=args.output_len, requests=args.requests,
+                 probe_steps=args.probe_steps, engine_options=opts, seed=args.seed)
 
 
 def _gpu_all(args, spec: suites.EngineSpec, vocab: int) -> None:

@@ -14,6 +14,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
+from radixserve.distributed.launch import serve_as_worker_if_launched
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
 from radixserve.engine.stats import EngineStats
@@ -42,6 +43,9 @@ class Engine:
         if unknown:
             raise ValueError(f"unknown Engine options {sorted(unknown)}; see radixserve.EngineConfig")
         self.config = EngineConfig(model=model, **options)
+        # NOTE: under a launcher (torchrun-style variables), ranks > 0 serve steps here and exit.
+        serve_as_worker_if_launched(self.config)
+        self._fatal: BaseException | None = None
         self.runner = ModelRunner(self.config)
         self.tokenizer = self.runner.tokenizer
         self.max_context_len = self.runner.max_context_len
@@ -97,7 +101,9 @@ class Engine:
             raise
         while not done.wait(0.5):
             if not self.loop.is_alive():
+                self._raise_if_fatal()
                 raise EngineDeadError("the engine loop stopped; create a new Engine")
+        self._raise_if_fatal()
         return [self._output(r) for g in groups for r in g]
 
     def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None):
@@ -170,6 +176,7 @@ class Engine:
                 ev = await q.get()
                 if ev.finished:
                     remaining -= 1
+                    self._raise_if_fatal()
                 yield ev
         finally:
             if remaining:
@@ -347,8 +354,16 @@ class Engine:
                              prompt_logprobs=list(r.prompt_logprobs) if r.params.prompt_logprobs_start is not None
                              else None, index=r.index, matched_stop=r.matched_stop)
 
+    def _raise_if_fatal(self) -> None:
+        """EngineDeadError when a step failed for good (the requests it ended were aborted by it)."""
+        if self._fatal is not None:
+            raise EngineDeadError(f"the engine stopped: {self._fatal}")
+
     def _on_loop_error(self, exc: BaseException) -> None:
         s = self.scheduler
+        if getattr(exc, "fatal", False):  # e.g. a tensor-parallel rank died: no step can run again
+            self._fatal = exc
+            self.loop.stop()
         s.inflight = None  # a failed step leaves its samples unusable
         for r in s.waiting + s.running:
             r.aborted = True

@@ -102,9 +102,13 @@ class GatedMLP(nn.Module):
                  device: torch.device | str) -> None:
         super().__init__()
         self.intermediate = intermediate
-        self.gate_up_proj = Linear(hidden, 2 * intermediate, bias, dtype, device)
-        self.down_proj = Linear(intermediate, hidden, bias, dtype, device)
+        self.gate_up_proj, self.down_proj = self._projections(hidden, intermediate, bias, dtype, device)
         self.fused_ops = True
+
+    def _projections(self, hidden: int, intermediate: int, bias: bool, dtype: torch.dtype,
+                     device: torch.device | str) -> tuple[Linear, Linear]:
+        """(gate_up [2I, hidden], down [hidden, I]); the tensor-parallel MLP splits them."""
+        return Linear(hidden, 2 * intermediate, bias, dtype, device), Linear(intermediate, hidden, bias, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if single_row(x, self.fused_ops):  # one kernel for gate|up and SiLU-mul: [1, hidden] -> [1, I]

@@ -9,8 +9,10 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import nn
 
-from radixserve.models.layers import (Embedding, GatedMLP, Linear, RMSNorm, RotaryEmbedding, rope_params,
-                                     single_row)
+from radixserve.distributed.group import TensorParallel, single_rank
+from radixserve.models.layers import RMSNorm, RotaryEmbedding, rope_params
+from radixserve.models.parallel import (ColumnParallelLinear, HeadSplit, ParallelGatedMLP, RowParallelLinear,
+                                        VocabParallelEmbedding, parallel_logits, split_evenly)
 from radixserve.models.weights import load_stacked_weights
 from radixserve.runtime.attention.base import AttentionBackend, RopeTables
 from radixserve.runtime.forward_batch import ForwardBatch
@@ -28,19 +30,25 @@ def llama_flags(config) -> AttentionFlags:
 
 
 class Attention(nn.Module):
+    """Self-attention over this rank's heads (all of them with one rank): qkv column-parallel,
+    o row-parallel (one all-reduce)."""
+
     def __init__(self, config, layer_id: int, flags: AttentionFlags, rotary: RotaryEmbedding,
-                 dtype: torch.dtype, device) -> None:
+                 dtype: torch.dtype, device, tp: TensorParallel) -> None:
         super().__init__()
         hidden = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or hidden // self.num_heads
+        total_heads = config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or hidden // total_heads
+        self.total_heads = total_heads
+        self.total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
+        self.split = HeadSplit.of(total_heads, self.total_kv_heads, tp)
+        self.num_heads, self.num_kv_heads = self.split.num_heads, self.split.num_kv_heads  # this rank's
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.scaling = self.head_dim ** -0.5
         self.layer_id = layer_id
-        self.qkv_proj = Linear(hidden, self.q_size + 2 * self.kv_size, flags.qkv_bias, dtype, device)
-        self.o_proj = Linear(self.q_size, hidden, flags.o_bias, dtype, device)
+        self.qkv_proj = ColumnParallelLinear(hidden, self.q_size + 2 * self.kv_size, flags.qkv_bias, dtype, device, tp)
+        self.o_proj = RowParallelLinear(self.q_size, hidden, flags.o_bias, dtype, device, tp)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.rotary = rotary  # shared by all layers
@@ -62,17 +70,25 @@ class Attention(nn.Module):
             out = attn.forward(q, k, v, self.layer_id, batch, self.scaling)  # [T, H, D]
         return self.o_proj(out.reshape(t, self.q_size))
 
+    def checkpoint_rows(self, shard: int) -> tuple[int, int]:
+        """(first row of this rank's part, rows in all) of the checkpoint's q (0), k (1) or v (2)
+        projection."""
+        if shard == 0:
+            return self.split.q_start * self.head_dim, self.total_heads * self.head_dim
+        return self.split.kv_start * self.head_dim, self.total_kv_heads * self.head_dim
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, config, layer_id: int, flags: AttentionFlags, rotary: RotaryEmbedding,
-                 dtype: torch.dtype, device) -> None:
+                 dtype: torch.dtype, device, tp: TensorParallel) -> None:
         super().__init__()
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype, device)
-        self.self_attn = Attention(config, layer_id, flags, rotary, dtype, device)
+        self.self_attn = Attention(config, layer_id, flags, rotary, dtype, device, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype, device)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, bool(getattr(config, "mlp_bias", False)),
-                            dtype, device)
+        intermediate = split_evenly(config.intermediate_size, tp, "intermediate_size")
+        self.mlp = ParallelGatedMLP(config.hidden_size, intermediate, bool(getattr(config, "mlp_bias", False)), dtype, device,
+                            tp)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch,
                 attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,29 +105,37 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Decoder-only transformer; HF parameter names are mapped onto fused qkv / gate_up weights."""
+    """Decoder-only transformer; HF parameter names are mapped onto fused qkv / gate_up weights.
 
-    def __init__(self, config, dtype: torch.dtype, device, flags: AttentionFlags | None = None) -> None:
+    With `tp` of several ranks this is one rank's shard: `num_heads` / `num_kv_heads` are the
+    rank's own (its KV pool holds those), and `compute_logits` gathers the whole vocabulary."""
+
+    def __init__(self, config, dtype: torch.dtype, device, flags: AttentionFlags | None = None,
+                 tp: TensorParallel | None = None) -> None:
         super().__init__()
         flags = flags or llama_flags(config)
+        tp = tp or single_rank()
+        self.tp = tp
         self.config = config
         self.dtype = dtype
         self.num_layers = config.num_hidden_layers
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        total_heads = config.num_attention_heads
+        split = HeadSplit.of(total_heads, getattr(config, "num_key_value_heads", None) or total_heads, tp)
+        self.num_heads, self.num_kv_heads = split.num_heads, split.num_kv_heads  # this rank's
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_heads
+        self.vocab_size = config.vocab_size
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         factors = getattr(config, "rope_freq_factors", None)  # set by the GGUF loader only
         self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings, rope_params(config), device,
                                       freq_factors=torch.tensor(factors) if factors is not None else None)
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype, device)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, flags, self.rotary, dtype, device)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype, device, tp)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, flags, self.rotary, dtype, device, tp)
                                     for i in range(self.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         if self.tie_word_embeddings:
             self.lm_head = self.embed_tokens
-        else:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size, False, dtype, device)
+        else:  # vocabulary rows split like the embedding's (padded to a multiple of tp)
+            self.lm_head = ColumnParallelLinear(config.hidden_size, self.embed_tokens.rows, False, dtype, device, tp)
 
     def forward(self, batch: ForwardBatch, attn: AttentionBackend) -> torch.Tensor:
         """-> hidden states [T, hidden] after the final norm."""
@@ -122,11 +146,8 @@ class LlamaForCausalLM(nn.Module):
         return self.norm.add_forward(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] -> [N, vocab] float32."""
-        if single_row(hidden, self.norm.fused_ops):
-            from radixserve.kernels.gemv import gemv
-            return gemv(hidden, self.lm_head.weight).float()
-        return torch.nn.functional.linear(hidden, self.lm_head.weight).float()
+        """[N, hidden] -> [N, vocab] float32 (on every rank; a collective under tensor parallelism)."""
+        return parallel_logits(hidden, self.lm_head.weight, self.vocab_size, self.tp, self.norm.fused_ops)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """HF names (model.layers.N.self_attn.q_proj.weight, ...) -> our fused parameters."""

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.models import dummy, gguf_file
 from radixserve.models.registry import model_class
 from radixserve.models.tokenizer import load_tokenizer
@@ -63,42 +64,62 @@ def _context_len(config: PretrainedConfig) -> int:
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
-def _build(config: PretrainedConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    return model_class(config)(config, dtype, device).eval()
+def _build(config: PretrainedConfig, dtype: torch.dtype, device: torch.device, tp: TensorParallel) -> nn.Module:
+    cls = model_class(config)
+    return (cls(config, dtype, device, tp=tp) if tp.size > 1 else cls(config, dtype, device)).eval()
 
 
 def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device | str, seed: int = 0,
-               tokenizer: str | None = None) -> LoadedModel:
+               tokenizer: str | None = None, tp: TensorParallel | None = None,
+               with_tokenizer: bool = True) -> LoadedModel:
     """Load weights, config and tokenizer. `model`: None (embedded GGUF), a .gguf file, a HF model
-    directory, or dummy:<built-in name | config path>. `tokenizer` overrides the model's own."""
+    directory, or dummy:<built-in name | config path>. `tokenizer` overrides the model's own.
+
+    With `tp` of several ranks, builds this rank's shard and copies only its slice of each
+    checkpoint tensor (one tensor read at a time). `with_tokenizer=False` (ranks > 0) leaves
+    `tokenizer` None."""
     dtype, device = _resolve_dtype(dtype), torch.device(device)
+    tp = tp or single_rank()
     if model is None or (model.endswith(".gguf") and os.path.isfile(model)):
         path = embedded_model_path() if model is None else model
         reader = gguf_file.open_gguf(path)
         config = gguf_file.gguf_config(reader, path)
-        net = _build(config, dtype, device)
+        net = _build(config, dtype, device, tp)
         net.load_weights(gguf_file.gguf_weights(reader, config))
         source, tok_path = f"gguf:{path}", path
     elif model.startswith("dummy:"):
         spec = model.removeprefix("dummy:")
         config = dummy.dummy_config(spec)
-        net = _build(config, dtype, device)
-        dummy.init_dummy_weights(net, seed)
+        net = _build(config, dtype, device, tp)
+        dummy.init_dummy_weights(net, seed + 1_000_003 * tp.rank)  # each rank's slice its own draw
         has_tokenizer = os.path.isdir(spec) and any(
             os.path.exists(os.path.join(spec, f)) for f in ("tokenizer.json", "tokenizer.model"))
         # NOTE: the embedded tokenizer is only looked up when neither the spec nor the caller gives one.
         source, tok_path = model, spec if has_tokenizer else (tokenizer or embedded_model_path())
     elif os.path.isdir(model):
         config = _hf_config(model)
-        net = _build(config, dtype, device)
+        net = _build(config, dtype, device, tp)
         net.load_weights(safetensors_weights(model))
         source, tok_path = f"hf:{model}", model
     else:
         raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
                          "directory, a .gguf file, dummy:<name>, or None for the embedded model")
-    tok = load_tokenizer(tokenizer or tok_path)
+    tok = load_tokenizer(tokenizer or tok_path) if with_tokenizer else None
     logger.info("loaded %s (%s, %s)", source, type(net).__name__, dtype)
     return LoadedModel(net, config, tok, _context_len(config), source, _short_name(model))
+
+
+def load_config(model: str | None) -> PretrainedConfig:
+    """The model's config alone (no weights), for checks before anything is built."""
+    if model is None or (model.endswith(".gguf") and os.path.isfile(model)):
+        path = embedded_model_path() if model is None else model
+        return gguf_file.gguf_config(gguf_file.open_gguf(path), path)
+    if model.startswith("dummy:"):
+        return dummy.dummy_config(model.removeprefix("dummy:"))
+    if os.path.isdir(model):
+        return _hf_config(model)
+    raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
+                     "directory, a .gguf file, dummy:<name>, or None for the embedded model")
 
 
 def _short_name(model: str | None) -> str:

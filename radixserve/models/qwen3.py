@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from radixserve.distributed.group import TensorParallel
 from radixserve.models.llama import AttentionFlags, LlamaForCausalLM
 
 
@@ -15,5 +16,5 @@ def qwen3_flags(config) -> AttentionFlags:
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
-    def __init__(self, config, dtype: torch.dtype, device) -> None:
-        super().__init__(config, dtype, device, flags=qwen3_flags(config))
+    def __init__(self, config, dtype: torch.dtype, device, tp: TensorParallel | None = None) -> None:
+        super().__init__(config, dtype, device, flags=qwen3_flags(config), tp=tp)

@@ -1,4 +1,8 @@
-"""Copy HF-named tensors into a model whose q/k/v and gate/up projections are fused."""
+"""Copy HF-named tensors into a model whose q/k/v and gate/up projections are fused.
+
+Under tensor parallelism each module cuts its rank's slice out of the checkpoint tensor
+(`shard_checkpoint`, `checkpoint_offset`; see parallel.py), so a rank copies only its part.
+"""
 from __future__ import annotations
 
 import logging
@@ -75,6 +79,17 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
                 owner = model.get_submodule(".".join(parts[:-2]))
                 start, size = _shard_range(owner, parts[-2], shard)
                 target = target[start:start + size]
+                # NOTE: under tensor parallelism the fused projection holds this rank's rows of
+                # each component; they start at checkpoint_offset in the checkpoint's tensor.
+                # A tensor of the wrong full size is left whole, so the shape check below reports it.
+                if hasattr(owner, "checkpoint_rows"):
+                    offset, full = owner.checkpoint_rows(shard)
+                    if tensor.shape[0] == full:
+                        tensor = tensor.narrow(0, offset, size)
+            else:
+                holder = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+                if hasattr(holder, "shard_checkpoint"):
+                    tensor = holder.shard_checkpoint(name.rpartition(".")[2], tensor)
             if tuple(target.shape) != tuple(tensor.shape):
                 mismatched.append(f"{hf_name}: checkpoint {tuple(tensor.shape)} vs model {tuple(target.shape)}")
                 continue

@@ -10,8 +10,11 @@ from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
 from radixserve.config import EngineConfig
+from radixserve.distributed.group import TensorParallel, single_rank
+from radixserve.distributed.step_sync import RecordingReqTable, StepSender
 from radixserve.models.layers import set_fused_ops
-from radixserve.models.loader import load_model
+from radixserve.models.loader import load_config, load_model
+from radixserve.models.parallel import check_split
 from radixserve.runtime.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
@@ -33,10 +36,36 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig) -> None:
-        self.device = resolve_device(config.device)
+    """The model, its KV pool and attention backend on one device.
+
+    With config.tp > 1 the runner built by the engine is rank 0 of a tensor-parallel group: it
+    starts (or joins) the other ranks, holds its shard of the weights and its KV heads, and
+    broadcasts each step's batch before running it (radixserve/distributed/). The other ranks build
+    their runner with `tp` and `device` given and run `forward_local` on what they receive.
+    """
+
+    def __init__(self, config: EngineConfig, tp: TensorParallel | None = None,
+                 device: torch.device | None = None) -> None:
+        self.ranks = None  # RankSet: rank 0's handle on the other ranks
+        if tp is None and config.tp > 1:
+            from radixserve.distributed.launch import start_ranks
+            check_split(load_config(config.model), config.tp)  # before any rank starts
+            self.ranks, device = start_ranks(config)
+            tp = self.ranks.tp
+        self.tp = tp or single_rank()
+        try:
+            self._build(config, device or resolve_device(config.device))
+        except BaseException:
+            if self.ranks is not None:
+                self.ranks.close(stop_sent=False)
+            raise
+
+    def _build(self, config: EngineConfig, device: torch.device) -> None:
+        tp, root = self.tp, self.tp.rank == 0
+        self.device = device
         self.dtype = resolve_dtype(config.dtype, self.device)
-        loaded = load_model(config.model, self.dtype, self.device, seed=config.seed, tokenizer=config.tokenizer)
+        loaded = load_model(config.model, self.dtype, self.device, seed=config.seed, tokenizer=config.tokenizer,
+                            tp=tp, with_tokenizer=root)
         self.model, self.hf_config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
         set_fused_ops(self.model, config.fused_ops)
         self.source, self.name = loaded.source, loaded.name
@@ -45,22 +74,38 @@ class ModelRunner:
         m = self.model
         per_token = KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype)
         tokens = config.max_total_tokens or self._tokens_from_memory(config, per_token)
+        if tp.size > 1:  # NOTE: slot ids are shared by all ranks: every pool gets the smallest rank's size
+            tokens = int(tp.all_reduce_min(torch.tensor([tokens], device=self.device)).item())
         ps = config.page_size
         num_pages = max(2, tokens // ps)
         self.allocator = PageAllocator(num_pages, ps)
         # NOTE: page 0 is reserved (padding rows write there), so the pool holds num_pages + 1 pages.
         self.pool = KVPool(m.num_layers, (num_pages + 1) * ps, m.num_kv_heads, m.head_dim, self.dtype, self.device)
         # NOTE: the extra row is the reserved all-zero padding row of CUDA-graph batches.
-        self.req_table = ReqToTokenTable(config.max_running_requests + 1, self.max_context_len + ps, self.device,
-                                         reserve_padding_row=True)
+        table_cls = RecordingReqTable if tp.size > 1 and root else ReqToTokenTable
+        self.req_table = table_cls(config.max_running_requests + 1, self.max_context_len + ps, self.device,
+                                   reserve_padding_row=True)
+        self.sender = StepSender(tp, self.req_table, self.device) if tp.size > 1 and root else None
         self.backend_name = self._backend_name(config.attention_backend)
         self.attn = self._make_backend(self.backend_name)
-        logger.info("model %s on %s (%s); KV pool %d tokens (%.2f GiB), page size %d", self.source, self.device,
-                    self.dtype, num_pages * ps, num_pages * ps * per_token / 2**30, ps)
+        logger.info("model %s on %s (%s%s); KV pool %d tokens (%.2f GiB), page size %d", self.source, self.device,
+                    self.dtype, f", tensor-parallel rank {tp.rank}/{tp.size}" if tp.size > 1 else "",
+                    num_pages * ps, num_pages * ps * per_token / 2**30, ps)
         self.graphs = self._make_graphs(config)
 
     def release(self) -> None:
-        """Give the weights, the KV pool and the graphs' memory back (the engine has stopped)."""
+        """Give the weights, the KV pool and the graphs' memory back (the engine has stopped); rank 0
+        of a tensor-parallel group stops the other ranks first."""
+        if self.ranks is not None:
+            stop_sent = False
+            if self.ranks.dead is None:
+                try:
+                    self.sender.stop()
+                    stop_sent = True
+                except Exception:  # noqa: BLE001 - a rank died meanwhile: close() kills the rest
+                    logger.exception("could not tell the tensor-parallel ranks to stop")
+            self.ranks.close(stop_sent)
+            self.ranks = None
         self.graphs = None
         self.attn = None  # NOTE: the CPU backend holds a KV mirror as large as the running requests' KV
         self.pool.k.clear()
@@ -111,7 +156,21 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """-> logits [len(batch.logits_indices), vocab] float32."""
+        """-> logits [len(batch.logits_indices), vocab] float32. Under tensor parallelism (rank 0)
+        the batch goes to every rank first; a dead rank raises RankDeadError."""
+        if self.sender is None:
+            return self.forward_local(batch)
+        self.ranks.check_alive()
+        try:
+            self.sender.send(batch)
+            return self.forward_local(batch)
+        except Exception as exc:
+            self.ranks.explain_failure(exc)
+            raise
+
+    @torch.inference_mode()
+    def forward_local(self, batch: ForwardBatch) -> torch.Tensor:
+        """This rank's part of the step (the collectives inside meet the other ranks')."""
         if self.graphs is not None:
             bucket = self.graphs.bucket_for(batch)
             if bucket is not None:

@@ -1,0 +1,73 @@
+"""The loop a rank > 0 runs: build its shard, then run every step rank 0 broadcasts."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A spawned rank whose engine process vanished (killed) would wait in a collective forever."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def worker_main(config, rank: int, size: int, local_rank: int, init_method: str) -> None:
+    """Body of a rank process the engine started."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    if torch.get_num_threads() > 1:  # NOTE: the ranks of a CPU group share the host's cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // size))
+    run_worker(config, rank, size, local_rank, init_method)
+    logging.shutdown()
+    os._exit(0)  # NOTE: the group is gone and nothing is left to flush; skip the interpreter's slow teardown
+
+
+@torch.inference_mode()
+def run_worker(config, rank: int, size: int, local_rank: int, init_method: str) -> None:
+    from radixserve.distributed.group import destroy_group, init_group
+    from radixserve.distributed.launch import rank_device
+    from radixserve.distributed.step_sync import StepReceiver
+    from radixserve.runtime.model_runner import ModelRunner
+
+    device = rank_device(config.device, local_rank, size)
+    tp = init_group(rank, size, device, init_method)
+    try:
+        runner = ModelRunner(config, tp=tp, device=device)
+        receiver = StepReceiver(tp, runner.req_table, runner.device)
+        steps = 0
+        while (batch := receiver.receive()) is not None:
+            runner.forward_local(batch)
+            steps += 1
+        logger.info("rank %d stops after %d steps", rank, steps)
+        runner.release()
+    finally:
+        destroy_group(tp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m radixserve.distributed.worker --rank R --size N --init-method URL --config JSON`."""
+    from radixserve.config import EngineConfig
+
+    parser = argparse.ArgumentParser(description="one rank of a tensor-parallel radixserve engine")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--init-method", required=True)
+    parser.add_argument("--config", required=True, help="EngineConfig fields as JSON")
+    args = parser.parse_args(argv)
+    config = EngineConfig(**json.loads(args.config))
+    worker_main(config, args.rank, args.size, args.rank, args.init_method)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
