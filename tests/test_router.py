@@ -28,6 +28,7 @@ import threading
 import time
 
 import httpx
+import jsonschema
 import orjson
 import pytest
 
@@ -325,6 +326,90 @@ def test_bad_input_gets_the_single_servers_error(fleet, single, path, body):
     assert 400 <= a.status_code < 500 and a.status_code == b.status_code, (a.text, b.text)
     assert a.json() == b.json()
     assert httpx.get(fleet[0] + "/health").status_code == 200
+
+
+COLOUR = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}},
+          "required": ["colour"], "additionalProperties": False}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                   "required": ["city"], "additionalProperties": False}}}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _tool_calls(message: dict) -> list[tuple[str, dict]]:
+    return [(c["function"]["name"], orjson.loads(c["function"]["arguments"])) for c in message["tool_calls"]]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Pick a colour."}], "max_tokens": 20,
+                              "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {
+                                  "name": "colour", "schema": COLOUR, "strict": True}}}),
+    ("/v1/chat/completions", {"messages": ASK_WEATHER, "tools": [WEATHER], "tool_choice": "required",
+                              "max_tokens": 40, "temperature": 0}),
+    ("/v1/chat/completions", {"messages": ASK_WEATHER, "tools": [WEATHER], "tool_choice": "required",
+                              "max_tokens": 40, "temperature": 0, "stream": True}),
+    ("/v1/completions", {"prompt": "The sky is", "max_tokens": 2, "temperature": 0, "echo": True, "logprobs": 1}),
+])
+def test_structured_output_tools_and_echo_go_through_the_router(fleet, single, path, body):
+    """Features the router has no code for (it forwards bodies as they are) answer as one server does,
+    and the answers are what was asked for: JSON valid against the schema, a call of the tool."""
+    a, b = _compare(fleet[0], single, path, body)
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    if body.get("stream"):
+        assert a.text.endswith("data: [DONE]\n\n")
+        events = _events(a)
+        assert_same(_strip(events), _strip(_events(b)))
+        args = "".join(tc["function"].get("arguments") or "" for e in events if e["choices"]
+                       for tc in e["choices"][0]["delta"].get("tool_calls") or [])
+        names = [tc["function"]["name"] for e in events if e["choices"]
+                 for tc in e["choices"][0]["delta"].get("tool_calls") or [] if tc["function"].get("name")]
+        assert names == ["get_weather"]
+        jsonschema.validate(orjson.loads(args), WEATHER["function"]["parameters"])
+        return
+    assert_same(_strip(a.json()), _strip(b.json()))
+    choice = a.json()["choices"][0]
+    if "response_format" in body:
+        jsonschema.validate(orjson.loads(choice["message"]["content"]), COLOUR)
+    elif "tools" in body:
+        assert choice["finish_reason"] == "tool_calls"
+        (name, args), = _tool_calls(choice["message"])
+        assert name == "get_weather"
+        jsonschema.validate(args, WEATHER["function"]["parameters"])
+    else:
+        assert choice["text"].startswith("The sky is") and choice["logprobs"]["tokens"][0] != ""
+
+
+def test_a_responses_follow_up_goes_to_the_replica_that_stored_the_first_turn(fleet, single):
+    """Turn two continues turn one's tokens on the replica that stored them (a cache hit for all of
+    them), answers as one server does, and a router started later finds that replica by asking."""
+    router_url, replica_urls, _ = fleet
+    first = {"input": "Name a planet.", "instructions": "Answer in one word.", "max_output_tokens": 4,
+             "temperature": 0}
+    answers = {}
+    for name, url in (("router", router_url), ("single", single)):
+        one = httpx.post(url + "/v1/responses", json=first, timeout=120)
+        assert one.status_code == 200, one.text
+        follow = {"input": "Another one?", "previous_response_id": one.json()["id"], "max_output_tokens": 4,
+                  "instructions": first["instructions"],  # NOTE: not carried over; the same keeps the prefix
+                  "temperature": 0}
+        two = httpx.post(url + "/v1/responses", json=follow, timeout=120)
+        assert two.status_code == 200, two.text
+        answers[name] = (one.json(), two.json(), follow)
+    (r1, r2, follow), (s1, s2, _) = answers["router"], answers["single"]
+    assert_same(_strip(r1["output"]), _strip(s1["output"]))
+    assert_same(_strip(r2["output"]), _strip(s2["output"]))
+    first_total = r1["usage"]["input_tokens"] + r1["usage"]["output_tokens"]
+    assert r2["usage"]["input_tokens_details"]["cached_tokens"] >= first_total - 1
+    got = httpx.get(f"{router_url}/v1/responses/{r2['id']}", timeout=30)
+    assert got.status_code == 200 and got.json()["id"] == r2["id"]
+    with RouterThread(RouterConfig(replicas=tuple(replica_urls), poll_interval_s=0.05)) as rt:
+        again = httpx.post(rt.url + "/v1/responses", json=follow, timeout=120)
+        assert again.status_code == 200, again.text
+        assert again.json()["output"][0]["content"][0]["text"] == r2["output"][0]["content"][0]["text"]
+        assert sum(r.stats.decisions.get("pinned", 0) for r in rt.router.replicas) == 1
+    gone = httpx.get(router_url + "/v1/responses/resp_never_stored", timeout=30)
+    assert gone.status_code == 404 and gone.json()["error"]["param"] == "response_id"
 
 
 def test_router_metrics(fleet):

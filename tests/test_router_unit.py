@@ -10,15 +10,15 @@ import pytest
 
 from radixserve.cli import _engine_argv, _engine_options, build_parser
 from radixserve.router.config import RouterConfig
-from radixserve.router.forward import StreamDecoder, native_body, request_outputs
+from radixserve.router.answers import AnswerReader, event_data, sse_events
+from radixserve.router.frontend import Frontend, load_router_tokenizer
 from radixserve.router.policy import CacheAware, RoundRobin
 from radixserve.router.replica import PROBE_MESSAGES, Replica
-from radixserve.router.router import Passthrough, Router
+from radixserve.router.prompts import RouteKey, route_key
+from radixserve.router.router import Answer, Passthrough, ResponseHomes, Router
 from radixserve.router.token_tree import TokenTree
-from radixserve.sampling_params import SamplingParams
 from radixserve.server import params
 from radixserve.server.errors import APIError
-from radixserve.server.protocol import GenerateRequest
 
 SYSTEM = list(range(100, 160))  # a 60-token cached prefix
 
@@ -87,14 +87,16 @@ def test_round_robin_takes_turns_and_skips_replicas_that_are_down():
 
 # ---- failover ---------------------------------------------------------------------------------------
 class FakeFrontend:
+    tools_native = False
+
     def apply_chat_template(self, messages):
         return [1, 2, 3]
 
 
-def native_answer(prompt_len: int, text: str = "ok", ids=(5, 6)) -> dict:
+def native_answer(prompt_len: int, text: str = "ok", ids=(5, 6), cached: int = 0, finish="length") -> dict:
     return {"text": text, "output_ids": list(ids), "index": 0,
-            "meta_info": {"id": "gen-x", "prompt_tokens": prompt_len, "cached_tokens": 0,
-                          "completion_tokens": len(ids), "finish_reason": "length", "matched_stop": None}}
+            "meta_info": {"id": "gen-x", "prompt_tokens": prompt_len, "cached_tokens": cached,
+                          "completion_tokens": len(ids), "finish_reason": finish, "matched_stop": None}}
 
 
 def make_router(handlers: dict[str, callable], **config) -> Router:
@@ -113,19 +115,25 @@ def refuse(request):
     raise httpx.ConnectError("connection refused", request=request)
 
 
-def test_a_request_fails_over_and_the_failed_replica_is_marked_down():
-    calls = []
+KEY = RouteKey([[7, 8, 9]], None, 1)
+
+
+def test_a_request_fails_over_and_the_body_arrives_unchanged():
+    seen = []
 
     def ok(request):
-        calls.append(request.url.host)
-        return httpx.Response(200, json=native_answer(3))
+        seen.append((request.url.host, request.url.path, request.content))
+        return httpx.Response(200, json=native_answer(3, cached=2))
 
     rt = make_router({"http://a": refuse, "http://b": ok}, policy="round-robin")
-    outs = asyncio.run(rt.generate([[7, 8, 9]], None, 1, {"input_ids": [7, 8, 9]}))
-    assert outs[0]["text"] == "ok" and calls == ["b"]
+    body = b'{"input_ids": [7, 8, 9], "some_new_field": {"x": 1}}'
+    answer = asyncio.run(rt.forward("/generate", body, KEY))
+    assert isinstance(answer, Answer) and orjson.loads(answer.body)["text"] == "ok"
+    assert seen == [("b", "/generate", body)]
     a, b = rt.replicas
     assert not a.healthy and a.stats.failed == 1 and "refused" in a.last_error
     assert b.healthy and b.stats.requests == 1 and a.load == b.load == 0 and rt.failovers == 1
+    assert (b.stats.prompt_tokens, b.stats.cached_tokens, b.stats.reported) == (3, 2, 1)
     assert not a.mirror.inflight and b.mirror.pending  # b's answer waits for b's next events
 
 
@@ -139,7 +147,7 @@ def test_a_kept_alive_connection_the_replica_closed_is_retried_on_the_same_repli
         return httpx.Response(200, json=native_answer(2))
 
     rt = make_router({"http://a": flaky, "http://b": refuse}, policy="round-robin")
-    assert asyncio.run(rt.generate([[7, 8]], None, 1, {}))[0]["text"] == "ok"
+    assert orjson.loads(asyncio.run(rt.forward("/generate", b"{}", KEY)).body)["text"] == "ok"
     assert calls == ["a", "a"] and rt.replicas[0].healthy and rt.failovers == 0
 
 
@@ -148,36 +156,43 @@ def test_503_fails_over_4xx_passes_through_and_no_replica_left_is_a_503():
     rt = make_router({"http://a": lambda r: httpx.Response(503, json={"error": {}}),
                       "http://b": lambda r: httpx.Response(400, json=body_400)}, policy="round-robin")
     with pytest.raises(Passthrough) as exc:
-        asyncio.run(rt.generate([[7, 8]], None, 1, {}))
+        asyncio.run(rt.forward("/v1/completions", b"{}", KEY))
     assert exc.value.status == 400 and orjson.loads(exc.value.body) == body_400
     assert not rt.replicas[0].healthy and rt.replicas[1].healthy
     rt.replicas[1].healthy = False
     with pytest.raises(APIError) as err:
-        asyncio.run(rt.generate([[7, 8]], None, 1, {}))
+        asyncio.run(rt.forward("/v1/completions", b"{}", KEY))
     assert err.value.status == 503 and "http://a" in err.value.message
     assert all(r.load == 0 for r in rt.replicas)
 
 
-def test_a_stream_fails_over_before_its_first_event():
-    sse = b'data: ' + orjson.dumps(native_answer(2)) + b'\n\ndata: [DONE]\n\n'
-    rt = make_router({"http://a": refuse, "http://b": lambda r: httpx.Response(200, content=sse)},
+def sse_of(*objs) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(o) + b"\n\n" for o in objs) + b"data: [DONE]\n\n"
+
+
+def test_a_stream_fails_over_before_its_first_event_and_is_relayed_byte_for_byte():
+    sse = sse_of(native_answer(2, "o", (5,), finish=None), native_answer(2, "ok", (5, 6), cached=1))
+    rt = make_router({"http://a": refuse,
+                      "http://b": lambda r: httpx.Response(200, content=sse,
+                                                           headers={"content-type": "text/event-stream"})},
                      policy="round-robin")
 
     async def go():
-        chunks = await rt.stream([[7, 8]], None, 1, {})
-        return [c async for c in chunks]
+        upstream = await rt.forward("/generate", b"{}", RouteKey([[7, 8]], None, 1))
+        return b"".join([e async for e in upstream])
 
-    assert [c["text"] for c in asyncio.run(go())] == ["ok"]
-    assert rt.replicas[1].stats.requests == 1 and rt.replicas[1].load == 0
+    assert asyncio.run(go()) == sse
+    b = rt.replicas[1]
+    assert b.stats.requests == 1 and b.load == 0 and (b.stats.prompt_tokens, b.stats.cached_tokens) == (2, 1)
 
 
 def test_a_stream_closed_before_it_was_read_gives_its_slot_back():
-    sse = b'data: ' + orjson.dumps({**native_answer(2), "meta_info": {**native_answer(2)["meta_info"],
-                                                                      "finish_reason": None}}) + b'\n\n'
-    rt = make_router({"http://a": lambda r: httpx.Response(200, content=sse)})
+    sse = b'data: ' + orjson.dumps(native_answer(2, finish=None)) + b'\n\n'
+    rt = make_router({"http://a": lambda r: httpx.Response(200, content=sse,
+                                                           headers={"content-type": "text/event-stream"})})
 
     async def go():
-        upstream = await rt.stream([[7, 8]], None, 1, {})
+        upstream = await rt.forward("/generate", b"{}", RouteKey([[7, 8]], None, 1))
         assert rt.replicas[0].load == 1 and rt.replicas[0].mirror.inflight
         await upstream.aclose()
         await upstream.aclose()  # idempotent
@@ -186,6 +201,40 @@ def test_a_stream_closed_before_it_was_read_gives_its_slot_back():
     assert asyncio.run(go()) == []
     r = rt.replicas[0]
     assert r.load == 0 and not r.mirror.inflight and r.stats.failed == 1 and r.stats.requests == 0
+
+
+def test_a_responses_follow_up_goes_only_to_the_replica_that_stored_its_response():
+    seen = []
+
+    def replica(name):
+        def handle(request):
+            seen.append((name, request.method, request.url.path))
+            if request.method == "GET":  # the router asks who stored an id it does not know
+                return httpx.Response(200 if name == "b" else 404, json={"id": "resp_1"})
+            return httpx.Response(200, json={"id": f"resp_{name}2", "object": "response", "usage": {
+                "input_tokens": 9, "output_tokens": 1, "input_tokens_details": {"cached_tokens": 8}}})
+        return handle
+
+    rt = make_router({"http://a": replica("a"), "http://b": replica("b")}, policy="round-robin")
+    follow = RouteKey([], None, 1, "resp_1")
+    for _ in range(2):
+        asyncio.run(rt.forward("/v1/responses", b"{}", follow))
+    posts = [x for x in seen if x[1] == "POST"]
+    assert posts == [("b", "POST", "/v1/responses")] * 2
+    assert [x for x in seen if x[1] == "GET"] == [("a", "GET", "/v1/responses/resp_1"),
+                                                  ("b", "GET", "/v1/responses/resp_1")]  # asked once, remembered
+    assert rt.homes.get("resp_b2") == 1 and rt.replicas[1].stats.decisions == {"pinned": 2}
+    rt.replicas[1].healthy = False
+    with pytest.raises(APIError) as err:  # never moved to a replica without the stored turn
+        asyncio.run(rt.forward("/v1/responses", b"{}", follow))
+    assert err.value.status == 503 and err.value.param == "previous_response_id"
+
+
+def test_response_homes_are_bounded():
+    homes = ResponseHomes(2)
+    for i in range(3):
+        homes.put(f"r{i}", i)
+    assert len(homes) == 2 and homes.get("r0") is None and homes.get("r2") == 2
 
 
 # ---- the poller -------------------------------------------------------------------------------------
@@ -243,39 +292,52 @@ def test_a_replica_without_the_events_route_is_down_with_the_reason():
     assert not r.healthy and "404" in r.last_error
 
 
-# ---- what goes to a replica and what comes back ----------------------------------------------------
-@pytest.mark.parametrize("sp", [
-    SamplingParams(max_new_tokens=7, temperature=0),
-    SamplingParams(max_new_tokens=9, min_new_tokens=2, temperature=0.7, top_k=5, top_p=0.9, min_p=0.05,
-                   repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=-0.5, seed=11,
-                   stop=["\n", "END"], stop_token_ids=[7], ignore_eos=True, skip_special_tokens=False, n=3,
-                   logprobs=4),
-])
-def test_the_native_body_rebuilds_the_same_sampling_params(sp):
-    body = native_body([[1, 2], [3]], True, sp, False, "salt")
-    req = GenerateRequest.model_validate_json(orjson.dumps(body))
-    assert params.native_sampling(req) == sp
-    assert req.input_ids == [[1, 2], [3]] and req.cache_salt == "salt" and req.stream is False
+# ---- what the router reads of requests and answers ------------------------------------------------
+def test_route_keys_are_the_servers_prompts_and_unreadable_bodies_route_by_load():
+    fe = Frontend(load_router_tokenizer(None))
+    engine_prompt = params.chat_prompt(fe, [{"role": "user", "content": "hi"}])
+    assert route_key(fe, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2,
+                                                  "cache_salt": "t"}) == RouteKey([engine_prompt], "t", 2)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    with_tools = route_key(fe, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                        "tools": [tool], "tool_choice": "required"})
+    assert len(with_tools.prompts[0]) > len(engine_prompt)  # the tools are in the prompt, as the server puts them
+    assert route_key(fe, "/v1/completions", {"prompt": [[1, 2], [3]], "n": 2, "best_of": 3}) == \
+        RouteKey([[1, 2], [3]], None, 6)
+    assert route_key(fe, "/generate", {"input_ids": [5, 6], "sampling_params": {"n": 3}}) == RouteKey([[5, 6]], None, 3)
+    turn = route_key(fe, "/v1/responses", {"input": "hi", "instructions": "Be brief."})
+    assert turn.prompts == [fe.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                                    {"role": "user", "content": "hi"}])]
+    assert route_key(fe, "/v1/responses", {"input": "more", "previous_response_id": "resp_1"}) == \
+        RouteKey([], None, 1, "resp_1")
+    for path, body in (("/v1/chat/completions", {"messages": "not a list"}), ("/generate", {"text": 5}),
+                       ("/v1/completions", [1, 2]), ("/v1/completions", None)):
+        assert route_key(fe, path, body).prompts == []
 
 
-def test_native_answers_become_request_outputs_and_stream_deltas():
-    outs = [{"text": "b", "output_ids": [2], "index": 1, "meta_info": {
-                "id": "g", "prompt_tokens": 4, "cached_tokens": 1, "completion_tokens": 1, "finish_reason": "stop",
-                "matched_stop": 2, "output_token_logprobs": [[-0.5, 2, "b"]],
-                "output_top_logprobs": [[[-0.5, 2, "b"], [-1.5, 3, "c"]]]}},
-            {"text": "a", "output_ids": [1], "index": 0, "meta_info": {
-                "id": "g", "prompt_tokens": 4, "cached_tokens": 1, "completion_tokens": 1, "finish_reason": "length",
-                "matched_stop": None, "output_token_logprobs": [[-0.1, 1, "a"]], "output_top_logprobs": [[]]}}]
-    (group,) = request_outputs(outs, 2, with_logprobs=True)
-    assert [(o.index, o.text, o.finish_reason) for o in group] == [(0, "a", "length"), (1, "b", "stop")]
-    assert group[1].logprobs[0].token_id == 2 and group[1].logprobs[0].top == [(2, -0.5), (3, -1.5)]
-    dec = StreamDecoder(n=1)
-    chunks = [{"text": t, "output_ids": ids, "index": 0, "meta_info": {
-        "id": "g", "prompt_tokens": 3, "cached_tokens": 0, "completion_tokens": len(ids), "finish_reason": f}}
-        for t, ids, f in (("He", [5], None), ("Hello", [5, 6], None), ("Hello!", [5, 6, 7], "stop"))]
-    deltas = [dec(c)[1] for c in chunks]
-    assert [(d.text, d.token_ids) for d in deltas] == [("He", [5]), ("llo", [6]), ("!", [7])]
-    assert dec.finished(1) == [chunks[-1]] and StreamDecoder(1).finished(1) is None
+def test_answers_are_split_into_whole_events_and_their_usage_read():
+    async def split(chunks):
+        async def gen():
+            for c in chunks:
+                yield c
+        return [e async for e in sse_events(gen())]
+
+    stream = b'event: a\ndata: {"x": 1}\n\ndata: {"y": 2}\n\ndata: [DONE]\n\n'
+    events = asyncio.run(split([stream[i:i + 5] for i in range(0, len(stream), 5)]))
+    assert b"".join(events) == stream and len(events) == 3
+    assert [event_data(e) for e in events] == [{"x": 1}, {"y": 2}, None]
+
+    chat = AnswerReader(1)
+    chat.feed({"choices": [], "usage": {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}}})
+    assert chat.usage == (10, 4)
+    native = AnswerReader(2)  # two prompts, two samples each: each prompt counts once
+    native.feed([{**native_answer(5, cached=3), "index": i} for i in range(4)])
+    assert native.usage == (10, 6)
+    resp = AnswerReader(1)
+    resp.feed({"type": "response.completed", "response": {"id": "resp_9", "usage": {
+        "input_tokens": 7, "input_tokens_details": {"cached_tokens": 0}}}})
+    assert resp.usage == (7, 0) and resp.response_id == "resp_9"
+    assert AnswerReader(1).usage is None
 
 
 # ---- configuration and the command line -------------------------------------------------------------

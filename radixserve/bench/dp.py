@@ -79,7 +79,7 @@ def _router_stats(router) -> dict:
     for r in router.replicas:
         s = r.stats
         reps.append({"replica": r.index, "decisions": dict(s.decisions), "requests": s.requests,
-                     "prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
+                     "reported": s.reported, "prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
                      "predicted_cached_tokens": s.predicted_cached_tokens, "exact_predictions": s.exact_predictions,
                      "events": s.events, "resyncs": s.resyncs, "mirror_tokens": r.mirror.num_tokens})
     return {"replicas": reps, "failovers": router.failovers}

@@ -1,38 +1,39 @@
-"""The router's HTTP front: the server's routes, served by forwarding token ids to replicas.
+"""The router's HTTP front: the server's routes, each forwarded to a replica unchanged.
 
-Requests are parsed and checked with the server's own models and helpers, tokenised here once
-(the chat template applied here), and sent to a replica's /generate as token ids. Answers come
-back in the shape a single server gives: OpenAI chat and completions are rebuilt from the native
-results with the server's response builders; /generate answers pass through as they are.
-A stream that asks for logprobs is answered in one piece once done (the native stream carries no
-logprobs). A multi-prompt request goes to one replica as a whole.
+A request body goes as it came to the same route of the replica the router picks, and the answer
+comes back as the replica sent it: JSON whole, an event stream event by event. So everything a
+single server does (structured output, tools, echo, best_of, logprobs, /v1/responses...) works
+through the router, and a request the server refuses gets the server's own error. The router
+reads a request only to route it (radixserve.router.prompts) and an answer only for its
+statistics and stored response ids (radixserve.router.answers).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
+import time
 from collections.abc import AsyncIterator
 
+import httpx
+import orjson
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from radixserve.outputs import StreamDelta
 from radixserve.router.config import RouterConfig
-from radixserve.router.forward import StreamDecoder, native_body, request_outputs, whole_deltas
 from radixserve.router.metrics import RouterMetrics
-from radixserve.router.router import Passthrough, ReplicaLost, Router, Upstream
-from radixserve.server import openai_routes, params, responses
+from radixserve.router.prompts import route_key
+from radixserve.router.router import Answer, Passthrough, ReplicaLost, Router, Upstream
+from radixserve.server import params
 from radixserve.server.engine_io import JSONResponse
-from radixserve.server.errors import APIError, error_body, error_response, install_handlers, parse_body
+from radixserve.server.errors import APIError, error_body, error_response, install_handlers
 from radixserve.server.middleware import GuardMiddleware
-from radixserve.server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from radixserve.server.streaming import DONE, sse, until_disconnect
 
 logger = logging.getLogger(__name__)
 routes = APIRouter()
+FORWARDED = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/generate")
 
 
 def build_router_app(router: Router) -> FastAPI:
@@ -54,9 +55,11 @@ def build_router_app(router: Router) -> FastAPI:
     install_handlers(app)
 
     async def on_passthrough(request: Request, exc: Passthrough) -> Response:
-        return Response(exc.body, status_code=exc.status, media_type="application/json")
+        return Response(exc.body, status_code=exc.status, media_type=exc.media_type)
 
     app.add_exception_handler(Passthrough, on_passthrough)
+    for path in FORWARDED:
+        app.add_api_route(path, _forwarding(path), methods=["POST"])
     app.include_router(routes)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app
@@ -67,126 +70,115 @@ def _model_name(request: Request) -> str:
     return st.config.served_model_name or st.router.info["model"]
 
 
-def _frontend(request: Request):
+def _forwarding(path: str):
+    async def forward(request: Request) -> Response:
+        return await _forward(request, path)
+
+    forward.__name__ = "forward_" + path.strip("/").replace("/", "_")
+    return forward
+
+
+async def _forward(request: Request, path: str) -> Response:
     rt: Router = request.app.state.router
-    rt.frontend.max_context_len = rt.max_context_len  # NOTE: 503 when no replica is usable
-    return rt.frontend
+    body = await request.body()
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None  # NOTE: forwarded all the same: the replica answers the server's own 400
+    key = route_key(rt.frontend, path, parsed)
+    started = time.perf_counter()
+    # NOTE: the client leaving cancels the forward: the replica sees its connection close and aborts
+    answer = await until_disconnect(request, rt.forward(path, body, key), lambda: None)
+    if isinstance(answer, Answer):
+        request.app.state.metrics.e2e.observe(time.perf_counter() - started)
+        return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
+    return _relay(answer, request.app.state.metrics, started)
 
 
-async def _call(request: Request, prompts: list[list[int]], salt: str | None, n: int, body: dict) -> list[dict]:
-    """Non-streamed: the client leaving cancels the forward (the replica then aborts)."""
-    rt: Router = request.app.state.router
-    return await until_disconnect(request, rt.generate(prompts, salt, n, body), lambda: None)
-
-
-async def _aiter(items):
-    for item in items:
-        yield item
-
-
-async def _deltas(chunks: AsyncIterator[dict], decoder: StreamDecoder) -> AsyncIterator[tuple[int, StreamDelta]]:
-    async for chunk in chunks:
-        if "error" in chunk:
-            raise _ReplicaError(chunk)
-        yield decoder(chunk)
-
-
-class _ReplicaError(Exception):
-    """An error event a replica sent mid-stream; relayed as it is."""
-
-    def __init__(self, body: dict) -> None:
-        super().__init__(str(body))
-        self.body = body
-
-
-def _sse(events: AsyncIterator[bytes], upstream: Upstream | None) -> Response:
+def _relay(upstream: Upstream, metrics: RouterMetrics, started: float) -> Response:
+    """The replica's events as they come; a replica lost mid-way ends the stream with an in-band 503."""
     async def body() -> AsyncIterator[bytes]:
+        last = None
         try:
-            async for chunk in events:
-                yield chunk
-        except _ReplicaError as exc:
-            yield sse(exc.body)
-            yield DONE
+            async for event in upstream:
+                now = time.perf_counter()
+                if last is None:
+                    metrics.ttft.observe(now - started)
+                else:
+                    metrics.itl.observe(now - last)
+                last = now
+                yield event
+            metrics.e2e.observe(time.perf_counter() - started)
         except ReplicaLost as exc:
             logger.warning("%s", exc)
             yield sse(error_body(503, "The replica serving this stream failed; retry the request.",
                                  code="replica_lost"))
             yield DONE
         finally:
-            await events.aclose()
-            if upstream is not None:
-                await upstream.aclose()  # NOTE: an unfinished upstream stream is closed: the replica aborts
+            await upstream.aclose()  # NOTE: an unfinished upstream stream is closed: the replica aborts
 
     # NOTE: the background task runs even when the client left before the body started
-    return StreamingResponse(body(), media_type="text/event-stream", background=_closer(upstream),
+    return StreamingResponse(body(), media_type="text/event-stream", background=BackgroundTask(upstream.aclose),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _closer(upstream: Upstream | None) -> BackgroundTask | None:
-    return None if upstream is None else BackgroundTask(upstream.aclose)
+# ---- stored responses --------------------------------------------------------------------------------
+@routes.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, request: Request) -> Response:
+    return await _on_home(request, "GET", response_id)
 
 
-# ---- OpenAI routes ---------------------------------------------------------------------------------
-@routes.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    st = request.app.state
-    rt: Router = st.router
-    req = await parse_body(request, ChatCompletionRequest)
-    frontend = _frontend(request)
-    model = _model_name(request)
-    params.check_model(req.model, model)
-    params.check_stream_options(req)
-    params.check_n(req.n, 1, st.config.max_n)
-    prompt = params.chat_prompt(frontend, req.messages)
-    sp = params.chat_sampling(req, len(prompt), frontend.max_context_len)
-    rid = f"chatcmpl-{uuid.uuid4().hex}"
-    clock = st.metrics.clock()
-    texts = responses.TokenTexts(frontend.tokenizer)
-    usage = req.stream_options is not None and req.stream_options.include_usage
-    if req.stream and not req.logprobs:
-        chunks = await rt.stream([prompt], req.cache_salt, sp.n, native_body([prompt], False, sp, True, req.cache_salt))
-        deltas = _deltas(chunks, StreamDecoder(sp.n))
-        events = openai_routes._chat_events(deltas, rid, model, usage, False, texts, clock)
-        return _sse(events, chunks)
-    outs = await _call(request, [prompt], req.cache_salt, sp.n, native_body([prompt], False, sp, False, req.cache_salt))
-    groups = request_outputs(outs, sp.n, req.logprobs)
-    if req.stream:
-        events = openai_routes._chat_events(_aiter(whole_deltas(groups)), rid, model, usage, True, texts, clock)
-        return _sse(events, None)
-    clock.done()
-    return JSONResponse(responses.chat_completion(rid, model, groups[0], texts))
+@routes.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> Response:
+    resp = await _on_home(request, "DELETE", response_id)
+    if resp.status_code == 200:
+        request.app.state.router.homes.drop(response_id)
+    return resp
 
 
-@routes.post("/v1/completions")
-async def completions(request: Request) -> Response:
-    st = request.app.state
-    rt: Router = st.router
-    req = await parse_body(request, CompletionRequest)
-    frontend = _frontend(request)
-    model = _model_name(request)
-    params.check_model(req.model, model)
-    params.check_stream_options(req)
-    prompts = params.completion_prompts(frontend, req.prompt)
-    params.check_n(req.n, len(prompts), st.config.max_n)
-    sp = params.completion_sampling(req)
-    batched = len(prompts) > 1
-    rid = f"cmpl-{uuid.uuid4().hex}"
-    clock = st.metrics.clock()
-    texts = responses.TokenTexts(frontend.tokenizer)
-    usage = req.stream_options is not None and req.stream_options.include_usage
-    if req.stream and req.logprobs is None:
-        body = native_body(prompts, batched, sp, True, req.cache_salt)
-        chunks = await rt.stream(prompts, req.cache_salt, sp.n, body)
-        events = openai_routes._completion_events(_deltas(chunks, StreamDecoder(sp.n)), rid, model, sp.n, usage,
-                                                  texts, clock)
-        return _sse(events, chunks)
-    outs = await _call(request, prompts, req.cache_salt, sp.n, native_body(prompts, batched, sp, False, req.cache_salt))
-    groups = request_outputs(outs, sp.n, req.logprobs is not None)
-    if req.stream:
-        events = openai_routes._completion_events(_aiter(whole_deltas(groups)), rid, model, sp.n, usage, texts, clock)
-        return _sse(events, None)
-    clock.done()
-    return JSONResponse(responses.completion(rid, model, groups, texts))
+async def _on_home(request: Request, method: str, response_id: str) -> Response:
+    """On the replica that stored the response (the server's own 404 when none did)."""
+    rt: Router = request.app.state.router
+    home = await rt.home_of(response_id)
+    r = rt.replicas[home] if home is not None else _any_replica(rt)
+    return await _simple(rt, r, method, f"/v1/responses/{response_id}", None)
+
+
+# ---- routes any replica answers alike ----------------------------------------------------------------
+@routes.post("/tokenize")
+async def tokenize(request: Request) -> Response:
+    rt: Router = request.app.state.router
+    return await _simple(rt, _any_replica(rt), "POST", "/tokenize", await request.body())
+
+
+@routes.post("/detokenize")
+async def detokenize(request: Request) -> Response:
+    rt: Router = request.app.state.router
+    return await _simple(rt, _any_replica(rt), "POST", "/detokenize", await request.body())
+
+
+@routes.get("/tokenizer_info")
+async def tokenizer_info(request: Request) -> Response:
+    rt: Router = request.app.state.router
+    return await _simple(rt, _any_replica(rt), "GET", "/tokenizer_info", None)
+
+
+def _any_replica(rt: Router):
+    usable = [r for r in rt.replicas if r.usable]
+    if not usable:
+        raise APIError(503, "No replica is available; retry later.", code="no_replica")
+    return min(usable, key=lambda r: (r.load, r.index))
+
+
+async def _simple(rt: Router, r, method: str, path: str, body: bytes | None) -> Response:
+    headers = {**r.headers, "Content-Type": "application/json"}
+    try:
+        resp = await rt.client.request(method, r.url + path, content=body, headers=headers)
+    except httpx.TransportError as exc:
+        r.mark_down(f"{type(exc).__name__}: {exc}")
+        raise APIError(503, f"Replica {r.index} did not answer; retry.", code="no_replica") from exc
+    return Response(resp.content, status_code=resp.status_code,
+                    media_type=resp.headers.get("content-type", "application/json"))
 
 
 @routes.get("/v1/models")
@@ -206,28 +198,6 @@ def _model_card(request: Request) -> dict:
 
 
 # ---- native routes --------------------------------------------------------------------------------
-@routes.post("/generate")
-async def generate(request: Request) -> Response:
-    st = request.app.state
-    rt: Router = st.router
-    req = await parse_body(request, GenerateRequest)
-    prompts, batched = params.native_prompts(_frontend(request), req)
-    sp = params.native_sampling(req)
-    params.check_n(sp.n, len(prompts), st.config.max_n)
-    body = {**req.model_dump(), "text": None, "input_ids": prompts if batched else prompts[0]}
-    if req.stream:
-        chunks = await rt.stream(prompts, req.cache_salt, sp.n, body)
-
-        async def relay() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                yield sse(chunk)
-            yield DONE
-
-        return _sse(relay(), chunks)
-    outs = await _call(request, prompts, req.cache_salt, sp.n, body)
-    return JSONResponse(outs if batched or sp.n > 1 else outs[0])
-
-
 @routes.get("/health")
 async def health(request: Request) -> Response:
     reps = request.app.state.router.replicas
@@ -252,7 +222,7 @@ async def replicas(request: Request) -> Response:
         out.append({"index": r.index, "url": r.url, "healthy": r.healthy, "compatible": r.compatible,
                     "load": r.load, "last_error": r.last_error, "info": r.info, "epoch": r.mirror.epoch,
                     "mirror_tokens": r.mirror.num_tokens, "mirror_footprint_tokens": r.mirror.footprint,
-                    "requests": s.requests, "prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
+                    "requests": s.requests, "reported": s.reported, "prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
                     "predicted_cached_tokens": s.predicted_cached_tokens, "exact_predictions": s.exact_predictions,
                     "failed": s.failed, "events": s.events, "resyncs": s.resyncs, "decisions": s.decisions})
     return JSONResponse({"policy": request.app.state.config.policy, "replicas": out,

@@ -24,6 +24,9 @@ class RouterConfig:
     request_timeout_s: float = 600.0  # a replica that sends nothing for this long has failed the request
     max_failovers: int = 2  # a request that could not start on a replica is retried on this many others
     replica_api_key: str | None = None  # sent to replicas as 'Authorization: Bearer <key>'
+    # /v1/responses ids remembered with the replica that stored them (a follow-up goes there); an
+    # id not remembered is looked for on every replica
+    max_response_homes: int = 100_000
     # the front: like ServerConfig
     host: str = "127.0.0.1"
     port: int = 8000
@@ -55,6 +58,8 @@ class RouterConfig:
         for name in ("poll_interval_s", "health_interval_s", "connect_timeout_s", "request_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_response_homes < 0:
+            raise ValueError(f"max_response_homes must be >= 0, got {self.max_response_homes}")
         if self.max_failovers < 0:
             raise ValueError(f"max_failovers must be >= 0, got {self.max_failovers}")
         if not 0 <= self.port <= 65535:

@@ -26,12 +26,14 @@ def load_router_tokenizer(model: str | None, tokenizer: str | None = None) -> Pr
 
 
 class Frontend:
-    """What the server's request helpers (radixserve.server.params) need from an engine: the
-    tokenizer, the chat template and the context length (the replicas'; set once one answers)."""
+    """What the server's prompt builders (radixserve.server.params, .tools, .conversation) need
+    from an engine: the tokenizer and the chat template, and whether the template renders tools."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        from radixserve.server.tools import template_renders_tools
+
         self.tokenizer = tokenizer
-        self.max_context_len = 0
+        self.tools_native = template_renders_tools(tokenizer)  # as the server probes it
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> list[int]:
         from radixserve.engine.engine import Engine

@@ -1,7 +1,7 @@
 """Prometheus metrics of the router, on a registry of its own.
 
 Per replica (label `replica` = its index): routing decisions by reason, health, load, prompt and
-cached tokens as the replica reported them, cached tokens as the mirror predicted them, the hit
+cached tokens as the replica reported them in its answers, cached tokens as the mirror predicted them, the hit
 rate, the mirrored cache's size, events applied and resyncs. Latency histograms as the server's.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ class RouterCollector:
     def collect(self):
         reps = self._router.replicas
         decisions = CounterMetricFamily(f"{PREFIX}_decisions", "Requests routed, by replica and reason "
-                                        "(cache, cold, balance, round-robin)", labels=["replica", "reason"])
+                                        "(cache, cold, balance, round-robin; load: a prompt the router could not build; "
+                                        "pinned: a /v1/responses follow-up)", labels=["replica", "reason"])
         for r in reps:
             for reason, count in sorted(r.stats.decisions.items()):
                 decisions.add_metric([str(r.index), reason], float(count))
@@ -35,9 +36,11 @@ class RouterCollector:
              lambda r: r.stats.cached_tokens),
             (CounterMetricFamily, "predicted_cached_tokens", "Cached prompt tokens the mirror predicted when routing",
              lambda r: r.stats.predicted_cached_tokens),
-            (CounterMetricFamily, "exact_predictions", "Prompts whose cached tokens the mirror predicted exactly",
+            (CounterMetricFamily, "exact_predictions", "Requests whose cached tokens the mirror predicted exactly",
              lambda r: r.stats.exact_predictions),
-            (CounterMetricFamily, "requests", "Prompts finished", lambda r: r.stats.requests),
+            (CounterMetricFamily, "requests", "Requests answered", lambda r: r.stats.requests),
+            (CounterMetricFamily, "reported_requests", "Requests whose answer reported its cache usage (the token "
+             "counts are theirs; a stream without usage reports none)", lambda r: r.stats.reported),
             (CounterMetricFamily, "failed_requests", "Requests that failed on the replica", lambda r: r.stats.failed),
             (CounterMetricFamily, "cache_events", "Cache events (insertions, evictions) applied to the mirror",
              lambda r: r.stats.events),

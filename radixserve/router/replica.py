@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from radixserve.router.answers import Usage
 from radixserve.router.mirror import CacheMirror, InFlight, decode_events, dump_paths
 
 logger = logging.getLogger(__name__)
@@ -20,11 +21,12 @@ PROBE_MESSAGES = [{"role": "system", "content": "Probe: the router and its repli
 
 @dataclass
 class ReplicaStats:
-    requests: int = 0  # requests (prompts) that finished here
+    requests: int = 0  # requests answered here
+    reported: int = 0  # of those, the ones whose answer reported its cache usage (the counts below)
     prompt_tokens: int = 0
     cached_tokens: int = 0  # as the replica reported them
     predicted_cached_tokens: int = 0  # as the mirror predicted them when routing
-    exact_predictions: int = 0  # prompts whose cached tokens the mirror predicted exactly
+    exact_predictions: int = 0  # requests whose cached tokens the mirror predicted exactly
     failed: int = 0  # requests that failed here (replica unreachable or broken mid-way)
     events: int = 0
     resyncs: int = 0
@@ -37,7 +39,7 @@ class Ticket(NamedTuple):
     replica: "Replica"
     handle: InFlight
     prompts: list[list[int]]
-    seqs: int  # sequences in flight: prompts x n
+    seqs: int  # sequences in flight: prompts x samples
     predicted: list[int]  # predicted cached tokens per prompt
 
 
@@ -65,26 +67,27 @@ class Replica:
         return self.healthy and self.compatible is True
 
     # ---- requests ------------------------------------------------------------------------------
-    def begin(self, namespace: str | None, prompts: list[list[int]], n: int, predicted: list[int],
+    def begin(self, namespace: str | None, prompts: list[list[int]], seqs: int, predicted: list[int],
               reason: str) -> Ticket:
-        self.load += n * len(prompts)
+        self.load += seqs
         self.stats.decisions[reason] = self.stats.decisions.get(reason, 0) + 1
-        return Ticket(self, self.mirror.begin(namespace, prompts), prompts, n * len(prompts), predicted)
+        return Ticket(self, self.mirror.begin(namespace, prompts), prompts, seqs, predicted)
 
-    def finish(self, ticket: Ticket, outputs: list[dict], n: int) -> None:
-        """`outputs`: the replica's native results (flat index p * n + sample)."""
+    def finish(self, ticket: Ticket, usage: Usage | None) -> None:
+        """The request answered; `usage`: the prompt and cached tokens the replica reported (each
+        prompt once), None when its answer did not say (a stream without usage)."""
         self.load -= ticket.seqs
-        # NOTE: prompt + output as routing knowledge until the replica's own insert event is in
-        # (whether the last sampled token's KV was cached depends on its scheduler; the event says)
-        cached = [ticket.prompts[out["index"] // n] + list(out["output_ids"]) for out in outputs]
-        self.mirror.end(ticket.handle, cached)
-        firsts = {out["index"] // n: out["meta_info"] for out in outputs if out["index"] % n == 0}
-        for p, meta in firsts.items():
-            self.stats.requests += 1
-            self.stats.prompt_tokens += meta["prompt_tokens"]
-            self.stats.cached_tokens += meta["cached_tokens"]
-            self.stats.predicted_cached_tokens += ticket.predicted[p]
-            self.stats.exact_predictions += meta["cached_tokens"] == ticket.predicted[p]
+        # NOTE: the prompts as routing knowledge until the replica's own insert events are in
+        # (the answer is relayed unread, so its output tokens come with the events)
+        self.mirror.end(ticket.handle, ticket.prompts)
+        self.stats.requests += 1
+        if usage is not None:
+            predicted = sum(ticket.predicted)
+            self.stats.reported += 1
+            self.stats.prompt_tokens += usage.prompt_tokens
+            self.stats.cached_tokens += usage.cached_tokens
+            self.stats.predicted_cached_tokens += predicted
+            self.stats.exact_predictions += usage.cached_tokens == predicted
         self._wake.set()  # NOTE: poll soon, so the mirror takes these tokens in while they are fresh
 
     def fail(self, ticket: Ticket) -> None:

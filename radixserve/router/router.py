@@ -1,8 +1,12 @@
 """The router: chooses a replica for each request, forwards it, fails over, keeps the mirrors.
 
-A request that cannot start on a replica (refused connection, a replica answering 503, or one
-that broke before the router passed anything on) is retried on another (`max_failovers`); a
-stream that already sent the client tokens cannot move, so it ends with an in-band 503 error.
+A request goes to the replica's route of the same path with its body unchanged, and the answer
+comes back as the replica sent it (JSON whole, a stream event by event), so every feature of the
+server works through the router. A request that cannot start on a replica (refused connection, a
+replica answering 429/502/503/504, or one that broke before the router passed anything on) is
+retried on another (`max_failovers`); a stream that already sent the client events cannot move,
+so it ends with an in-band 503 error. A /v1/responses follow-up goes to the replica that stored
+the response it continues (`ResponseHomes`), and never moves.
 """
 from __future__ import annotations
 
@@ -10,14 +14,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from collections import OrderedDict
+from typing import Any, NamedTuple
 
 import httpx
-import orjson
 
 from radixserve.router.config import RouterConfig
-from radixserve.router.forward import StreamDecoder
-from radixserve.router.policy import CacheAware, Policy, RoundRobin
+from radixserve.router.answers import AnswerReader, event_data, sse_events
+from radixserve.router.policy import CacheAware, Decision, Policy, RoundRobin
+from radixserve.router.prompts import RouteKey
 from radixserve.router.replica import PROBE_MESSAGES, Replica, Ticket
 from radixserve.server.errors import APIError
 
@@ -32,12 +37,49 @@ class ReplicaLost(Exception):
 
 
 class Passthrough(Exception):
-    """A replica's own error answer (4xx), returned to the client as it is."""
+    """A replica's own error answer (4xx, 5xx), returned to the client as it is."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, media_type: str = "application/json") -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
         self.body = body
+        self.media_type = media_type
+
+
+class Answer(NamedTuple):
+    """A replica's whole (not streamed) answer, relayed as it is."""
+
+    status: int
+    body: bytes
+    media_type: str
+
+
+class ResponseHomes:
+    """Which replica stored each /v1/responses response (bounded; the oldest forgotten first).
+    A follow-up whose response is not here (forgotten, or stored before the router started) is
+    looked for on every replica."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._homes: OrderedDict[str, int] = OrderedDict()
+
+    def put(self, response_id: str, replica: int) -> None:
+        self._homes[response_id] = replica
+        self._homes.move_to_end(response_id)
+        while len(self._homes) > self.capacity:
+            self._homes.popitem(last=False)
+
+    def get(self, response_id: str) -> int | None:
+        home = self._homes.get(response_id)
+        if home is not None:
+            self._homes.move_to_end(response_id)
+        return home
+
+    def drop(self, response_id: str) -> None:
+        self._homes.pop(response_id, None)
+
+    def __len__(self) -> int:
+        return len(self._homes)
 
 
 class Router:
@@ -51,6 +93,7 @@ class Router:
                                           config.min_match_fraction))
         self.probe_ids = frontend.apply_chat_template(PROBE_MESSAGES)
         self.failovers = 0
+        self.homes = ResponseHomes(config.max_response_homes)
         self.client: httpx.AsyncClient | None = None
         self._poll_client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task] = []
@@ -95,17 +138,24 @@ class Router:
             raise APIError(503, "No replica is available; retry later.", code="no_replica")
         return min(lens)
 
-    def _choose(self, namespace: str | None, prompts: list[list[int]], tried: set[int]):
+    def _choose(self, key: RouteKey, tried: set[int], home: int | None) -> Decision:
         candidates = [r for r in self.replicas if r.usable and r.index not in tried]
+        if home is not None:
+            candidates = [r for r in candidates if r.index == home]
+            if not candidates:
+                r = self.replicas[home]
+                raise APIError(503, f"The replica that stored this conversation ({r.url}) is unavailable now "
+                               f"({r.last_error or 'it failed this request'}); retry later, or send the whole "
+                               "conversation as input without previous_response_id.",
+                               param="previous_response_id", code="replica_unavailable")
         if not candidates:
             down = [f"{r.url} ({r.last_error or 'incompatible'})" for r in self.replicas if not r.usable]
             raise APIError(503, "No replica can take this request now; retry later. Unavailable: "
                            + (", ".join(down) or "none"), code="no_replica")
-        return self.policy.choose(candidates, namespace, prompts)
-
-    def _begin(self, namespace, prompts, n, tried) -> Ticket:
-        d = self._choose(namespace, prompts, tried)
-        return d.replica.begin(namespace, prompts, n, d.predicted, d.reason)
+        if not key.prompts:  # NOTE: nothing to match: the least-loaded replica
+            pick = min(candidates, key=lambda r: (r.load, r.mirror.footprint, r.index))
+            return Decision(pick, "pinned" if home is not None else "load", [])
+        return self.policy.choose(candidates, key.namespace, key.prompts)
 
     def _failed(self, ticket: Ticket, tried: set[int], reason: str | None) -> None:
         ticket.replica.fail(ticket)
@@ -114,88 +164,64 @@ class Router:
             ticket.replica.mark_down(reason)
         self.failovers += 1
 
+    async def home_of(self, response_id: str | None) -> int | None:
+        """The replica holding a stored response: remembered, else asked of every usable replica."""
+        if response_id is None:
+            return None
+        home = self.homes.get(response_id)
+        if home is not None:
+            return home
+        for r in self.replicas:
+            if not r.usable:
+                continue
+            try:
+                resp = await self.client.get(f"{r.url}/v1/responses/{response_id}", headers=r.headers)
+            except httpx.TransportError:
+                continue
+            if resp.status_code == 200:
+                self.homes.put(response_id, r.index)
+                return r.index
+        return None  # NOTE: routed as any request: the replica answers the server's own 404
+
     # ---- forwarding ----------------------------------------------------------------------------
-    async def generate(self, prompts: list[list[int]], namespace: str | None, n: int,
-                       body: dict) -> list[dict]:
-        """POST /generate (not streamed) on a chosen replica, failing over; the native results as
-        a flat list (index p * n + sample)."""
+    async def forward(self, path: str, body: bytes, key: RouteKey) -> Answer | Upstream:
+        """POST `body` to `path` on a chosen replica, failing over while nothing was passed on.
+        A JSON answer comes back whole (`Answer`); an event stream as an `Upstream` whose first
+        event already arrived. A replica's error status raises `Passthrough` with its body."""
         tried: set[int] = set()
         last: Passthrough | None = None
+        home = await self.home_of(key.previous_response_id)
         for _ in range(1 + self.config.max_failovers):
             try:
-                ticket = self._begin(namespace, prompts, n, tried)
+                d = self._choose(key, tried, home)
             except APIError:
                 if last is not None:
                     raise last from None
                 raise
+            ticket = d.replica.begin(key.namespace, key.prompts, key.seqs, d.predicted, d.reason)
             r = ticket.replica
-            try:
-                resp = await self._post(r, body)
-            except httpx.TransportError as exc:
-                self._failed(ticket, tried, f"{type(exc).__name__}: {exc}")
-                continue
-            except BaseException:  # cancelled (the client left): the replica sees the connection close
-                r.fail(ticket)
-                raise
-            if resp.status_code in _RETRY_STATUS:
-                last = Passthrough(resp.status_code, resp.content)
-                self._failed(ticket, tried, f"HTTP {resp.status_code}" if resp.status_code != 429 else None)
-                continue
-            if resp.status_code != 200:
-                r.fail(ticket)
-                raise Passthrough(resp.status_code, resp.content)
-            data = resp.json()
-            outs = data if isinstance(data, list) else [data]
-            r.finish(ticket, outs, n)
-            return outs
-        if last is not None:
-            raise last
-        raise APIError(503, "Every replica tried failed this request; retry later.", code="no_replica")
-
-    async def _post(self, r: Replica, body: dict) -> httpx.Response:
-        """POST /generate; a connection that broke without an answer is tried once more on a fresh
-        one before the replica counts as failed (a kept-alive connection the server was closing)."""
-        try:
-            return await self.client.post(r.url + "/generate", json=body, headers=r.headers)
-        except _STALE as exc:
-            logger.info("replica %d: %s on a kept-alive connection; retrying once", r.index, type(exc).__name__)
-            return await self.client.post(r.url + "/generate", json=body, headers=r.headers)
-
-    async def stream(self, prompts: list[list[int]], namespace: str | None, n: int,
-                     body: dict) -> Upstream:
-        """POST /generate with stream on a chosen replica; returns an iterator of native chunks
-        whose first chunk already arrived (failures before it fail over; errors raise here)."""
-        tried: set[int] = set()
-        last: Passthrough | None = None
-        for _ in range(1 + self.config.max_failovers):
-            try:
-                ticket = self._begin(namespace, prompts, n, tried)
-            except APIError:
-                if last is not None:
-                    raise last from None
-                raise
-            r = ticket.replica
+            reader = AnswerReader(key.seqs // max(1, len(key.prompts)))
             stack = contextlib.AsyncExitStack()
             try:
-                try:
-                    resp = await stack.enter_async_context(
-                        self.client.stream("POST", r.url + "/generate", json=body, headers=r.headers))
-                except _STALE as exc:  # see _post
-                    logger.info("replica %d: %s on a kept-alive connection; retrying once", r.index,
-                                type(exc).__name__)
-                    resp = await stack.enter_async_context(
-                        self.client.stream("POST", r.url + "/generate", json=body, headers=r.headers))
+                resp = await self._open(stack, r, path, body)
+                media_type = resp.headers.get("content-type", "application/json")
                 if resp.status_code != 200:
                     content = await resp.aread()
                     await stack.aclose()
                     if resp.status_code in _RETRY_STATUS:
-                        last = Passthrough(resp.status_code, content)
+                        last = Passthrough(resp.status_code, content, media_type)
                         self._failed(ticket, tried, f"HTTP {resp.status_code}" if resp.status_code != 429 else None)
                         continue
                     r.fail(ticket)
-                    raise Passthrough(resp.status_code, content)
-                lines = _events(resp)
-                first = await lines.__anext__()
+                    raise Passthrough(resp.status_code, content, media_type)
+                if not media_type.startswith("text/event-stream"):
+                    content = await resp.aread()
+                    await stack.aclose()
+                    reader.feed_bytes(content)
+                    self._answered(ticket, reader)
+                    return Answer(resp.status_code, content, media_type)
+                events = sse_events(resp.aiter_bytes())
+                first = await events.__anext__()
             except httpx.TransportError as exc:
                 await stack.aclose()
                 self._failed(ticket, tried, f"{type(exc).__name__}: {exc}")
@@ -206,40 +232,56 @@ class Router:
                 continue
             except Passthrough:
                 raise
-            except BaseException:
-                await stack.aclose()
+            except BaseException:  # cancelled (the client left): the replica sees the connection close
+                await asyncio.shield(stack.aclose())
                 r.fail(ticket)
                 raise
-            return Upstream(ticket, stack, first, lines, n)
+            return Upstream(self, ticket, stack, first, events, reader)
         if last is not None:
             raise last
         raise APIError(503, "Every replica tried failed this request; retry later.", code="no_replica")
 
+    async def _open(self, stack: contextlib.AsyncExitStack, r: Replica, path: str, body: bytes) -> httpx.Response:
+        """Send the request; a connection that broke without an answer is tried once more on a
+        fresh one before the replica counts as failed (a kept-alive connection the server was closing)."""
+        headers = {**r.headers, "Content-Type": "application/json"}
+        try:
+            return await stack.enter_async_context(self.client.stream("POST", r.url + path, content=body,
+                                                                      headers=headers))
+        except _STALE as exc:
+            logger.info("replica %d: %s on a kept-alive connection; retrying once", r.index, type(exc).__name__)
+            return await stack.enter_async_context(self.client.stream("POST", r.url + path, content=body,
+                                                                      headers=headers))
+
+    def _answered(self, ticket: Ticket, reader: AnswerReader) -> None:
+        ticket.replica.finish(ticket, reader.usage)
+        if reader.response_id is not None:
+            self.homes.put(reader.response_id, ticket.replica.index)
+
 
 class Upstream:
-    """A replica's native stream, relayed chunk by chunk (the first already read). Closing it
-    before the end makes the replica abort the request; `aclose` is idempotent and also works on
-    a stream never iterated (a client gone before its response started)."""
+    """A replica's event stream, relayed event by event (the first already read), bytes unchanged.
+    Closing it before the end makes the replica abort the request; `aclose` is idempotent and
+    also works on a stream never iterated (a client gone before its response started)."""
 
-    def __init__(self, ticket: Ticket, stack: contextlib.AsyncExitStack, first: dict,
-                 lines: AsyncIterator[dict], n: int) -> None:
-        self.ticket, self._stack, self._lines = ticket, stack, lines
-        self._next: dict | None = first
-        self._decoder = StreamDecoder(n)
-        self._n = n
+    def __init__(self, router: Router, ticket: Ticket, stack: contextlib.AsyncExitStack, first: bytes,
+                 events: AsyncIterator[bytes], reader: AnswerReader) -> None:
+        self._router, self.ticket, self._stack, self._events = router, ticket, stack, events
+        self._next: bytes | None = first
+        self.reader = reader
         self._closed = False
 
     def __aiter__(self) -> Upstream:
         return self
 
-    async def __anext__(self) -> dict:
+    async def __anext__(self) -> bytes:
         if self._closed:
             raise StopAsyncIteration
         if self._next is not None:
-            chunk, self._next = self._next, None
+            event, self._next = self._next, None
         else:
             try:
-                chunk = await self._lines.__anext__()
+                event = await self._events.__anext__()
             except StopAsyncIteration:
                 await self._end()
                 raise
@@ -248,18 +290,16 @@ class Upstream:
                 r.mark_down(f"{type(exc).__name__}: {exc}")
                 await self.aclose()
                 raise ReplicaLost(f"replica {r.index} failed mid-stream ({type(exc).__name__})") from exc
-        if "error" not in chunk:
-            self._decoder(chunk)
-        return chunk
+        self.reader.feed(event_data(event))
+        return event
 
     async def _end(self) -> None:
-        final = self._decoder.finished(len(self.ticket.prompts))
-        if final is not None and not self._closed:
-            self._closed = True
-            self.ticket.replica.finish(self.ticket, final, self._n)
-            await asyncio.shield(self._stack.aclose())
-        else:
-            await self.aclose()
+        """The replica ended its stream: the request is done there."""
+        if self._closed:
+            return
+        self._closed = True
+        self._router._answered(self.ticket, self.reader)
+        await asyncio.shield(self._stack.aclose())
 
     async def aclose(self) -> None:
         if self._closed:
@@ -268,14 +308,3 @@ class Upstream:
         self.ticket.replica.fail(self.ticket)
         # NOTE: shielded: under a client's cancellation the connection still gets closed (the replica aborts)
         await asyncio.shield(self._stack.aclose())
-
-
-async def _events(resp: httpx.Response) -> AsyncIterator[dict]:
-    """The `data:` payloads of a server-sent event stream, parsed, until [DONE]."""
-    async for line in resp.aiter_lines():
-        if not line.startswith("data: "):
-            continue
-        data = line[6:]
-        if data == "[DONE]":
-            return
-        yield orjson.loads(data)
