@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most /v1/responses kept for previous_response_id (LRU, in memory)")
     serve.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
                        help="most conversation tokens kept across stored responses (LRU, in memory)")
+    serve.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the scheduler and model in their own process (default); --no-engine-process "
+                            "keeps everything in the HTTP server's process")
     _add_limit_flags(serve.add_argument_group("request bounds (each a 400 naming the limit)"))
     serve.add_argument("--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, "
                        "or CPU processes sharing the cores) on ports PORT+1.. behind a router on PORT")
@@ -211,7 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
                           responses_max_stored=args.responses_max_stored,
                           responses_max_stored_tokens=args.responses_max_stored_tokens,
                           **{name: getattr(args, name) for name in LIMIT_FIELDS})
-    return serve(config, **_engine_options(args))
+    return serve(config, engine_process=args.engine_process, **_engine_options(args))
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -204,7 +204,7 @@ class KVMirror:
         new_r = max(r, _round_up(rows, _ROW_ALIGN))
         new_c = max(c, _round_up(max(cols, c + c // 2), _COL_ALIGN))
         if new_r * new_c * self.bytes_per_cell > self.max_bytes:
-            new_c = _round_up(cols, _COL_ALIGN)
+            new_c = max(c, _round_up(cols, _COL_ALIGN))  # NOTE: never below what it holds (rows may be what grows)
             if new_r * new_c * self.bytes_per_cell > self.max_bytes:
                 if not self._over_budget_logged:
                     logger.warning("CPU KV mirror: %d rows x %d positions would take %.2f GiB, over its budget of "
