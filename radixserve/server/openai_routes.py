@@ -78,7 +78,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool, logprobs: bool,
                        texts: responses.TokenTexts, clock: RequestClock,
-                       reader: Callable[[], ToolReader] | None) -> AsyncIterator[bytes]:
+                       reader: Callable[[], ToolReader] | None = None) -> AsyncIterator[bytes]:
     base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
     tracker, readers = UsageTracker(), {}
 
