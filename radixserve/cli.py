@@ -57,6 +57,19 @@ def _add_router_flags(group) -> None:
                        help=f"other replicas a request that failed to start is retried on (default: {d.max_failovers})")
 
 
+LIMIT_FIELDS = ("max_prompts", "max_stop_strings", "max_stop_string_chars", "max_logit_bias", "max_tools",
+                "max_tools_bytes", "max_schema_bytes")
+
+
+def _add_limit_flags(group) -> None:
+    from radixserve.server.app import ServerConfig
+
+    d = ServerConfig()
+    for name in LIMIT_FIELDS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(d, name),
+                           help=f"default: {getattr(d, name)}")
+
+
 def _router_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(policy=args.policy, balance_abs_threshold=args.balance_abs_threshold,
                 balance_rel_threshold=args.balance_rel_threshold, min_match_fraction=args.min_match_fraction,
@@ -101,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most /v1/responses kept for previous_response_id (LRU, in memory)")
     serve.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
                        help="most conversation tokens kept across stored responses (LRU, in memory)")
+    serve.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the scheduler and model in their own process (default); --no-engine-process "
+                            "keeps everything in the HTTP server's process")
+    _add_limit_flags(serve.add_argument_group("request bounds (each a 400 naming the limit)"))
     serve.add_argument("--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, "
                        "or CPU processes sharing the cores) on ports PORT+1.. behind a router on PORT")
     _add_router_flags(serve.add_argument_group("router (with --dp > 1)"))
@@ -176,6 +193,8 @@ def _serve_dp(args: argparse.Namespace) -> int:
                          "choose a --port below that")
     server = ["--log-level", args.log_level, "--max-body-bytes", str(args.max_body_bytes), "--max-n",
               str(args.max_n), "--graceful-shutdown-s", str(args.graceful_shutdown_s)]
+    for name in LIMIT_FIELDS:
+        server += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.api_key is not None:
         server += ["--api-key", args.api_key]
     if args.served_model_name is not None:
@@ -196,8 +215,9 @@ def _serve(args: argparse.Namespace) -> int:
                           max_n=args.max_n, served_model_name=args.served_model_name,
                           graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
                           responses_max_stored=args.responses_max_stored,
-                          responses_max_stored_tokens=args.responses_max_stored_tokens)
-    return serve(config, **_engine_options(args))
+                          responses_max_stored_tokens=args.responses_max_stored_tokens,
+                          **{name: getattr(args, name) for name in LIMIT_FIELDS})
+    return serve(config, engine_process=args.engine_process, **_engine_options(args))
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -1,6 +1,12 @@
-"""A real uvicorn server over an embedded-model engine, for the server test modules."""
+"""A real uvicorn server over an embedded-model engine, for the server test modules.
+
+The server is tested the way `radixserve serve` runs it: the scheduler and model in an engine
+process (EngineClient), the HTTP front end here. RADIXSERVE_TEST_LAYOUT=inprocess runs the same
+tests over an in-process Engine instead (tests/test_server_layouts.py covers that layout in CI).
+"""
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -20,9 +26,27 @@ LONG_SYSTEM = ("You are a meticulous assistant for a small bakery. " * 3 +
                "Always answer politely, mention the opening hours (8am to 6pm), and never invent prices. " * 4)
 
 
+ENGINE_OPTIONS = dict(max_total_tokens=4096, max_context_len=CONTEXT, max_queued_requests=256)
+SPLIT = os.environ.get("RADIXSERVE_TEST_LAYOUT", "split") == "split"
+
+
 @pytest.fixture(scope="module")
 def engine():
-    eng = Engine(max_total_tokens=4096, max_context_len=CONTEXT, max_queued_requests=256)
+    """The engine the server serves: an EngineClient over an engine process (or an in-process Engine)."""
+    if SPLIT:
+        from radixserve.engine.client import EngineClient
+
+        eng = EngineClient(**ENGINE_OPTIONS)
+    else:
+        eng = Engine(**ENGINE_OPTIONS)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_engine():
+    """An in-process Engine, for tests that reach into the engine's internals."""
+    eng = Engine(**ENGINE_OPTIONS)
     yield eng
     eng.shutdown()
 

@@ -13,7 +13,7 @@ import pytest
 from radixserve import SamplingParams
 from radixserve.server import openai_fields
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
-    assert_no_leak, client, engine, greedy, http, server)
+    assert_no_leak, client, engine, greedy, http, local_engine, server)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROMPT = "The capital of France is"
@@ -182,9 +182,10 @@ def test_logit_bias_bad_input(http, engine, path, body, param):
     assert resp.json()["error"]["param"] == param, resp.text
 
 
-def test_logit_bias_tensor_is_built_once_per_request(engine, monkeypatch):
+def test_logit_bias_tensor_is_built_once_per_request(local_engine, monkeypatch):
     from radixserve.scheduler import results
 
+    engine = local_engine  # patched inside the scheduler's module: in this process
     calls = []
     real = results.logit_bias_row
     monkeypatch.setattr(results, "logit_bias_row", lambda *a: calls.append(a[0]) or real(*a))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -18,7 +19,7 @@ from radixserve import SamplingParams
 from radixserve.server import ServerConfig, build_app
 from radixserve.server.testing import ServerThread
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
-    API_KEY, assert_no_leak, client, engine, greedy, http, server)
+    API_KEY, assert_no_leak, client, engine, greedy, http, local_engine, server)
 
 ASK = [{"role": "user", "content": "Describe a city as JSON."}]
 CITY = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
@@ -251,12 +252,23 @@ def test_bad_constraints_name_the_field(http, engine, body, param):
         assert "'not'" in err["message"] or "`not`" in err["message"] or " not " in err["message"], err
 
 
-def test_compile_timeout_is_a_400_naming_the_field(http, engine, monkeypatch):
+def test_compile_timeout_is_a_400_naming_the_field(local_engine, monkeypatch):
     """A grammar that compiles past the timeout: 400 naming the field, streamed or not, and the
-    server goes on serving (compiles are held here, deterministically, instead of being slow)."""
+    server goes on serving (compiles are held here, deterministically, instead of being slow; that
+    reaches into the engine, so this server runs it in process)."""
     import dataclasses
     import threading
     import uuid
+
+    from radixserve.server import ServerConfig, build_app
+    from radixserve.server.testing import ServerThread
+
+    engine = local_engine
+    with ServerThread(build_app(engine, ServerConfig())) as srv, httpx.Client(base_url=srv.url, timeout=120) as http:
+        _compile_timeout(http, engine, monkeypatch, dataclasses, threading, uuid)
+
+
+def _compile_timeout(http, engine, monkeypatch, dataclasses, threading, uuid):
 
     release = threading.Event()
     real = engine.grammar._compile

@@ -22,7 +22,7 @@ from radixserve.cache.cache_events import CacheEvent, CacheEventLog
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.router.mirror import CacheMirror, decode_events, dump_paths
 from radixserve.router.token_tree import TokenCounter, TokenTree
-from radixserve.server.cache_routes import _encode
+from radixserve.cache.cache_events import encode_event_list as _encode
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seqs = st.lists(st.integers(0, 3), min_size=0, max_size=9)

@@ -70,3 +70,70 @@ def test_serve_sigterm_finishes_in_flight_and_exits_0():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+@pytest.mark.slow
+def test_killed_engine_process_fails_fast_and_exits_nonzero():
+    """The engine process dies mid-stream: the stream ends with an error, new requests get 503 (or
+    find the server gone), and the front end exits non-zero within seconds instead of hanging."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port),
+                             "--max-total-tokens", "2048", "--max-context-len", "512", "--log-level", "warning"],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.5)
+        (engine_pid,) = [c for c in _children(proc.pid) if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+        first_event = threading.Event()
+        lines: list[str] = []
+
+        def stream() -> None:
+            body = {"prompt": "Count slowly:", "max_tokens": 400, "ignore_eos": True, "stream": True}
+            try:
+                with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as s:
+                    for line in s.iter_lines():
+                        lines.append(line)
+                        first_event.set()
+            except httpx.TransportError:
+                lines.append("<transport error>")
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert first_event.wait(60)
+        killed = time.monotonic()
+        os.kill(engine_pid, signal.SIGKILL)
+        reader.join(30)
+        assert not reader.is_alive(), "the stream hung after the engine died"
+        finals = [ln for ln in lines if ln.startswith("data: ") and ln != "data: [DONE]"]
+        assert any('"error"' in ln for ln in finals) or lines[-1] == "<transport error>", lines[-3:]
+        assert not any('"finish_reason":"length"' in ln for ln in finals)
+        try:
+            r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=10)
+            assert r.status_code == 503, r.text
+        except httpx.TransportError:
+            pass  # already gone: also failing fast
+        code = proc.wait(60)
+        assert code != 0
+        assert time.monotonic() - killed < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -114,3 +114,52 @@ class CacheEventLog:
             node = node.parent
         keys.reverse()
         return CacheEvent(seq, kind, node.namespace, tuple(chain(*keys, page)), tokens)
+
+
+def read_events(tree: Any, after: int, epoch: str | None, limit: int) -> tuple[dict, list[CacheEvent] | None]:
+    """On the thread that owns `tree`: the tree's part of a /cache/events answer, and the events
+    since `after` (None: the cursor cannot be served, and the body holds a resync of the whole tree).
+
+    NOTE: the tree never mutates a token list in place (a split makes new ones), so the dumped lists
+    and the events' paths can be serialised after the owning thread moves on."""
+    log = tree.events
+    body = {"epoch": log.epoch, "page_size": tree.page_size, "cache_enabled": not tree.disable, "head": log.head}
+    events = log.since(after, limit) if epoch == log.epoch else None
+    if events is None:
+        body["resync"] = {"head": log.head, "namespaces": [
+            {"namespace": ns, "nodes": nodes} for ns, nodes in tree.dump()]}
+    return body, events
+
+
+def encode_events(body: dict, events: list[CacheEvent] | None) -> dict:
+    """`read_events`' answer as JSON-ready plain values: each path is the previous event's path cut
+    to `shared` tokens, then `tail`; `more` says the answer stopped at the limit."""
+    if events is None:
+        return body
+    return {**body, "events": encode_event_list(events), "more": bool(events) and events[-1].seq < body["head"]}
+
+
+def encode_event_list(events: list[CacheEvent]) -> list[dict]:
+    out, prev = [], ()
+    for ev in events:
+        if ev.kind == RESET:
+            out.append({"seq": ev.seq, "op": RESET})
+            continue
+        shared = _common_prefix(prev, ev.path)
+        out.append({"seq": ev.seq, "op": ev.kind, "namespace": ev.namespace, "shared": shared,
+                    "tail": list(ev.path[shared:]), "tokens": ev.tokens})
+        prev = ev.path
+    return out
+
+
+def _common_prefix(a: tuple, b: tuple) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while hi - lo > 1:  # NOTE: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

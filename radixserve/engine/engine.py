@@ -10,14 +10,17 @@ import secrets
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from typing import AsyncIterator, Callable, Sequence
 
+from radixserve.cache.cache_events import encode_events, read_events
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
 from radixserve.distributed.launch import serve_as_worker_if_launched
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
 from radixserve.engine.stats import EngineStats
+from radixserve.engine.text import text_factory
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.matcher import RequestGrammar
 from radixserve.grammar.spec import grammar_spec
@@ -38,7 +41,9 @@ class Engine:
     """`Engine(model=None, **options)`: model None = the embedded SmolLM2-135M-Instruct; options
     are EngineConfig fields. Requests from all threads are batched by one background loop."""
 
-    def __init__(self, model: str | None = None, **options) -> None:
+    def __init__(self, model: str | None = None, *, detokenize: bool = True, **options) -> None:
+        """detokenize=False: events and outputs carry token ids only, no text and no stop strings
+        (the split server's engine process; its front end makes the text)."""
         unknown = set(options) - {f.name for f in dataclasses.fields(EngineConfig)}
         if unknown:
             raise ValueError(f"unknown Engine options {sorted(unknown)}; see radixserve.EngineConfig")
@@ -59,8 +64,9 @@ class Engine:
         # whole vocabulary then, in a compile thread).
         self.grammar = GrammarBackend(self.tokenizer, self.vocab_size, self.eos_ids,
                                       self.config.grammar_compile_threads, self.config.grammar_compile_timeout_s)
-        self.results = ResultProcessor(self.tokenizer, self.vocab_size, self.eos_ids, self._dispatch, self.grammar,
-                                       self.config.jump_forward)
+        self.results = ResultProcessor(self.vocab_size, self.eos_ids, self._dispatch, self.grammar,
+                                       self.config.jump_forward,
+                                       make_text=text_factory(self.tokenizer) if detokenize else None)
         self.scheduler = Scheduler(self.config, self.kv, self.runner.forward, self.results, self.runner.device,
                                    step_cost_for(self.config, self.runner))
         self._sinks: dict[int, Callable[[Event], None]] = {}
@@ -112,19 +118,7 @@ class Engine:
         return out if len(out) > 1 else out[0]
 
     def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        if not isinstance(messages, list) or not messages:
-            raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in _ROLES:
-                raise ValueError(f"messages[{i}] must have a role in {_ROLES}")
-            if not isinstance(m.get("content", ""), (str, list)) and m.get("content") is not None:
-                raise ValueError(f"messages[{i}].content must be a string or a list of text parts")
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("this model's tokenizer has no chat template; use generate() with a prompt")
-        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return apply_chat_template(self.tokenizer, messages)
 
     # ---- asynchronous API (the server) --------------------------------------------------------
     async def generate_stream(self, input_ids: Sequence[int] | None = None,
@@ -182,42 +176,37 @@ class Engine:
             if remaining:
                 self.abort(rid)
 
-    def abort(self, request_id: str) -> None:
-        self.loop.submit(lambda s: s.abort(request_id))
+    def abort(self, request_id: str, reason: str = "abort") -> None:
+        self.loop.submit(lambda s: s.abort(request_id, reason))
 
     # ---- state ---------------------------------------------------------------------------------
     def stats(self) -> dict:
-        s = self.scheduler
-        return self.grammar.stats.snapshot() | self.stats_.snapshot(
-            running=len(s.running), waiting=len(s.waiting), retractions=s.retractions,
-            evicted_tokens=self.kv.tree.evicted_tokens, generated_tokens=self.results.generated_tokens,
-            kv_capacity=self.kv.allocator.capacity, kv_free=self.kv.allocator.num_free_slots,
-            tree_tokens=self.kv.tree.total_size, finished=dict(self.results.finished_by_reason),
-            query_tokens=self.kv.tree.query_tokens, hit_tokens=self.kv.tree.hit_tokens)
+        # NOTE: read from the caller's thread without waiting for the loop (a scrape must not wait
+        # for a step): plain counters, each consistent on its own.
+        return self.grammar.stats.snapshot() | self.stats_.snapshot(**self.scheduler.stats())
 
     def check_integrity(self) -> None:
         """Raise if the KV accounting or the tree is broken (runs on the loop thread)."""
         self.loop.call(lambda s: s.check_integrity())
 
     def flush_cache(self) -> bool:
-        def flush(s: Scheduler) -> bool:
-            if s.running or s.waiting:
-                return False
-            s.kv.tree.reset()
-            return True
-        return self.loop.call(flush)
+        return self.loop.call(lambda s: s.flush_cache())
+
+    def read_cache_events(self, after: int, epoch: str | None, limit: int) -> Future:
+        """The tree's events since `after` (or a resync), read between two steps; see cache_events.read_events."""
+        return self.loop.submit(lambda s: read_events(s.kv.tree, after, epoch, limit))
+
+    async def cache_events(self, after: int, epoch: str | None, limit: int) -> dict:
+        """The tree's part of a /cache/events answer, JSON-ready (encoded off the loop thread)."""
+        return encode_events(*await asyncio.wrap_future(self.read_cache_events(after, epoch, limit)))
 
     def is_alive(self) -> bool:
         return self.loop.is_alive()
 
     def shutdown(self) -> None:
-        def abort_all(s: Scheduler) -> None:
-            for r in s.waiting + s.running:
-                r.aborted = True
-            s.step()
         if self.loop.is_alive():
             try:
-                self.loop.call(abort_all, timeout=30)
+                self.loop.call(lambda s: s.abort_all(), timeout=30)
             except Exception:  # noqa: BLE001 - shutting down anyway
                 logger.exception("aborting requests at shutdown failed")
         self.loop.stop()
@@ -360,18 +349,30 @@ class Engine:
             raise EngineDeadError(f"the engine stopped: {self._fatal}")
 
     def _on_loop_error(self, exc: BaseException) -> None:
-        s = self.scheduler
         if getattr(exc, "fatal", False):  # e.g. a tensor-parallel rank died: no step can run again
             self._fatal = exc
             self.loop.stop()
-        s.inflight = None  # a failed step leaves its samples unusable
-        for r in s.waiting + s.running:
-            r.aborted = True
-            r.pending = 0
         try:
-            s._reap_aborted()
+            self.scheduler.recover_from_failed_step()
         except Exception:  # noqa: BLE001
             logger.exception("could not clean up after a failed step")
+
+
+def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` through the tokenizer's chat template, with the generation prompt."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+            raise ValueError(f"messages[{i}] must have a role in {_ROLES}")
+        if not isinstance(m.get("content", ""), (str, list)) and m.get("content") is not None:
+            raise ValueError(f"messages[{i}].content must be a string or a list of text parts")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this model's tokenizer has no chat template; use generate() with a prompt")
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return list(ids)
 
 
 def _noop(_scheduler: Scheduler) -> None:

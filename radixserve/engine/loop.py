@@ -19,6 +19,9 @@ class EngineLoop:
         self.scheduler = scheduler
         self.check_integrity = check_integrity
         self.on_error = on_error
+        # NOTE: called on this thread after every round (commands drained, one step): whoever
+        # batches the step's events (the engine process) sends them from here, once per step.
+        self.after_step: Callable[[], None] | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="radixserve-scheduler", daemon=True)
@@ -69,6 +72,7 @@ class EngineLoop:
             self._drain(block=not worked)
             if self._stop.is_set():
                 break
+            self._after_step()  # commands may have produced events (e.g. replies)
             try:
                 worked = sched.step()
                 if not worked and self.check_integrity and not sched.running:
@@ -76,4 +80,13 @@ class EngineLoop:
             except Exception as exc:  # noqa: BLE001 - a failed step must not kill the server
                 logger.exception("scheduler step failed; aborting the requests in flight")
                 self.on_error(exc)
+            self._after_step()
         self._drain(block=False)
+        self._after_step()
+
+    def _after_step(self) -> None:
+        if self.after_step is not None:
+            try:
+                self.after_step()
+            except Exception:  # noqa: BLE001
+                logger.exception("the after-step hook failed")

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from radixserve.cache.allocator import PageAllocator
+from radixserve.cache.kv_cache import build_kv_cache, kv_tokens
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
 from radixserve.config import EngineConfig
@@ -19,7 +19,6 @@ from radixserve.runtime.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 
-CPU_KV_BUDGET_BYTES = 2 << 30  # default KV pool on CPU when max_total_tokens is not given
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -72,20 +71,17 @@ class ModelRunner:
         self.max_context_len = min(config.max_context_len or loaded.max_context_len, loaded.max_context_len)
         self.vocab_size = int(self.hf_config.vocab_size)
         m = self.model
-        per_token = KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype)
-        tokens = config.max_total_tokens or self._tokens_from_memory(config, per_token)
+        tokens = None
         if tp.size > 1:  # NOTE: slot ids are shared by all ranks: every pool gets the smallest rank's size
-            tokens = int(tp.all_reduce_min(torch.tensor([tokens], device=self.device)).item())
-        ps = config.page_size
-        num_pages = max(2, tokens // ps)
-        self.allocator = PageAllocator(num_pages, ps)
-        # NOTE: page 0 is reserved (padding rows write there), so the pool holds num_pages + 1 pages.
-        self.pool = KVPool(m.num_layers, (num_pages + 1) * ps, m.num_kv_heads, m.head_dim, self.dtype, self.device)
-        # NOTE: the extra row is the reserved all-zero padding row of CUDA-graph batches.
+            per_token = KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype)
+            tokens = int(tp.all_reduce_min(torch.tensor([kv_tokens(config, per_token, self.device)],
+                                                        device=self.device)).item())
         table_cls = RecordingReqTable if tp.size > 1 and root else ReqToTokenTable
-        self.req_table = table_cls(config.max_running_requests + 1, self.max_context_len + ps, self.device,
-                                   reserve_padding_row=True)
+        kv = build_kv_cache(config, m.num_layers, m.num_kv_heads, m.head_dim, self.dtype, self.device,
+                            self.max_context_len, tokens, table_cls)
+        self.allocator, self.pool, self.req_table = kv.allocator, kv.pool, kv.req_table
         self.sender = StepSender(tp, self.req_table, self.device) if tp.size > 1 and root else None
+        num_pages, ps, per_token = self.allocator.num_pages, config.page_size, kv.bytes_per_token
         self.backend_name = self._backend_name(config.attention_backend)
         self.attn = self._make_backend(self.backend_name)
         logger.info("model %s on %s (%s%s); KV pool %d tokens (%.2f GiB), page size %d", self.source, self.device,
@@ -115,14 +111,6 @@ class ModelRunner:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def _tokens_from_memory(self, config: EngineConfig, per_token: int) -> int:
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            budget = int(free * config.kv_memory_fraction)
-        else:
-            budget = CPU_KV_BUDGET_BYTES
-        return max(2 * config.page_size, budget // per_token)
 
     def _backend_name(self, name: str) -> str:
         if name == "auto":

@@ -50,12 +50,14 @@ class Request:
     enqueue_step: int = 0
     admitted_once: bool = False
     aborted: bool = False
+    abort_reason: str = "abort"  # the finish reason an abort gives
     finish_reason: str | None = None
     matched_stop: str | int | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""  # output text so far, with any stop string cut off
-    detail: Any = None  # engine-side text state (detokenizer, stop buffer)
+    stop_checker: Any = None  # token-level stops (sampling.stop.StopChecker), made at the first token
+    text_state: Any = None  # detokenizer and stop strings, when the engine makes text in this process
     logit_bias: Any = None  # [V] float32 device tensor of params.logit_bias, built at the first sample
 
     @property

@@ -1,12 +1,16 @@
-"""After each model step: sample, append tokens, detokenise, check stops, emit events."""
+"""After each model step: sample, append tokens, check stops, emit events.
+
+Stops that need no text (EOS, stop token ids, max_new_tokens, a finished grammar) are decided here.
+Text (detokenisation, stop strings) is made by a per-request object from `make_text`, given by
+the engine; without one, events carry token ids only and whoever reads them makes the text (the
+split server's front end does, off this process)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 import torch
 
-from radixserve.engine.detokenizer import IncrementalDetokenizer
 from radixserve.outputs import TokenLogprob
 from radixserve.runtime.transfer import tensor_on
 from radixserve.sampling.bitmask import apply_token_bitmask
@@ -65,18 +69,17 @@ def _to_host_async(result: SampleResult) -> tuple[SampleResult, object]:
     return host, ready
 
 
-class _TextState:
-    def __init__(self, req: Request, tokenizer, eos_ids: set[int]) -> None:
-        p = req.params
-        self.detok = IncrementalDetokenizer(tokenizer, req.prompt_ids[-8:], p.skip_special_tokens)
-        self.checker = StopChecker(p.stop, set(p.stop_token_ids), eos_ids, p.ignore_eos,
-                                   p.max_new_tokens, p.min_new_tokens)
+class TextMaker(Protocol):
+    """Makes a request's text state: `.add(token) -> (text, matched stop string or None)`, `.finish() -> str`."""
+
+    def __call__(self, req: Request) -> Any: ...
 
 
 class ResultProcessor:
-    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int], emit: Callable[[Event], None],
-                 grammar: GrammarBackend | None = None, jump_forward: bool = True) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, vocab_size: int, eos_ids: set[int], emit: Callable[[Event], None],
+                 grammar: GrammarBackend | None = None, jump_forward: bool = True,
+                 make_text: TextMaker | None = None) -> None:
+        self.make_text = make_text
         self.vocab_size = vocab_size
         self.eos_ids = eos_ids
         self._eos_tuple = tuple(sorted(eos_ids))
@@ -214,20 +217,25 @@ class ResultProcessor:
         return False
 
     def _append(self, req: Request, token: int, lps: list[TokenLogprob]) -> bool:
-        if req.detail is None:
-            req.detail = _TextState(req, self.tokenizer, self.eos_ids)
-        st: _TextState = req.detail
+        if req.stop_checker is None:
+            p = req.params
+            # NOTE: stop strings are the text side's (make_text); this checker sees none.
+            req.stop_checker = StopChecker((), set(p.stop_token_ids), self.eos_ids, p.ignore_eos,
+                                           p.max_new_tokens, p.min_new_tokens)
+            req.text_state = self.make_text(req) if self.make_text is not None else None
         req.output_ids.append(token)
         req.logprobs.extend(lps)
         self.generated_tokens += 1
-        reason = st.checker.check_token(token, len(req.output_ids))
-        piece, text_reason = st.checker.check_text(st.detok.add([token]))
-        if text_reason is not None:
-            reason = text_reason
-        elif reason is not None:  # ends for another reason: release held-back text
-            piece += st.checker.check_text(st.detok.flush())[0] + st.checker.strings.flush()
-        req.matched_stop = st.checker.matched_stop
-        req.text += piece
+        reason = req.stop_checker.check_token(token, len(req.output_ids))
+        req.matched_stop = req.stop_checker.matched_stop
+        piece = ""
+        if req.text_state is not None:
+            piece, matched = req.text_state.add(token)
+            if matched is not None:
+                reason, req.matched_stop = "stop", matched
+            elif reason is not None:  # ends for another reason: release held-back text
+                piece += req.text_state.finish()
+            req.text += piece
         req.finish_reason = reason
         self.emit(Event(req, piece, [token], lps, False))
         return reason is not None

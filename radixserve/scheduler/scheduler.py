@@ -56,10 +56,13 @@ class Scheduler:
         req.enqueue_step = self.step_count
         self.waiting.append(req)
 
-    def abort(self, rid: str) -> None:
+    def abort(self, rid: str, reason: str = "abort") -> None:
+        """Finish the request (or every sample "<rid>#<i>" of it) at the next step with `reason`
+        ("stop" when a stop string matched where the text is made, outside the scheduler)."""
         for req in self.waiting + self.running:
             if req.rid == rid or req.rid.startswith(rid + "#"):
                 req.aborted = True
+                req.abort_reason = reason
 
     @property
     def has_work(self) -> bool:
@@ -287,8 +290,39 @@ class Scheduler:
 
     def _reap_aborted(self) -> None:
         for req in [r for r in self.waiting + self.running if r.aborted]:
-            req.finish_reason = "abort"
+            req.finish_reason = req.abort_reason
             self._finish(req)
 
     def check_integrity(self) -> None:
         self.kv.check(self.running)
+
+    # ---- commands from the engine's front (all on the loop thread) --------------------------------
+    def abort_all(self) -> None:
+        """Finish every waiting and running request with reason "abort", freeing their slots."""
+        for req in self.waiting + self.running:
+            req.aborted = True
+        self._reap_aborted()
+
+    def recover_from_failed_step(self) -> None:
+        """A step raised: its samples are unusable; abort everything in flight, keep the tree."""
+        self.inflight = None
+        for req in self.waiting + self.running:
+            req.aborted = True
+            req.pending = 0
+        self._reap_aborted()
+
+    def flush_cache(self) -> bool:
+        """Empty the radix tree; refused (False) while requests are waiting or running."""
+        if self.running or self.waiting:
+            return False
+        self.kv.tree.reset()
+        return True
+
+    def stats(self) -> dict:
+        """Counters and gauges of the scheduler and its KV cache (see EngineStats.snapshot)."""
+        tree, alloc = self.kv.tree, self.kv.allocator
+        return dict(running=len(self.running), waiting=len(self.waiting), retractions=self.retractions,
+                    evicted_tokens=tree.evicted_tokens, generated_tokens=self.results.generated_tokens,
+                    kv_capacity=alloc.capacity, kv_free=alloc.num_free_slots, tree_tokens=tree.total_size,
+                    finished=dict(self.results.finished_by_reason), query_tokens=tree.query_tokens,
+                    hit_tokens=tree.hit_tokens)

@@ -27,6 +27,14 @@ class ServerConfig:
     responses_max_stored: int = 1000
     responses_max_stored_tokens: int = 2_000_000
     log_level: str = "info"
+    # Bounds on request parts whose cost grows with their size (each a 400 naming the limit):
+    max_prompts: int = 256  # prompts in one request (a list prompt / text / input_ids)
+    max_stop_strings: int = 16  # stop strings (and stop_token_ids) per request
+    max_stop_string_chars: int = 1024  # characters in one stop string
+    max_logit_bias: int = 1024  # logit_bias entries
+    max_tools: int = 128  # tools offered in one request
+    max_tools_bytes: int = 256 * 1024  # the tools list as JSON
+    max_schema_bytes: int = 256 * 1024  # a structured-output constraint (schema, regex, grammar) as JSON
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -39,6 +47,10 @@ class ServerConfig:
             raise ValueError("api_key must not be empty; leave it unset to disable authentication")
         if self.responses_max_stored < 0 or self.responses_max_stored_tokens < 0:
             raise ValueError("responses_max_stored and responses_max_stored_tokens must be >= 0 (0: store nothing)")
+        for name in ("max_prompts", "max_stop_strings", "max_stop_string_chars", "max_logit_bias", "max_tools",
+                     "max_tools_bytes", "max_schema_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.graceful_shutdown_s < 0:
             raise ValueError(f"graceful_shutdown_s must be >= 0, got {self.graceful_shutdown_s}")
 

@@ -24,7 +24,6 @@ import asyncio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from radixserve.cache.cache_events import RESET
 from radixserve.server.engine_io import JSONResponse
 from radixserve.server.errors import error_response
 
@@ -38,53 +37,10 @@ async def cache_events(request: Request, after: int = Query(-1, ge=-1), epoch: s
     st = request.app.state
     engine = st.engine
     if not engine.is_alive():
-        return error_response(503, "The engine loop is not running; see the server log.")
-
-    def read(scheduler) -> tuple[dict, list | None]:  # on the loop thread: no copying, no encoding here
-        tree = scheduler.kv.tree
-        log = tree.events
-        body = {"epoch": log.epoch, "page_size": tree.page_size, "cache_enabled": not tree.disable,
-                "model": st.model_name, "max_model_len": engine.max_context_len, "vocab_size": engine.vocab_size,
-                "head": log.head}
-        events = log.since(after, limit) if epoch == log.epoch else None
-        if events is None:
-            # NOTE: the tree never mutates a token list in place (a split makes new ones), so the
-            # lists can be serialised after the loop thread moves on.
-            body["resync"] = {"head": log.head, "namespaces": [
-                {"namespace": ns, "nodes": nodes} for ns, nodes in tree.dump()]}
-        return body, events
-
+        return error_response(503, "The engine is not running; see the server log.")
     try:
-        body, events = await asyncio.wait_for(asyncio.wrap_future(engine.loop.submit(read)), READ_TIMEOUT_S)
+        body = await asyncio.wait_for(engine.cache_events(after, epoch, limit), READ_TIMEOUT_S)
     except asyncio.TimeoutError:
-        return error_response(503, f"The engine loop did not answer within {READ_TIMEOUT_S:.0f} s; retry later.")
-    if events is not None:
-        body["events"] = _encode(events)
-        body["more"] = bool(events) and events[-1].seq < body["head"]
-    return JSONResponse(body)
-
-
-def _encode(events) -> list[dict]:
-    out, prev = [], ()
-    for ev in events:
-        if ev.kind == RESET:
-            out.append({"seq": ev.seq, "op": RESET})
-            continue
-        shared = _common_prefix(prev, ev.path)
-        out.append({"seq": ev.seq, "op": ev.kind, "namespace": ev.namespace, "shared": shared,
-                    "tail": list(ev.path[shared:]), "tokens": ev.tokens})
-        prev = ev.path
-    return out
-
-
-def _common_prefix(a: tuple, b: tuple) -> int:
-    lo, hi = 0, min(len(a), len(b))
-    if a[:hi] == b[:hi]:
-        return hi
-    while hi - lo > 1:  # NOTE: a[:lo] == b[:lo] and a[:hi] != b[:hi]
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+        return error_response(503, f"The engine did not answer within {READ_TIMEOUT_S:.0f} s; retry later.")
+    return JSONResponse({**body, "model": st.model_name, "max_model_len": engine.max_context_len,
+                         "vocab_size": engine.vocab_size})

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import openai_fields, params, responses, structured
+from radixserve.server import limits, openai_fields, params, responses, structured
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
 from radixserve.server.errors import parse_body
 from radixserve.server.metrics import RequestClock
@@ -33,11 +33,14 @@ async def completions(request: Request) -> Response:
     params.check_model(req.model, st.model_name)
     params.check_stream_options(req)
     openai_fields.refuse(req)
+    if isinstance(req.prompt, list) and req.prompt and not isinstance(req.prompt[0], int):
+        limits.check_prompt_count(st.config, len(req.prompt), "prompt")
     prompts = params.completion_prompts(st.engine, req.prompt)
     params.check_n(req.n, len(prompts), st.config.max_n)
     constraint = structured.one_constraint(structured.constraints_of(req))
     sp = params.completion_sampling(req, st.config.max_n, constraint)
     params.check_n(sp.n, len(prompts), st.config.max_n)
+    limits.check_sampling(st.config, sp, {**params.OPENAI_NAMES, **params.constraint_names(constraint)})
 
     def param_of(message: str) -> str | None:
         return structured.request_param(constraint, message)

@@ -115,7 +115,7 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
 def user_errors(param: str | None = None, param_of: Callable[[str], str | None] | None = None) -> Iterator[None]:
     """Around calls into the engine: its ValueError means bad input (400), a full queue means 429.
     `param_of(message)` may name the field a message is about (else `param`)."""
-    from radixserve.engine.errors import QueueFullError
+    from radixserve.engine.errors import EngineDeadError, QueueFullError
 
     try:
         yield
@@ -125,6 +125,8 @@ def user_errors(param: str | None = None, param_of: Callable[[str], str | None] 
         raise APIError(400, message, param=named or param) from exc
     except QueueFullError as exc:
         raise APIError(429, f"The server's request queue is full ({exc}); retry later.") from exc
+    except EngineDeadError as exc:
+        raise APIError(503, f"The engine is not running ({exc}); the server is shutting down.") from exc
 
 
 async def parse_body(request: Request, model: type[M]) -> M:

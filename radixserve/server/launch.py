@@ -10,24 +10,44 @@ from radixserve.server.app import ServerConfig, build_app
 logger = logging.getLogger(__name__)
 
 
-def serve(config: ServerConfig, **engine_options: Any) -> int:
+def serve(config: ServerConfig, engine_process: bool = True, **engine_options: Any) -> int:
     """Load the engine with `engine_options` (EngineConfig fields), serve it, return the exit code.
+
+    engine_process: the scheduler and model run in their own process (radixserve/engine/process.py),
+    this one does HTTP, tokenisation and text; False keeps everything in this process.
 
     On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish for up to
     `config.graceful_shutdown_s` and then cancels them (their engine requests are aborted);
-    afterwards the engine is shut down.
+    afterwards the engine is shut down. If the engine process dies, requests in flight and new
+    ones get 503, the server stops and the exit code is 1.
     """
     import uvicorn
 
     from radixserve import Engine
+    from radixserve.engine.client import EngineClient
 
-    engine = Engine(**engine_options)
+    failed: list[bool] = []
+    servers: list[Any] = []
+
+    def on_death() -> None:
+        failed.append(True)
+        logger.error("the engine process died; stopping the server")
+        if servers:
+            servers[0].should_exit = True
+
+    if engine_process:
+        engine = EngineClient(on_death=on_death, log_level=config.log_level, **engine_options)
+    else:
+        engine = Engine(**engine_options)
     try:
         app = build_app(engine, config)
         uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                    timeout_graceful_shutdown=int(config.graceful_shutdown_s) or None,
                                    lifespan="off", access_log=config.log_level == "debug")
         server = uvicorn.Server(uv_config)
+        servers.append(server)
+        if failed:  # died while the app was being built
+            return 1
         if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
             logger.warning("serving on %s without an API key: anyone who can reach this address can use it",
                            config.host)
@@ -36,6 +56,9 @@ def serve(config: ServerConfig, **engine_options: Any) -> int:
         server.run()
     finally:
         engine.shutdown()
+    if failed:
+        logger.error("exiting: the engine process died")
+        return 1
     logger.info("shut down cleanly")
     return 0
 

@@ -25,9 +25,12 @@ class EngineCollector:
                  ("cached_tokens", "Prompt tokens served from the radix cache"),
                  ("generated_tokens", "Tokens generated"),
                  ("evicted_tokens", "Tokens evicted from the radix cache"),
-                 ("retractions", "Running requests retracted for lack of KV slots"))
+                 ("retractions", "Running requests retracted for lack of KV slots"),
+                 ("tokens_after_stop", "Tokens the engine computed after a stop string had matched (dropped)"))
     _GAUGES = (("running", "Requests running"), ("waiting", "Requests waiting"),
                ("kv_used_tokens", "KV slots in use"), ("kv_capacity_tokens", "KV slots in the pool"),
+               ("kv_tree_tokens", "KV slots held by the radix cache"),
+               ("kv_private_tokens", "KV slots private to running requests"),
                ("kv_usage", "Fraction of KV slots in use (0..1)"),
                ("tree_hit_rate", "Fraction of prompt tokens served from the radix cache"))
 

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import params, responses
+from radixserve.server import limits, params, responses
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError, error_response, parse_body, user_errors
 from radixserve.server.metrics import RequestClock
@@ -82,9 +82,14 @@ async def detokenize(request: Request) -> Response:
 async def generate(request: Request) -> Response:
     st = request.app.state
     req = await parse_body(request, GenerateRequest)
+    for field in ("text", "input_ids"):
+        value = getattr(req, field)
+        if isinstance(value, list) and value and not isinstance(value[0], int):
+            limits.check_prompt_count(st.config, len(value), field)
     prompts, batched = params.native_prompts(st.engine, req)
     sp = params.native_sampling(req)
     params.check_n(sp.n, len(prompts), st.config.max_n)
+    limits.check_sampling(st.config, sp, prefix="sampling_params.")
     params.check_requests(st.engine, prompts, sp, prompt_param="text" if req.text is not None else "input_ids",
                           max_tokens_param="sampling_params.max_new_tokens", bias_param="sampling_params.logit_bias")
     rid = f"gen-{uuid.uuid4().hex}"

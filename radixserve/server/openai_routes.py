@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import openai_fields, params, responses, structured, tools
+from radixserve.server import limits, openai_fields, params, responses, structured, tools
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError, parse_body
 from radixserve.server.metrics import RequestClock
@@ -47,6 +47,7 @@ async def chat_completions(request: Request) -> Response:
     params.check_stream_options(req)
     openai_fields.refuse(req)
     params.check_n(req.n, 1, st.config.max_n)
+    limits.check_tools(st.config, req.tools)
     plan = tools.plan(req, st.tools_native)
     found = structured.constraints_of(req)
     if plan.parses and found:
@@ -56,6 +57,7 @@ async def chat_completions(request: Request) -> Response:
     constraint = structured.one_constraint(found + ([tool_constraint] if tool_constraint else []))
     prompt = params.chat_prompt(st.engine, tools.template_messages(req.messages, plan), tools.template_tools(plan))
     sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, constraint)
+    limits.check_sampling(st.config, sp, {**params.OPENAI_NAMES, **params.constraint_names(constraint)})
 
     def param_of(message: str) -> str | None:
         return structured.request_param(constraint, message)
@@ -76,7 +78,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool, logprobs: bool,
                        texts: responses.TokenTexts, clock: RequestClock,
-                       reader: Callable[[], ToolReader] | None) -> AsyncIterator[bytes]:
+                       reader: Callable[[], ToolReader] | None = None) -> AsyncIterator[bytes]:
     base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
     tracker, readers = UsageTracker(), {}
 

@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling_params import SamplingParams
-from radixserve.server import conversation, openai_fields, params, responses, responses_input, structured
+from radixserve.server import conversation, limits, openai_fields, params, responses, responses_input, structured
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError, parse_body
 from radixserve.server.metrics import RequestClock
@@ -62,6 +62,7 @@ async def create_response(request: Request) -> Response:
     def param_of(message: str) -> str | None:
         return structured.request_param(constraint, message)
 
+    limits.check_sampling(st.config, sp, {"max_new_tokens": "max_output_tokens", **params.constraint_names(constraint)})
     params.check_requests(st.engine, [turn.ids], sp, prompt_param="input", max_tokens_param="max_output_tokens",
                           param_of=param_of)
     turn_ctx = _Turn(req, turn, sp, st.model_name, st.engine.tokenizer, want_logprobs, plan)

@@ -1,0 +1,498 @@
+"""EngineClient: the HTTP front end's handle on an engine process (radixserve/engine/process.py).
+It offers what the server uses of an in-process Engine (tokenizer, checks, agenerate,
+generate_stream, abort, stats, flush_cache, cache_events, is_alive, shutdown).
+
+Text is made here, off the scheduler's process: each sample's tokens go through a RequestText
+(detokenizer + stop strings) token by token, in the order the engine produced them. When a stop
+string matches, the sample finishes for its caller at once (its text cut before the stop, its
+tokens up to the one that completed the stop) and an abort with reason "stop" goes to the engine,
+which frees the request's slots at its next step. Tokens the engine computed between the stop
+and that abort are dropped and counted in the stats as `tokens_after_stop` (the engine's
+`generated_tokens` includes them; the usage a client sees does not).
+
+Threads: a receiver thread reads the engine's per-step batches and hands each batch to the asyncio
+loop of the request it concerns with one call; sends are serialised by a lock. If the engine
+process dies, every waiting caller gets EngineDeadError and `on_death` is called.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from radixserve.engine import wire
+from radixserve.engine.errors import EngineDeadError, QueueFullError
+from radixserve.engine.text import RequestText
+from radixserve.grammar.backend import GrammarBackend
+from radixserve.grammar.errors import GrammarError
+from radixserve.grammar.spec import grammar_spec
+from radixserve.outputs import RequestOutput, StreamDelta
+from radixserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+STARTUP_TIMEOUT_S = 1800.0  # loading a large model from disk can take minutes
+CALL_TIMEOUT_S = 60.0
+
+
+class _Sample:
+    """One sample ("<rid>" or "<rid>#<i>") as its caller sees it."""
+
+    __slots__ = ("text_state", "text", "token_ids", "logprobs", "prompt_logprobs", "finish_reason", "matched_stop",
+                 "prompt_len", "cached", "done", "index")
+
+    def __init__(self, index: int, text_state: RequestText) -> None:
+        self.index = index
+        self.text_state = text_state
+        self.text = ""
+        self.token_ids: list[int] = []
+        self.logprobs: list = []
+        self.prompt_logprobs = None
+        self.finish_reason: str | None = None
+        self.matched_stop: str | int | None = None
+        self.prompt_len = 0
+        self.cached = 0
+        self.done = False  # finished for the caller (the engine may still be computing: see tokens_after_stop)
+
+
+class _Group:
+    """All samples of one submitted prompt, and the queue its caller reads deltas from."""
+
+    def __init__(self, rid: str, n: int, params: SamplingParams, prompt_ids: list[int], tokenizer: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.rid = rid
+        self.params = params
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.samples = [_Sample(i, RequestText(tokenizer, prompt_ids, params.skip_special_tokens, params.stop))
+                        for i in range(n)]
+        self.engine_open = n  # samples the engine has not reported finished yet
+        self.caller_open = n
+        self.detached = False  # the caller is gone: what still comes is accounted, not queued
+        self.orphan: Callable[[_Group, list[tuple]], None] | None = None
+
+    def receive(self, msgs: list[tuple]) -> None:
+        """On the caller's event loop (so `detached` needs no lock)."""
+        if self.detached:
+            self.orphan(self, msgs)
+        else:
+            self.queue.put_nowait(msgs)
+
+
+class EngineClient:
+    """Starts an engine process with `options` (EngineConfig fields) and talks to it."""
+
+    def __init__(self, on_death: Callable[[], None] | None = None, log_level: str = "info", **options) -> None:
+        import zmq
+
+        self.on_death = on_death
+        self._dir = tempfile.mkdtemp(prefix="radixserve-")  # NOTE: mode 0700: only this user reaches the sockets
+        self._ctx = zmq.Context(1)
+        to_engine, from_engine = f"ipc://{self._dir}/in", f"ipc://{self._dir}/out"
+        self._send = self._ctx.socket(zmq.PUSH)
+        self._send.setsockopt(zmq.LINGER, 0)
+        self._send.bind(to_engine)
+        self._recv = self._ctx.socket(zmq.PULL)
+        self._recv.bind(from_engine)
+        self._send_lock = threading.Lock()
+        self._groups: dict[str, _Group] = {}  # by group rid
+        self._owner: dict[str, _Group] = {}  # sample rid -> its group
+        self._calls: dict[int, list] = {}  # call id -> [threading.Event, ok, value]
+        self._call_ids = itertools.count()
+        self._lock = threading.Lock()
+        self._dead = False
+        self._closing = False
+        self.tokens_after_stop = 0
+        self.stop_aborts = 0
+        mp = multiprocessing.get_context("spawn")
+        from radixserve.engine.process import engine_main
+
+        self.process = mp.Process(target=engine_main, args=(options, to_engine, from_engine, log_level),
+                                  name="radixserve-engine", daemon=False)
+        self.process.start()
+        try:
+            self._await_ready()
+        except BaseException:
+            self._kill()
+            raise
+        info = self.info
+        self.tokenizer = info.tokenizer
+        self.config = info.config
+        self.model_name = info.model_name
+        self.max_context_len = info.max_context_len
+        self.vocab_size = info.vocab_size
+        self.eos_ids = set(info.eos_ids)
+        self.grammar = GrammarBackend(self.tokenizer, self.vocab_size, self.eos_ids, 1,
+                                      self.config.grammar_compile_timeout_s)  # validation only: compiles run in the engine
+        self._receiver = threading.Thread(target=self._receive, name="radixserve-engine-recv", daemon=True)
+        self._receiver.start()
+
+    # ---- startup / liveness ----------------------------------------------------------------------
+    def _await_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if self._recv.poll(200):
+                (msg,) = wire.loads(self._recv.recv())[:1]
+                if msg[0] == wire.READY:
+                    self.info: wire.EngineInfo = msg[1]
+                    return
+                raise RuntimeError(f"the engine process failed to start: {msg[4]}")
+            if not self.process.is_alive():
+                raise RuntimeError(f"the engine process exited with code {self.process.exitcode} while starting; "
+                                   "see the log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the engine process did not start within {STARTUP_TIMEOUT_S:.0f} s")
+
+    def is_alive(self) -> bool:
+        return not self._dead and self.process.is_alive()
+
+    def _receive(self) -> None:
+        while True:
+            if self._recv.poll(250):
+                try:
+                    batch = wire.loads(self._recv.recv(copy=False).buffer)
+                except Exception:  # noqa: BLE001 - the context closed at shutdown
+                    if self._closing:
+                        return
+                    raise
+                self._dispatch(batch)
+                continue
+            if self._closing:
+                return
+            if not self.process.is_alive():
+                self._died()
+                return
+
+    def _died(self) -> None:
+        self._dead = True
+        logger.error("the engine process exited (code %s); failing every request in flight", self.process.exitcode)
+        with self._lock:
+            groups = list(self._groups.values())
+            calls = list(self._calls.values())
+        for g in groups:
+            _deliver(g, [("dead",)])
+        for c in calls:
+            c[2] = "the engine process is gone"
+            c[0].set()
+        if self.on_death is not None and not self._closing:
+            self.on_death()
+
+    def _dispatch(self, batch: list[tuple]) -> None:
+        """On the receiver thread: route one batch; one hand-over per event loop concerned."""
+        per_group: dict[str, list[tuple]] = {}
+        for msg in batch:
+            kind = msg[0]
+            if kind == wire.REPLY:
+                with self._lock:
+                    call = self._calls.pop(msg[1], None)
+                if call is not None:
+                    call[1], call[2] = msg[2], msg[3]
+                    call[0].set()
+                continue
+            with self._lock:
+                g = self._owner.get(msg[1]) if kind != wire.ERROR else self._groups.get(msg[1])
+            if g is not None:
+                per_group.setdefault(g.rid, []).append(msg)
+        for rid, msgs in per_group.items():
+            _deliver(self._groups[rid], msgs)
+
+    # ---- requests --------------------------------------------------------------------------------
+    def _post(self, items: list[tuple]) -> None:
+        if self._dead:
+            raise EngineDeadError("the engine process is gone; the server is shutting down")
+        with self._send_lock:
+            self._send.send(wire.dumps(items))
+
+    def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
+        """Engine.check_request's checks, here, so bad input never reaches the engine process."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError("sampling_params must be a radixserve.SamplingParams")
+        if len(input_ids) == 0:
+            raise ValueError("the prompt is empty; give at least one token")
+        bad = [t for t in input_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {self.vocab_size})")
+        bad = sorted(t for t in params.logit_bias or {} if t >= self.vocab_size)
+        if bad:
+            raise ValueError(f"logit_bias has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
+        if len(input_ids) >= self.max_context_len:
+            raise ValueError(f"the prompt has {len(input_ids)} tokens; the model's context is "
+                             f"{self.max_context_len} tokens, so at most {self.max_context_len - 1} fit")
+        need = len(input_ids) + 1 + self.config.page_size
+        if need > self.info.kv_capacity:
+            raise ValueError(f"the prompt needs {need} KV slots but the pool holds {self.info.kv_capacity}; "
+                             "raise max_total_tokens")
+        spec = grammar_spec(params)
+        if spec is not None:
+            self.grammar.validate(spec)
+
+    def apply_chat_template(self, messages: list[dict]) -> list[int]:
+        from radixserve.engine.engine import apply_chat_template
+
+        return apply_chat_template(self.tokenizer, messages)
+
+    def _open(self, input_ids: Sequence[int], params: SamplingParams | None, request_id: str | None,
+              cache_salt: str | None, prompt: str | None) -> _Group:
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("give exactly one of prompt (text) or input_ids (token ids)")
+        ids = list(self.tokenizer.encode(prompt)) if prompt is not None else list(input_ids)
+        params = params or SamplingParams()
+        self.check_request(ids, params)
+        rid = request_id or uuid.uuid4().hex
+        g = _Group(rid, params.n, params, ids, self.tokenizer, asyncio.get_running_loop())
+        g.orphan = self._orphan
+        with self._lock:
+            if rid in self._groups:
+                raise ValueError(f"request id {rid!r} is already in use")
+            self._groups[rid] = g
+            for i in range(params.n):
+                self._owner[rid if params.n == 1 else f"{rid}#{i}"] = g
+        try:
+            self._post([(wire.ADD, rid, ids, wire.params_to_wire(params), cache_salt)])
+        except BaseException:
+            self._close(g)
+            raise
+        return g
+
+    def _close(self, g: _Group) -> None:
+        with self._lock:
+            self._groups.pop(g.rid, None)
+            for i in range(len(g.samples)):
+                self._owner.pop(g.rid if len(g.samples) == 1 else f"{g.rid}#{i}", None)
+
+    async def _deltas(self, g: _Group) -> AsyncIterator[StreamDelta]:
+        """The group's deltas until every sample finished for the caller; leaving early aborts."""
+        try:
+            while g.caller_open:
+                for msg in await g.queue.get():
+                    for delta in self._apply(g, msg):
+                        yield delta
+        finally:
+            if g.caller_open and not self._dead:
+                self.abort(g.rid)
+            # NOTE: on the caller's loop, like `receive`: nothing arrives between the drain and detaching.
+            g.detached = True
+            while not g.queue.empty():
+                self._orphan(g, g.queue.get_nowait())
+            if not g.engine_open or self._dead:
+                self._close(g)
+
+    def _orphan(self, g: _Group, msgs: list[tuple]) -> None:
+        """Messages for a group whose caller has left: count tokens computed after a stop string,
+        forget the group once the engine has finished all its samples."""
+        for msg in msgs:
+            if msg[0] == wire.TOKENS:
+                s = g.samples[0] if len(g.samples) == 1 else g.samples[int(msg[1].rsplit("#", 1)[1])]
+                if s.done and s.finish_reason == "stop":
+                    with self._lock:
+                        self.tokens_after_stop += len(msg[3])
+            elif msg[0] == wire.FINISHED:
+                g.engine_open -= 1
+            elif msg[0] in (wire.ERROR, "dead"):
+                g.engine_open = 0
+        if g.engine_open <= 0:
+            self._close(g)
+
+    def _apply(self, g: _Group, msg: tuple) -> list[StreamDelta]:
+        """One engine message for this group -> the deltas its caller sees (on the caller's loop)."""
+        kind = msg[0]
+        if kind == "dead":
+            raise EngineDeadError("the engine process exited; see the server log")
+        if kind == wire.ERROR:
+            _, _, what, field, message = msg
+            g.engine_open = 0
+            self._close(g)
+            if what == "grammar":
+                raise GrammarError(field, message)
+            if what == "queue_full":
+                raise QueueFullError(message)
+            raise ValueError(message)
+        s = g.samples[0] if len(g.samples) == 1 else g.samples[int(msg[1].rsplit("#", 1)[1])]
+        if kind == wire.FINISHED:
+            g.engine_open -= 1
+            if s.done:  # already finished for the caller (a stop string matched here)
+                return []
+            s.done = True
+            g.caller_open -= 1
+            _, srid, s.finish_reason, matched, s.prompt_len, s.cached, plp = msg
+            if s.matched_stop is None:
+                s.matched_stop = matched
+            plp_out = None
+            if plp is not None:
+                s.prompt_logprobs = plp_out = wire.logprobs_from_wire(plp)
+            return [StreamDelta(srid, s.index, "", [], None, s.finish_reason, s.prompt_len, s.cached,
+                                len(s.token_ids), plp_out)]
+        _, srid, index, tokens, lps, reason, prompt_len, cached, plp = msg
+        if s.done:  # computed after a stop string matched, before the engine saw the abort
+            with self._lock:
+                self.tokens_after_stop += len(tokens)
+            return []
+        s.prompt_len, s.cached = prompt_len, cached
+        lps = wire.logprobs_from_wire(lps)
+        plp_out = wire.logprobs_from_wire(plp) if plp is not None else None
+        if plp is not None:
+            s.prompt_logprobs = plp_out
+        text, kept, stopped = "", 0, False
+        for tok in tokens:
+            kept += 1
+            piece, matched = s.text_state.add(tok)
+            text += piece
+            if matched is not None:
+                s.matched_stop, stopped = matched, True
+                break
+        if not stopped and reason is not None:  # a token-level stop: release held-back text
+            text += s.text_state.finish()
+        s.text += text
+        s.token_ids += tokens[:kept]
+        s.logprobs += lps[:kept]
+        deltas = [StreamDelta(srid, s.index, text, list(tokens[:kept]),
+                              lps[:kept] or None, None, prompt_len, cached, len(s.token_ids), plp_out)]
+        if stopped:
+            with self._lock:
+                self.tokens_after_stop += len(tokens) - kept
+                self.stop_aborts += 1
+            s.done, s.finish_reason = True, "stop"
+            g.caller_open -= 1
+            deltas[0].finish_reason = "stop"
+            try:
+                self._post([(wire.ABORT, srid, "stop")])
+            except EngineDeadError:
+                pass
+        return deltas
+
+    async def generate_stream(self, input_ids: Sequence[int] | None = None,
+                              sampling_params: SamplingParams | None = None, request_id: str | None = None,
+                              cache_salt: str | None = None, prompt: str | None = None
+                              ) -> AsyncIterator[StreamDelta]:
+        """Engine.generate_stream through the engine process; closing the generator aborts."""
+        g = self._open(input_ids, sampling_params, request_id, cache_salt, prompt)
+        async for d in self._deltas(g):
+            yield d
+
+    async def agenerate(self, input_ids: Sequence[int] | None = None, sampling_params: SamplingParams | None = None,
+                        request_id: str | None = None, cache_salt: str | None = None,
+                        prompt: str | None = None) -> list[RequestOutput]:
+        g = self._open(input_ids, sampling_params, request_id, cache_salt, prompt)
+        async for _ in self._deltas(g):
+            pass
+        want_lp = g.params.logprobs is not None
+        want_plp = g.params.prompt_logprobs_start is not None
+        return [RequestOutput(request_id=g.rid if len(g.samples) == 1 else f"{g.rid}#{s.index}", text=s.text,
+                              token_ids=list(s.token_ids), finish_reason=s.finish_reason, prompt_tokens=s.prompt_len,
+                              cached_tokens=s.cached, logprobs=list(s.logprobs) if want_lp else None,
+                              prompt_logprobs=list(s.prompt_logprobs or []) if want_plp else None, index=s.index,
+                              matched_stop=s.matched_stop) for s in g.samples]
+
+    def generate(self, prompts: str | Sequence[str] | None = None,
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+                 cache_salt: str | None = None) -> list[RequestOutput]:
+        """Engine.generate, from a thread with no running event loop."""
+        from radixserve.engine.engine import _per_prompt
+
+        if (prompts is None) == (input_ids is None):
+            raise ValueError("give exactly one of prompts (text) or input_ids (token ids)")
+        if prompts is not None:
+            batch = [list(self.tokenizer.encode(p)) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+        elif input_ids and all(isinstance(t, int) for t in input_ids):
+            batch = [list(input_ids)]
+        else:
+            batch = [list(x) for x in input_ids]
+        params = _per_prompt(sampling_params, len(batch))
+
+        async def run() -> list[list[RequestOutput]]:
+            return await asyncio.gather(*(self.agenerate(ids, p, cache_salt=cache_salt)
+                                          for ids, p in zip(batch, params)))
+        return [o for outs in asyncio.run(run()) for o in outs]
+
+    def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None):
+        out = self.generate(input_ids=[self.apply_chat_template(messages)], sampling_params=sampling_params)
+        return out if len(out) > 1 else out[0]
+
+    def abort(self, request_id: str, reason: str = "abort") -> None:
+        try:
+            self._post([(wire.ABORT, request_id, reason)])
+        except EngineDeadError:
+            pass
+
+    # ---- calls -----------------------------------------------------------------------------------
+    def _call(self, name: str, *args, timeout: float = CALL_TIMEOUT_S):
+        call = [threading.Event(), False, None]
+        call_id = next(self._call_ids)
+        with self._lock:
+            self._calls[call_id] = call
+        try:
+            self._post([(wire.CALL, call_id, name, args)])
+            if not call[0].wait(timeout):
+                raise TimeoutError(f"the engine did not answer {name} within {timeout:.0f} s")
+        finally:
+            with self._lock:
+                self._calls.pop(call_id, None)
+        if self._dead and not call[1]:
+            raise EngineDeadError("the engine process is gone")
+        if not call[1]:
+            raise RuntimeError(f"the engine's {name} failed: {call[2]}")
+        return call[2]
+
+    async def _acall(self, name: str, *args, timeout: float = CALL_TIMEOUT_S):
+        return await asyncio.to_thread(self._call, name, *args, timeout=timeout)
+
+    def stats(self) -> dict:
+        return self._call("stats") | {"tokens_after_stop": self.tokens_after_stop, "stop_aborts": self.stop_aborts}
+
+    def flush_cache(self) -> bool:
+        return self._call("flush_cache")
+
+    def check_integrity(self) -> None:
+        self._call("check_integrity")
+
+    async def cache_events(self, after: int, epoch: str | None, limit: int) -> dict:
+        from radixserve.cache.cache_events import encode_events
+
+        return encode_events(*await self._acall("cache_events", after, epoch, limit))
+
+    def shutdown(self, timeout: float = 60.0) -> int | None:
+        """Abort what is left, stop the engine process, return its exit code (None: had to be killed)."""
+        if self.process.is_alive() and not self._dead:
+            try:
+                self._call("shutdown", timeout=timeout)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                logger.exception("the engine did not shut down cleanly")
+        self._closing = True
+        self.process.join(timeout)
+        code = self.process.exitcode
+        self._kill()
+        return code
+
+    def _kill(self) -> None:
+        self._closing = True
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(10)
+        if getattr(self, "_receiver", None) is not None and self._receiver is not threading.current_thread():
+            self._receiver.join(5)
+        self._send.close(linger=0)
+        self._recv.close(linger=0)
+        self._ctx.term()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "EngineClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _deliver(g: _Group, msgs: list[tuple]) -> None:
+    try:
+        g.loop.call_soon_threadsafe(g.receive, msgs)
+    except RuntimeError:  # the caller's event loop closed: nobody is listening any more
+        g.orphan(g, msgs)
+
