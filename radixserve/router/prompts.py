@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from radixserve.server import conversation, params, tools
+from radixserve.server import conversation, params, responses_input, tools
 from radixserve.server.errors import APIError
 from radixserve.server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from radixserve.server.responses_protocol import ResponsesRequest
@@ -79,8 +79,7 @@ def _responses_key(frontend: Any, body: dict, salt: str | None) -> RouteKey:
     if req.previous_response_id is not None:
         # NOTE: the prompt continues the stored turn's tokens, which only its replica has
         return RouteKey([], salt, 1, req.previous_response_id)
-    if isinstance(req.input, str):
-        messages = [{"role": "user", "content": req.input}]
-    else:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.input]
-    return RouteKey([conversation.first_turn(frontend, req.instructions, messages).ids], salt, 1)
+    # NOTE: the server's own first-turn rendering (instructions, tools, input items), so the key is
+    # the replica's prompt token for token
+    rendering = conversation.Rendering(req.instructions, responses_input.tool_plan(req, frontend.tools_native))
+    return RouteKey([conversation.first_turn(frontend, rendering, responses_input.messages(req, ())).ids], salt, 1)
