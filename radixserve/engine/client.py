@@ -29,11 +29,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from radixserve.engine import wire
+from radixserve.engine.checks import check_request
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.text import RequestText
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.errors import GrammarError
-from radixserve.grammar.spec import grammar_spec
 from radixserve.outputs import RequestOutput, StreamDelta
 from radixserve.sampling_params import SamplingParams
 
@@ -212,26 +212,8 @@ class EngineClient:
 
     def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
         """Engine.check_request's checks, here, so bad input never reaches the engine process."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError("sampling_params must be a radixserve.SamplingParams")
-        if len(input_ids) == 0:
-            raise ValueError("the prompt is empty; give at least one token")
-        bad = [t for t in input_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {self.vocab_size})")
-        bad = sorted(t for t in params.logit_bias or {} if t >= self.vocab_size)
-        if bad:
-            raise ValueError(f"logit_bias has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
-        if len(input_ids) >= self.max_context_len:
-            raise ValueError(f"the prompt has {len(input_ids)} tokens; the model's context is "
-                             f"{self.max_context_len} tokens, so at most {self.max_context_len - 1} fit")
-        need = len(input_ids) + 1 + self.config.page_size
-        if need > self.info.kv_capacity:
-            raise ValueError(f"the prompt needs {need} KV slots but the pool holds {self.info.kv_capacity}; "
-                             "raise max_total_tokens")
-        spec = grammar_spec(params)
-        if spec is not None:
-            self.grammar.validate(spec)
+        check_request(input_ids, params, vocab_size=self.vocab_size, max_context_len=self.max_context_len,
+                      kv_capacity=self.info.kv_capacity, page_size=self.config.page_size, grammar=self.grammar)
 
     def apply_chat_template(self, messages: list[dict]) -> list[int]:
         from radixserve.engine.engine import apply_chat_template

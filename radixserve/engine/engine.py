@@ -17,6 +17,7 @@ from radixserve.cache.cache_events import encode_events, read_events
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
 from radixserve.distributed.launch import serve_as_worker_if_launched
+from radixserve.engine.checks import check_constraint, check_request
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
 from radixserve.engine.stats import EngineStats
@@ -224,32 +225,13 @@ class Engine:
     # ---- validation ----------------------------------------------------------------------------
     def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
         """Raise ValueError, saying what is wrong, for a request the engine cannot serve."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError("sampling_params must be a radixserve.SamplingParams")
-        if len(input_ids) == 0:
-            raise ValueError("the prompt is empty; give at least one token")
-        bad = [t for t in input_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {self.vocab_size})")
-        bad = sorted(t for t in params.logit_bias or {} if t >= self.vocab_size)
-        if bad:
-            raise ValueError(f"logit_bias has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
-        if len(input_ids) >= self.max_context_len:
-            raise ValueError(f"the prompt has {len(input_ids)} tokens; the model's context is "
-                             f"{self.max_context_len} tokens, so at most {self.max_context_len - 1} fit")
-        need = len(input_ids) + 1 + self.config.page_size
-        if need > self.kv.allocator.capacity:
-            raise ValueError(f"the prompt needs {need} KV slots but the pool holds {self.kv.allocator.capacity}; "
-                             "raise max_total_tokens")
-        self.check_constraint(params)
+        check_request(input_ids, params, vocab_size=self.vocab_size, max_context_len=self.max_context_len,
+                      kv_capacity=self.kv.allocator.capacity, page_size=self.config.page_size, grammar=self.grammar)
 
     def check_constraint(self, params: SamplingParams) -> None:
         """Raise GrammarError (a ValueError whose `field` names the SamplingParams field) if the
-        request's structured-output constraint is invalid or not enforceable. Cheap: it parses the
-        grammar; compiling it against the vocabulary comes later, in a thread."""
-        spec = grammar_spec(params)
-        if spec is not None:
-            self.grammar.validate(spec)
+        request's structured-output constraint is invalid or not enforceable."""
+        check_constraint(params, self.grammar)
 
     # ---- internals -----------------------------------------------------------------------------
     def _prompts_to_ids(self, prompts, input_ids) -> list[list[int]]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from radixserve.server.metrics import _E2E_BUCKETS, _ITL_BUCKETS, _TTFT_BUCKETS, RequestClock
+from radixserve.server.metrics import LatencyMetrics
 
 PREFIX = "radixserve_router"
 
@@ -65,19 +64,6 @@ class RouterCollector:
                                   value=float(self._router.failovers))
 
 
-class RouterMetrics:
+class RouterMetrics(LatencyMetrics):
     def __init__(self, router: Any) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RouterCollector(router))
-        self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time to first token (streamed requests)",
-                              buckets=_TTFT_BUCKETS, registry=self.registry)
-        self.itl = Histogram(f"{PREFIX}_inter_token_latency_seconds", "Time between streamed chunks of one sample",
-                             buckets=_ITL_BUCKETS, registry=self.registry)
-        self.e2e = Histogram(f"{PREFIX}_e2e_request_latency_seconds", "Request arrival to last token",
-                             buckets=_E2E_BUCKETS, registry=self.registry)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-    def clock(self) -> RequestClock:
-        return RequestClock(self)  # type: ignore[arg-type]
+        super().__init__(RouterCollector(router))

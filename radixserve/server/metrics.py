@@ -50,10 +50,13 @@ class EngineCollector:
         yield finished
 
 
-class ServerMetrics:
-    def __init__(self, engine: Any) -> None:
+class LatencyMetrics:
+    """A registry with `collector` (the gauges and counters read at scrape time) and the request
+    latency histograms a RequestClock fills."""
+
+    def __init__(self, collector: Any) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EngineCollector(engine))
+        self.registry.register(collector)
         self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time to first token (streamed requests)",
                               buckets=_TTFT_BUCKETS, registry=self.registry)
         self.itl = Histogram(f"{PREFIX}_inter_token_latency_seconds", "Time between streamed chunks of one sample",
@@ -68,10 +71,15 @@ class ServerMetrics:
         return RequestClock(self)
 
 
+class ServerMetrics(LatencyMetrics):
+    def __init__(self, engine: Any) -> None:
+        super().__init__(EngineCollector(engine))
+
+
 class RequestClock:
     """Times one request: TTFT at its first token, ITL between chunks of each sample, e2e at the end."""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(self, metrics: LatencyMetrics) -> None:
         self._m = metrics
         self.start = time.perf_counter()
         self._last: dict[int, float] = {}
