@@ -24,8 +24,10 @@ from server_fixtures import assert_no_leak
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, name + ".py"))
+def load(filename: str):
+    """Import examples/<filename> as a module (its main() is called by the test)."""
+    name = filename.removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, filename))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -67,7 +69,7 @@ def greedy(engine, ids, max_new_tokens, **kw):
 
 def test_rag_shared_prompt(engine, local, capsys):
     engine.flush_cache()
-    mod = load("rag_shared_prompt")
+    mod = load("rag_shared_prompt.py")
     states = mod.main([], backend=local)
     out = capsys.readouterr().out
     metas = [s.meta("answer") for s in states]
@@ -82,7 +84,7 @@ def test_rag_shared_prompt(engine, local, capsys):
 
 
 def test_multi_turn_chat_engine_and_openai_sdk(engine, server, capsys):
-    mod = load("multi_turn_chat")
+    mod = load("multi_turn_chat.py")
     result = mod.main(["--url", server.url], engine=engine)
     rows_engine, rows_sdk = result["engine"], result["openai"]
     assert [r[0] for r in rows_sdk] == [r[0] for r in rows_engine]  # same greedy answers both ways
@@ -94,7 +96,7 @@ def test_multi_turn_chat_engine_and_openai_sdk(engine, server, capsys):
 
 
 def test_dsl_branching(engine, local):
-    mod = load("dsl_branching")
+    mod = load("dsl_branching.py")
     states = mod.main([], backend=local)
     for q, st in zip(mod.QUESTIONS, states):
         ideas, metas = st["idea"], st.meta("idea")
@@ -113,7 +115,7 @@ def test_dsl_branching(engine, local):
 @pytest.mark.skipif(not grammar_fields(), reason="structured output (SamplingParams.json_schema) is not in this build")
 def test_dsl_json_extraction_validates(engine, local):
     jsonschema = pytest.importorskip("jsonschema")
-    mod = load("dsl_json_extraction")
+    mod = load("dsl_json_extraction.py")
     people = mod.main([], backend=local)
     assert len(people) == len(mod.TEXTS)
     for p in people:
