@@ -1,7 +1,13 @@
 """radixserve: an LLM serving engine built around a radix tree of token prefixes."""
-from radixserve.config import EngineConfig
-from radixserve.outputs import RequestOutput, StreamDelta, TokenLogprob
-from radixserve.sampling_params import SamplingParams
+# NOTE: first, before anything imports transformers: the checkout's root on sys.path would make our
+# kernels/ folder shadow the PyPI package `kernels` (see radixserve/syspath.py).
+from radixserve.syspath import drop_checkout_root
+
+drop_checkout_root()
+
+from radixserve.config import EngineConfig  # noqa: E402
+from radixserve.outputs import RequestOutput, StreamDelta, TokenLogprob  # noqa: E402
+from radixserve.sampling_params import SamplingParams  # noqa: E402
 
 __all__ = ["Engine", "EngineConfig", "RequestOutput", "SamplingParams", "StreamDelta", "TokenLogprob"]
 __version__ = "0.1.0"

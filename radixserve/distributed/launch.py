@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from radixserve.distributed.group import TensorParallel, destroy_group, init_group, launcher_env
+from radixserve.syspath import child_env
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def start_ranks(config) -> tuple[RankSet, torch.device]:
 
 def _child_env() -> dict[str, str]:
     """The rank processes' environment: this one's, minus launcher variables (they are not launched ranks)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = child_env({k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")})
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

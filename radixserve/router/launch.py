@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from radixserve.router.config import RouterConfig
+from radixserve.syspath import child_env
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class ReplicaProcesses:
                     " ".join(f"{k}={v}" for k, v in self.envs[i].items()))
         # NOTE: a session of its own: a terminal's Ctrl-C reaches the parent only, which stops the
         # replicas itself (and does not mistake their exit for a crash)
-        return subprocess.Popen(cmd, env={**os.environ, **self.envs[i]}, start_new_session=True)
+        return subprocess.Popen(cmd, env=child_env({**os.environ, **self.envs[i]}), start_new_session=True)
 
     def start(self) -> ReplicaProcesses:
         for i in range(len(self.ports)):
