@@ -13,12 +13,20 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
 
-def test_installed_package_maps_kernels_under_radixserve(tmp_path):
-    code = ("import importlib.util, radixserve.kernels as k; "
-            "print(importlib.util.find_spec('kernels') is None, k.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("where", ["repository-root", "another-folder"])
+def test_installed_package_maps_kernels_under_radixserve(tmp_path, where):
+    """Our kernels import as radixserve.kernels; a bare `kernels` (the PyPI package transformers
+    imports, when installed) is never our folder, even with the checkout's root on sys.path (as
+    `python -c` in the checkout puts it there)."""
+    code = ("import importlib.util, os, radixserve.kernels as k; spec = importlib.util.find_spec('kernels'); "
+            "print(k.__name__, os.path.dirname(k.__file__), spec and spec.origin and os.path.dirname(spec.origin))")
+    cwd = ROOT if where == "repository-root" else tmp_path
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "radixserve.kernels"]
+    name, ours, bare = out.stdout.split()
+    assert name == "radixserve.kernels" and os.path.samefile(ours, os.path.join(ROOT, "kernels"))
+    assert bare == "None" or not os.path.samefile(bare, ours)
 
 
 @pytest.mark.slow

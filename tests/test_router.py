@@ -21,7 +21,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ import jsonschema
 import orjson
 import pytest
 
+from port_fixtures import free_port_block
 from radixserve import Engine, SamplingParams
 from radixserve.router.config import RouterConfig
 from radixserve.router.launch import RouterThread
@@ -91,29 +91,6 @@ def same_answers(answers: list[dict], reference: list) -> bool:
     return [(a["choices"][0]["message"]["content"], a["choices"][0]["finish_reason"], a["usage"]["prompt_tokens"],
              a["usage"]["completion_tokens"]) for a in answers] == \
         [(o.text, o.finish_reason, o.prompt_tokens, o.completion_tokens) for o in reference]
-
-
-def free_port_block(n: int) -> int:
-    """A port p such that p .. p+n-1 were free just now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports")
 
 
 def replica_pid(port: int) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,18 +13,14 @@ import httpx
 import orjson
 import pytest
 
+from port_fixtures import free_port_block
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_serve_sigterm_finishes_in_flight_and_exits_0():
-    port = free_port()
+    port = free_port_block()
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port), "--api-key", "k",
                              "--max-total-tokens", "2048", "--max-context-len", "512", "--log-level", "warning"],
@@ -84,7 +79,7 @@ def _children(pid: int) -> list[int]:
 def test_killed_engine_process_fails_fast_and_exits_nonzero():
     """The engine process dies mid-stream: the stream ends with an error, new requests get 503 (or
     find the server gone), and the front end exits non-zero within seconds instead of hanging."""
-    port = free_port()
+    port = free_port_block()
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port),
                              "--max-total-tokens", "2048", "--max-context-len", "512", "--log-level", "warning"],
