@@ -11,8 +11,7 @@ TOK=$2
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 RADIXSERVE_TEST_TOKENIZER=$TOK
 mkdir -p "$OUT"
-TESTS=${TESTS:-tests/test_kernels_attention.py tests/test_kernels_cascade.py tests/test_kernels_fused.py \
-tests/test_kernels_gemv.py tests/test_kernels_backend.py tests/test_cascade_runner.py tests/test_gpu_runtime.py}
+TESTS=${TESTS:-tests/kernels tests/runtime/test_cascade_runner.py tests/runtime/test_gpu_runtime.py}
 timeout "${TESTS_TIMEOUT:-220}" $PY -m pytest -p no:cacheprovider -m gpu -v -rf $TESTS >"$OUT/gpu_tests.log" 2>&1
 echo "tests: exit $?"; tail -15 "$OUT/gpu_tests.log"
 timeout "${ATTN_TIMEOUT:-100}" $PY benchmarks/gpu_attention.py --out "$OUT" ${ATTN_ARGS:-} >"$OUT/attention.log" 2>&1

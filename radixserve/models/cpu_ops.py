@@ -5,7 +5,7 @@ At decode batch sizes these tensors are tiny ([B, hidden]) and each torch op cos
 dispatch and its output allocation, so the savings come from doing the same arithmetic in
 fewer, in-place ops. The arithmetic and its order are those of the plain torch path in layers.py
 (which follows the transformers implementations), so results are bitwise equal to it
-(tests/test_cpu_ops.py). torch.compile was measured as the alternative and not taken: see
+(tests/models/test_cpu_ops.py). torch.compile was measured as the alternative and not taken: see
 benchmarks/results/cpu_elementwise.md.
 """
 from __future__ import annotations

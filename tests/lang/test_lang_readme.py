@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+README = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "README.md")
 
 
 def test_readme_lang_program_prints_the_output_shown():

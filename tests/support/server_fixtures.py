@@ -2,7 +2,7 @@
 
 The server is tested the way `radixserve serve` runs it: the scheduler and model in an engine
 process (EngineClient), the HTTP front end here. RADIXSERVE_TEST_LAYOUT=inprocess runs the same
-tests over an in-process Engine instead (tests/test_server_layouts.py covers that layout in CI).
+tests over an in-process Engine instead (tests/server/test_server_layouts.py covers that layout in CI).
 """
 from __future__ import annotations
 

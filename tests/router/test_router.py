@@ -39,7 +39,7 @@ from radixserve.router.mirror import dump_paths
 from radixserve.server import ServerConfig, build_app
 from radixserve.server.testing import ServerThread
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KV_PER_REPLICA = 900
 CONTEXT = 512
 TENANTS, QUESTIONS, MAX_TOKENS, CLIENTS = 8, 8, 2, 4

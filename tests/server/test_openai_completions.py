@@ -15,7 +15,7 @@ from radixserve.server import openai_fields
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
     assert_no_leak, client, engine, greedy, http, local_engine, server)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 PROMPT = "The capital of France is"
 
 

