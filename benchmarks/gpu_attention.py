@@ -40,7 +40,7 @@ from radixserve.kernels.decode_attention import choose_num_kv_splits, decode_att
 from radixserve.kernels.extend_attention import ExtendConfig, extend_attention, extend_attention_ref
 from radixserve.kernels.gemv import GemvConfig, gemv
 from radixserve.runtime.attention.long_prefill import BLOCK_KEYS, MIN_CHUNK, attend_long_row
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.forward_batch import ForwardBatch
 
 log = logging.getLogger("gpu_attention")
 HQ, HKV, D = 32, 8, 128

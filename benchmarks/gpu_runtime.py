@@ -25,7 +25,7 @@ import torch
 import triton
 
 from radixserve import Engine
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.sampling_params import SamplingParams
 
 log = logging.getLogger("gpu_runtime")
@@ -273,7 +273,7 @@ def bench_prefill_long(engine: Engine, res: dict, gen: torch.Generator) -> None:
 def bench_cascade_step(engine: Engine, res: dict) -> None:
     """Graph-replayed decode step at batch 64 over a 2k shared prefix + 128 own tokens each, with and
     without prefix groups, and the same batch at a 128-token context."""
-    from radixserve.runtime.prefix_groups import PrefixGroups
+    from radixserve.core.prefix_groups import PrefixGroups
     runner = engine.runner
     dev = runner.device
     batch, shared, own = 64, 2048, 128

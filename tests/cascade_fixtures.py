@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from radixserve.runtime.forward_batch import ForwardBatch
-from radixserve.runtime.prefix_groups import PrefixGroups
+from radixserve.core.forward_batch import ForwardBatch
+from radixserve.core.prefix_groups import PrefixGroups
 
 
 def _t(xs, device) -> torch.Tensor:

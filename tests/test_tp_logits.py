@@ -12,7 +12,7 @@ from radixserve.config import EngineConfig
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.distributed.step_sync import RecordingReqTable
 from radixserve.models.parallel import HeadSplit, take_rows
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.runtime.model_runner import ModelRunner
 
 

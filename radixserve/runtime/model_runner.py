@@ -15,7 +15,7 @@ from radixserve.distributed.step_sync import RecordingReqTable, StepSender
 from radixserve.models.layers import set_fused_ops
 from radixserve.models.loader import load_config, load_model
 from radixserve.models.parallel import check_split
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 

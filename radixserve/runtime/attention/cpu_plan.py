@@ -12,7 +12,7 @@ import torch
 
 from radixserve.runtime.attention.kv_mirror import KVMirror, SlotVersions, TailView
 from radixserve.runtime.attention.prefix_store import PrefixEntry, PrefixStore
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.forward_batch import ForwardBatch
 
 
 class GroupPlan(NamedTuple):

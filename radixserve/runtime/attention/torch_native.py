@@ -21,7 +21,7 @@ from radixserve.runtime.attention.cpu_plan import DecodePlan, ExtendRow, StepPla
 from radixserve.runtime.attention.kv_mirror import KVMirror, SlotVersions
 from radixserve.runtime.attention.partial import attend, merge
 from radixserve.runtime.attention.prefix_store import PrefixStore
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.forward_batch import ForwardBatch
 
 
 class TorchNativeBackend:

@@ -18,8 +18,8 @@ from radixserve.kernels.extend_attention import ExtendConfig, extend_attention
 from radixserve.kernels.kv_store import kv_store
 from radixserve.kernels.rotary import apply_rotary_store
 from radixserve.runtime.attention import long_prefill
-from radixserve.runtime.attention.base import RopeTables
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.attention import RopeTables
+from radixserve.core.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 
