@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.kernels.cascade_attention import (cascade_decode_attention, cascade_decode_attention_ref,
                                                   choose_prefix_splits)
 from radixserve.kernels.decode_attention import choose_num_kv_splits, decode_attention, decode_scratch
 from radixserve.kernels.extend_attention import ExtendConfig, extend_attention, extend_attention_ref
 from radixserve.kernels.gemv import GemvConfig, gemv
 from radixserve.runtime.attention.long_prefill import BLOCK_KEYS, MIN_CHUNK, attend_long_row
-from radixserve.core.forward_batch import ForwardBatch
 
 log = logging.getLogger("gpu_attention")
 HQ, HKV, D = 32, 8, 128

@@ -12,8 +12,8 @@ import torch
 
 from radixserve import Engine
 from radixserve.config import EngineConfig
-from radixserve.runtime.cuda_graph import graph_buckets, graph_kv_splits
 from radixserve.core.forward_batch import ForwardBatch
+from radixserve.runtime.cuda_graph import graph_buckets, graph_kv_splits
 from radixserve.runtime.model_runner import ModelRunner
 from radixserve.sampling_params import SamplingParams
 

@@ -6,9 +6,9 @@ import torch
 
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
 from radixserve.runtime.attention.triton_backend import TritonAttentionBackend
-from radixserve.core.forward_batch import ForwardBatch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 2e-2)}  # (atol, rtol), as the kernel tests

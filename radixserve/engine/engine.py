@@ -16,7 +16,6 @@ from typing import AsyncIterator, Callable, Sequence
 from radixserve.cache.cache_events import encode_events, read_events
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
-from radixserve.distributed.launch import serve_as_worker_if_launched
 from radixserve.engine.checks import check_constraint, check_request
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
@@ -27,6 +26,7 @@ from radixserve.grammar.matcher import RequestGrammar
 from radixserve.grammar.spec import grammar_spec
 from radixserve.outputs import RequestOutput, StreamDelta
 from radixserve.runtime.model_runner import ModelRunner
+from radixserve.runtime.rank_worker import serve_as_worker_if_launched
 from radixserve.sampling_params import SamplingParams
 from radixserve.scheduler.kv_manager import KVManager
 from radixserve.scheduler.request import Request
