@@ -11,51 +11,23 @@ batch); time to first token is wall clock around Engine.generate.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
-import triton
 
 from radixserve import Engine
+from radixserve.bench.report import save
+from radixserve.bench.timing import (copy_bandwidth, cuda_ms, failed_sections, free_device_memory, gpu_chip,
+                                     gpu_header, run_section)
 from radixserve.core.forward_batch import ForwardBatch
 from radixserve.sampling_params import SamplingParams
 
 log = logging.getLogger("gpu_runtime")
 KV_TOKENS = 180_000  # engine KV pool (tokens): holds batch 256 x 640 tokens with room to spare
-
-
-def cuda_ms(fn, iters: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds of fn() over iters, CUDA events, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy GB/s (read + write bytes) of a 2 GiB buffer."""
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.int16, device="cuda")
-    dst = torch.empty_like(src)
-    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
-    del src, dst
-    return 2 * 2 * n / ms / 1e6
 
 
 def rand_ids(n: int, gen: torch.Generator, vocab: int = 30000) -> list[int]:
@@ -245,8 +217,7 @@ def bench_hf_prefill(res: dict, gen: torch.Generator) -> None:
         log.info("hf prefill: %s", out[-1])
     res["prefill_long"] = out
     del model
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_device_memory()
 
 
 def bench_prefill_long(engine: Engine, res: dict, gen: torch.Generator) -> None:
@@ -436,11 +407,10 @@ def bench_hf(res: dict, static: bool, gen: torch.Generator) -> None:
         res["hf_static_cache"] = dict(seconds=t, tokens_per_s=new / t, first_call_seconds=first)
         log.info("hf static: %s", res["hf_static_cache"])
     del model
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_device_memory()
 
 
-def write_markdown(res: dict, path: str) -> None:
+def write_markdown(res: dict) -> str:
     L = [f"# GPU runtime benchmarks — {res['device']}", "",
          f"- date: {res['date']}", f"- command: `{res['command']}`",
          f"- torch {res['torch']}, triton {res['triton']}, transformers {res.get('transformers')}",
@@ -526,10 +496,7 @@ def write_markdown(res: dict, path: str) -> None:
               "| ops | batch | step ms |", "|---|---|---|"]
         L += [f"| {e['ops']} | {e['batch']} | {e['graph_step_ms']:.3f} |" for e in res["fused_ops"]]
         L.append("")
-    if res.get("errors"):
-        L += ["## Sections that failed", ""] + [f"- {k}: `{v}`" for k, v in res["errors"].items()] + [""]
-    with open(path, "w") as f:
-        f.write("\n".join(L))
+    return "\n".join(L + failed_sections(res))
 
 
 def main() -> None:
@@ -543,29 +510,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     sections = set(args.sections.split(","))
     import transformers
-    name = torch.cuda.get_device_name()
-    res = dict(device=name, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               command=" ".join(["python"] + sys.argv), torch=torch.__version__, triton=triton.__version__,
-               transformers=transformers.__version__, python=platform.python_version(), model=args.model, errors={})
-    os.makedirs(args.out, exist_ok=True)
-    chip = next((w.lower() for w in name.split() if w[:1] in "ABH" and w[1:].isdigit()), "gpu")  # e.g. h100
-    stem = os.path.join(args.out, f"gpu_runtime_{chip}")
+    res = gpu_header(transformers=transformers.__version__, model=args.model)
+    stem = os.path.join(args.out, f"gpu_runtime_{gpu_chip(res['device'])}")  # e.g. gpu_runtime_h100
     gen = torch.Generator().manual_seed(0)
 
-    def save() -> None:
-        with open(stem + ".json", "w") as f:
-            json.dump(res, f, indent=1)
-        write_markdown(res, stem + ".md")
-
     def section(key: str, fn, *a) -> None:
-        if key not in sections:
-            return
-        try:
-            fn(*a)
-        except Exception as exc:  # a failed section must not lose the others' numbers
-            log.exception("section %s failed", key)
-            res["errors"][key] = f"{type(exc).__name__}: {exc}"[:500]
-        save()
+        if key in sections:
+            run_section(res, key, fn, *a)
+            save(stem, res, write_markdown(res))
 
     res["copy_gb_per_s"] = copy_bandwidth()
     log.info("copy bandwidth %.0f GB/s", res["copy_gb_per_s"])
@@ -587,7 +539,7 @@ def main() -> None:
     section("fused", bench_fused, engine, res)
     section("hf", bench_hf, res, False, gen)
     section("hf_static", bench_hf, res, True, gen)
-    save()
+    save(stem, res, write_markdown(res))
     log.info("wrote %s.json and .md", stem)
     os._exit(0)  # the engine's loop thread is a daemon; skip interpreter teardown
 

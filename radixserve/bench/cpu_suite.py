@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import statistics
 import time
 from typing import NamedTuple
 
@@ -22,6 +21,7 @@ import torch
 from radixserve.bench import report, workloads
 from radixserve.bench.offline import reconfigure, run_offline, warmup
 from radixserve.bench.suites import EngineSpec, hf_baseline_model
+from radixserve.bench.timing import spread, spread_text
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +87,6 @@ def _load() -> float | None:
         return None
 
 
-def _spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
-
-
 def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_len: int = 500,
         question_len: int = 24, output_len: int = 64, repeats: int = 3, variants: tuple[str, ...] = tuple(VARIANTS),
         seed: int = 0) -> dict:
@@ -120,8 +116,8 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
                     r = run_offline(engine, w, f"{v.name} (repeat {rep + 1})",
                                     config=dict(cascade_attention=v.cascade, fused_ops=v.fused_ops,
                                                 kv_mirror=v.mirror)).to_dict()
-                r["decode_step_ms"] = _spread([t * 1e3 for t in timer.times]) if timer.times else None
-                r["decode_step_cpu_ms"] = _spread([t * 1e3 for t in timer.cpu_times]) if timer.times else None
+                r["decode_step_ms"] = spread([t * 1e3 for t in timer.times]) if timer.times else None
+                r["decode_step_cpu_ms"] = spread([t * 1e3 for t in timer.cpu_times]) if timer.times else None
                 r["load_average_1m_before"] = load
                 runs.append(r)
                 row[key] = {"output_tok_per_s": r["output_tok_per_s"],
@@ -134,27 +130,23 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
         apply_variant(engine, VARIANTS["all"])
     finally:
         engine.shutdown()
-    summary = {key: {"output_tok_per_s": _spread([r[key]["output_tok_per_s"] for r in per_repeat]),
-                     "ratio_vs_transformers": _spread([r[key]["ratio_vs_transformers"] for r in per_repeat]),
-                     "decode_step_ms": _spread([r[key]["decode_step_ms_median"] for r in per_repeat]),
-                     "decode_step_cpu_ms": _spread([r[key]["decode_step_cpu_ms_median"] for r in per_repeat])}
+    summary = {key: {"output_tok_per_s": spread([r[key]["output_tok_per_s"] for r in per_repeat]),
+                     "ratio_vs_transformers": spread([r[key]["ratio_vs_transformers"] for r in per_repeat]),
+                     "decode_step_ms": spread([r[key]["decode_step_ms_median"] for r in per_repeat]),
+                     "decode_step_cpu_ms": spread([r[key]["decode_step_cpu_ms_median"] for r in per_repeat])}
                for key in variants}
-    summary["transformers"] = {"output_tok_per_s": _spread([r["transformers"] for r in per_repeat])}
+    summary["transformers"] = {"output_tok_per_s": spread([r["transformers"] for r in per_repeat])}
     lines = [f"- {repeats} repeats; each repeat runs transformers `generate` (batch {prompts}) and then every "
              "radixserve variant back to back; ratios are taken within a repeat. The machine was shared with other "
              "work during the runs (load averages in the JSON): medians, with min-max in brackets."]
     for key in variants:
         s = summary[key]
-        lines.append(f"- **{VARIANTS[key].name}**: {_fmt(s['output_tok_per_s'], '.1f')} output tok/s = "
-                     f"**{_fmt(s['ratio_vs_transformers'], '.2f')}x** transformers; decode step at batch {prompts}: "
-                     f"**{_fmt(s['decode_step_ms'], '.0f')} ms** (process CPU time {_fmt(s['decode_step_cpu_ms'], '.0f')} ms "
+        lines.append(f"- **{VARIANTS[key].name}**: {spread_text(s['output_tok_per_s'], '.1f')} output tok/s = "
+                     f"**{spread_text(s['ratio_vs_transformers'], '.2f')}x** transformers; decode step at batch {prompts}: "
+                     f"**{spread_text(s['decode_step_ms'], '.0f')} ms** (process CPU time {spread_text(s['decode_step_cpu_ms'], '.0f')} ms "
                      f"over {torch.get_num_threads()} threads)")
-    lines.append(f"- transformers generate: {_fmt(summary['transformers']['output_tok_per_s'], '.1f')} output tok/s")
+    lines.append(f"- transformers generate: {spread_text(summary['transformers']['output_tok_per_s'], '.1f')} output tok/s")
     title = (f"CPU runtime: {prompts} requests sharing a {system_len}-token prompt (+{question_len}), "
              f"{output_len} new tokens, batch {prompts}, float32")
     return report.write(out_dir, stem, title, runs, {"workload": w.settings, "summary": summary,
                                                       "per_repeat": per_repeat}, lines)
-
-
-def _fmt(s: dict, spec: str) -> str:
-    return f"{s['median']:{spec}} [{s['min']:{spec}}-{s['max']:{spec}}]"
