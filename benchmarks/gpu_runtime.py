@@ -45,9 +45,10 @@ def timed_generate(engine: Engine, prompts: list[list[int]], new_tokens: int) ->
     return dt
 
 
-def decode_batch(runner, batch: int, ctx: int) -> tuple[ForwardBatch, list[int], torch.Tensor]:
+def decode_batch(engine: Engine, batch: int, ctx: int) -> tuple[ForwardBatch, list[int], torch.Tensor]:
     """A decode ForwardBatch of `batch` rows with `ctx` tokens each, on freshly allocated slots."""
-    slots = runner.allocator.alloc(batch * ctx)  # page size 1
+    runner = engine.runner
+    slots = engine.kv.allocator.alloc(batch * ctx)  # page size 1
     rows = [runner.req_table.alloc() for _ in range(batch)]
     table = runner.req_table.table
     dev = runner.device
@@ -62,10 +63,10 @@ def decode_batch(runner, batch: int, ctx: int) -> tuple[ForwardBatch, list[int],
     return fb, rows, slots
 
 
-def release(runner, rows: list[int], slots: torch.Tensor) -> None:
+def release(engine: Engine, rows: list[int], slots: torch.Tensor) -> None:
     for r in rows:
-        runner.req_table.free(r)
-    runner.allocator.free(slots)
+        engine.runner.req_table.free(r)
+    engine.kv.allocator.free(slots)
 
 
 def weight_bytes(model) -> tuple[int, int]:
@@ -122,7 +123,7 @@ def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> 
     avg_ctx = prompt + new / 2
     step_bytes = wbytes + kv_per_token * avg_ctx
     floor_ms = step_bytes / bw / 1e6
-    fb, rows, slots = decode_batch(runner, 1, int(avg_ctx))
+    fb, rows, slots = decode_batch(engine, 1, int(avg_ctx))
     graph_ms = cuda_ms(lambda: runner.forward(fb), iters=50)
     graphs, runner.graphs = runner.graphs, None
     eager_ms = cuda_ms(lambda: runner.forward(fb), iters=20)
@@ -138,7 +139,7 @@ def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> 
     finally:
         layers.single_row = llama.single_row = single_row
         runner.graphs = graphs
-    release(runner, rows, slots)
+    release(engine, rows, slots)
     res["batch1_decode"] = dict(
         prompt_tokens=prompt, new_tokens=new, engine_seconds=total, ttft_seconds=ttft,
         engine_tokens_per_s=new / total, engine_decode_tokens_per_s=decode_tps,
@@ -154,9 +155,9 @@ def bench_sweep(engine: Engine, res: dict, gen: torch.Generator) -> None:
     out = []
     for b in (1, 2, 4, 8, 16, 32, 64, 128, 192, 256):
         ctx = 512
-        fb, rows, slots = decode_batch(runner, b, ctx)
+        fb, rows, slots = decode_batch(engine, b, ctx)
         ms = cuda_ms(lambda: runner.forward(fb), iters=20)
-        release(runner, rows, slots)
+        release(engine, rows, slots)
         entry = dict(batch=b, context=ctx, graph_step_ms=ms, graph_tokens_per_s=b * 1e3 / ms)
         if b in (1, 8, 64, 256):  # end to end through the scheduler: 128-token prompts, 64 new tokens
             with DecodeStepTimer(engine) as timer:
@@ -248,7 +249,7 @@ def bench_cascade_step(engine: Engine, res: dict) -> None:
     runner = engine.runner
     dev = runner.device
     batch, shared, own = 64, 2048, 128
-    slots = runner.allocator.alloc(shared + batch * own)
+    slots = engine.kv.allocator.alloc(shared + batch * own)
     rows = [runner.req_table.alloc() for _ in range(batch)]
     table = runner.req_table.table
     for i, r in enumerate(rows):
@@ -280,10 +281,10 @@ def bench_cascade_step(engine: Engine, res: dict) -> None:
                  cascade_graph_step_ms=cuda_ms(lambda: runner.forward(grouped), iters=30))
     for r in rows:
         runner.req_table.free(r)
-    runner.allocator.free(slots)
-    fb2, rows2, slots2 = decode_batch(runner, batch, own)
+    engine.kv.allocator.free(slots)
+    fb2, rows2, slots2 = decode_batch(engine, batch, own)
     entry["ctx128_graph_step_ms"] = cuda_ms(lambda: runner.forward(fb2), iters=30)
-    release(runner, rows2, slots2)
+    release(engine, rows2, slots2)
     entry["cascade_over_ctx128"] = entry["cascade_graph_step_ms"] / entry["ctx128_graph_step_ms"]
     entry["plain_over_ctx128"] = entry["plain_graph_step_ms"] / entry["ctx128_graph_step_ms"]
     res["cascade_step"] = entry
@@ -294,7 +295,7 @@ def bench_profile(engine: Engine, res: dict) -> None:
     """Kernel times of the batch-1 decode step (context 256), graph replay and eager."""
     from torch.profiler import ProfilerActivity, profile
     runner = engine.runner
-    fb, rows, slots = decode_batch(runner, 1, 256)
+    fb, rows, slots = decode_batch(engine, 1, 256)
     out = {}
     for mode in ("graph", "eager"):
         graphs = runner.graphs
@@ -321,7 +322,7 @@ def bench_profile(engine: Engine, res: dict) -> None:
                          kernel_launches_per_step=sum(r["calls_per_step"] for r in rows_out), top=rows_out[:25])
         log.info("profile %s: %.0f us of kernels, %.0f launches per step", mode, out[mode]["kernel_us_per_step"],
                  out[mode]["kernel_launches_per_step"])
-    release(runner, rows, slots)
+    release(engine, rows, slots)
     res["profile_batch1"] = out
 
 
@@ -363,10 +364,10 @@ def bench_fused(engine: Engine, res: dict) -> None:
             runner.graphs = CudaGraphDecoder(runner.model, old.attn, runner.req_table, 64, runner.device)
             runner.graphs.capture()
             for b in (1, 64):
-                fb, rows, slots = decode_batch(runner, b, 512)
+                fb, rows, slots = decode_batch(engine, b, 512)
                 out.append(dict(ops="fused" if fused else "torch", batch=b,
                                 graph_step_ms=cuda_ms(lambda: runner.forward(fb), iters=30)))
-                release(runner, rows, slots)
+                release(engine, rows, slots)
                 log.info("fused: %s", out[-1])
     finally:
         layers.set_fused_ops(runner.model, True)
@@ -527,7 +528,7 @@ def main() -> None:
     engine = Engine(args.model, tokenizer=args.tokenizer, device="cuda", max_total_tokens=KV_TOKENS,
                     max_running_requests=256)
     res["startup_s"] = time.perf_counter() - t0
-    res["kv_pool_tokens"] = engine.runner.allocator.capacity
+    res["kv_pool_tokens"] = engine.kv.allocator.capacity
     res["graph_capture_s"] = engine.runner.graphs.capture_seconds if engine.runner.graphs else None
     section("batch1", bench_batch1, engine, res, res["copy_gb_per_s"], gen)
     section("profile", bench_profile, engine, res)

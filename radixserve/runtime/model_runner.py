@@ -80,9 +80,10 @@ class ModelRunner:
         table_cls = RecordingReqTable if tp.size > 1 and root else ReqToTokenTable
         kv = build_kv_cache(config, m.num_layers, m.num_kv_heads, m.head_dim, self.dtype, self.device,
                             self.max_context_len, tokens, table_cls)
-        self.allocator, self.pool, self.req_table = kv.allocator, kv.pool, kv.req_table
+        self.pool, self.req_table = kv.pool, kv.req_table
+        self.num_pages = kv.num_pages  # NOTE: the engine's PageAllocator hands these out; the runner holds none
         self.sender = StepSender(tp, self.req_table, self.device) if tp.size > 1 and root else None
-        num_pages, ps, per_token = self.allocator.num_pages, config.page_size, kv.bytes_per_token
+        num_pages, ps, per_token = kv.num_pages, config.page_size, kv.bytes_per_token
         self.backend_name = self._backend_name(config.attention_backend)
         self.attn = self._make_backend(self.backend_name)
         logger.info("model %s on %s (%s%s); KV pool %d tokens (%.2f GiB), page size %d", self.source, self.device,
