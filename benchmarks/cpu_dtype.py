@@ -23,10 +23,9 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from radixserve import Engine
     from radixserve.bench import workloads
-    from radixserve.bench.cpu_suite import StepTimer
     from radixserve.bench.offline import run_offline, warmup
     from radixserve.bench.report import head_lines, header, save
-    from radixserve.bench.timing import spread, spread_text
+    from radixserve.bench.timing import CpuStepTimer, spread, spread_text
 
     w = workloads.shared_prefix(1, 16, 500, 24, args.output_len, vocab_size=32000, seed=0)
     engines = {dt: Engine(None, device="cpu", dtype=dt, max_total_tokens=16384) for dt in ("float32", "bfloat16")}
@@ -37,7 +36,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for dt, e in engines.items():
                 e.flush_cache()
-                with StepTimer(e, 16) as timer:
+                with CpuStepTimer(e, 16) as timer:
                     r = run_offline(e, w, f"{dt} (repeat {rep + 1})")
                 res["runs"].append({"dtype": dt, "output_tok_per_s": r.output_tok_per_s,
                                     "decode_step_ms": statistics.median(timer.times) * 1e3,

@@ -21,8 +21,8 @@ import torch
 
 from radixserve import Engine
 from radixserve.bench.report import save
-from radixserve.bench.timing import (copy_bandwidth, cuda_ms, failed_sections, free_device_memory, gpu_chip,
-                                     gpu_header, run_section)
+from radixserve.bench.timing import (DecodeStepTimer, copy_bandwidth, cuda_ms, failed_sections, free_device_memory,
+                                     gpu_chip, gpu_header, run_section)
 from radixserve.core.forward_batch import ForwardBatch
 from radixserve.sampling_params import SamplingParams
 
@@ -77,37 +77,6 @@ def weight_bytes(model) -> tuple[int, int]:
     emb_bytes = emb.numel() * emb.element_size()
     tied = model.lm_head is model.embed_tokens
     return (total if tied else total - emb_bytes + emb.shape[1] * emb.element_size()), emb_bytes
-
-
-class DecodeStepTimer:
-    """Records a CUDA event as the engine launches each decode step (the scheduler's forward)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.scheduler = engine.scheduler
-        self.events: list[tuple[int, torch.cuda.Event]] = []
-
-    def __enter__(self) -> "DecodeStepTimer":
-        inner = self.forward = self.scheduler.forward
-
-        def timed(batch):
-            if batch.is_decode:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                self.events.append((batch.batch_size, ev))
-            return inner(batch)
-
-        self.scheduler.forward = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.scheduler.forward = self.forward
-
-    def step_ms(self, batch_size: int) -> float:
-        """Median gap between consecutive decode steps of `batch_size` rows (the steady state)."""
-        torch.cuda.synchronize()
-        gaps = [a.elapsed_time(b) for (na, a), (nb, b) in zip(self.events, self.events[1:])
-                if na == nb == batch_size]
-        return statistics.median(gaps)
 
 
 def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from typing import NamedTuple
 
 import torch
@@ -21,7 +20,7 @@ import torch
 from radixserve.bench import report, workloads
 from radixserve.bench.offline import reconfigure, run_offline, warmup
 from radixserve.bench.suites import EngineSpec, hf_baseline_model
-from radixserve.bench.timing import spread, spread_text
+from radixserve.bench.timing import CpuStepTimer, spread, spread_text
 
 logger = logging.getLogger(__name__)
 
@@ -53,31 +52,6 @@ def apply_variant(engine, v: Variant) -> None:
     if not isinstance(runner.attn, TorchNativeBackend):
         raise ValueError(f"bench cpu measures the CPU backend; this engine runs {type(runner.attn).__name__}")
     runner.attn = TorchNativeBackend(runner.pool, runner.req_table, mirror_max_bytes=None if v.mirror else 0)
-
-
-class StepTimer:
-    """Times the engine's forward of full-batch decode steps (CPU forwards are synchronous)."""
-
-    def __init__(self, engine, batch_size: int) -> None:
-        self.engine, self.batch_size = engine, batch_size
-        self.times: list[float] = []  # wall seconds per step
-        self.cpu_times: list[float] = []  # CPU seconds of the process (all threads) per step
-        self._forward = engine.scheduler.forward
-
-    def __enter__(self) -> "StepTimer":
-        def timed(batch):
-            if not (batch.is_decode and batch.batch_size == self.batch_size):
-                return self._forward(batch)
-            t, c = time.perf_counter(), time.process_time()
-            out = self._forward(batch)
-            self.times.append(time.perf_counter() - t)
-            self.cpu_times.append(time.process_time() - c)
-            return out
-        self.engine.scheduler.forward = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.engine.scheduler.forward = self._forward
 
 
 def _load() -> float | None:
@@ -112,7 +86,7 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
                 v = VARIANTS[key]
                 apply_variant(engine, v)
                 load = _load()
-                with StepTimer(engine, prompts) as timer:
+                with CpuStepTimer(engine, prompts) as timer:
                     r = run_offline(engine, w, f"{v.name} (repeat {rep + 1})",
                                     config=dict(cascade_attention=v.cascade, fused_ops=v.fused_ops,
                                                 kv_mirror=v.mirror)).to_dict()

@@ -1,6 +1,7 @@
 """Timing and device helpers shared by `radixserve bench` and the scripts in benchmarks/: CUDA-event
-medians (alone, or replayed from a CUDA graph), copy bandwidth, the GPU run's header and file stem,
-sections that fail without losing the others' numbers, and repeated measurements as median [min-max].
+medians (alone, or replayed from a CUDA graph), the engine's decode steps timed on the host (CPU) or
+by CUDA events, copy bandwidth, the GPU run's header and file stem, sections that fail without
+losing the others' numbers, and repeated measurements as median [min-max].
 
 NOTE: one home for these; a script in benchmarks/ imports them rather than writing its own.
 """
@@ -51,6 +52,67 @@ def graph_ms(calls: list[Callable[[], Any]], replays: int = 20) -> float:
             c()
     torch.cuda.current_stream().wait_stream(stream)
     return cuda_ms(graph.replay, iters=replays, warmup=3) / len(calls)
+
+
+class _ForwardHook:
+    """Routes an idle engine's model forwards (its scheduler's `forward`) through `_timed` while the
+    context is open (benchmark-only, like `offline.reconfigure`)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.scheduler = engine.scheduler
+        self._inner = self.scheduler.forward
+
+    def __enter__(self):
+        inner = self._inner = self.scheduler.forward
+        self.scheduler.forward = lambda batch: self._timed(inner, batch)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.scheduler.forward = self._inner
+
+    def _timed(self, inner: Callable, batch: Any) -> Any:
+        raise NotImplementedError
+
+
+class CpuStepTimer(_ForwardHook):
+    """Times the engine's forward of full-batch decode steps (CPU forwards are synchronous)."""
+
+    def __init__(self, engine: Any, batch_size: int) -> None:
+        super().__init__(engine)
+        self.batch_size = batch_size
+        self.times: list[float] = []  # wall seconds per step
+        self.cpu_times: list[float] = []  # CPU seconds of the process (all threads) per step
+
+    def _timed(self, inner: Callable, batch: Any) -> Any:
+        if not (batch.is_decode and batch.batch_size == self.batch_size):
+            return inner(batch)
+        t, c = time.perf_counter(), time.process_time()
+        out = inner(batch)
+        self.times.append(time.perf_counter() - t)
+        self.cpu_times.append(time.process_time() - c)
+        return out
+
+
+class DecodeStepTimer(_ForwardHook):
+    """Records a CUDA event as the engine launches each decode step (the scheduler's forward)."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.events: list[tuple[int, torch.cuda.Event]] = []
+
+    def _timed(self, inner: Callable, batch: Any) -> Any:
+        if batch.is_decode:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.events.append((batch.batch_size, ev))
+        return inner(batch)
+
+    def step_ms(self, batch_size: int) -> float:
+        """Median gap between consecutive decode steps of `batch_size` rows (the steady state)."""
+        torch.cuda.synchronize()
+        gaps = [a.elapsed_time(b) for (na, a), (nb, b) in zip(self.events, self.events[1:])
+                if na == nb == batch_size]
+        return statistics.median(gaps)
 
 
 def copy_bandwidth() -> float:
