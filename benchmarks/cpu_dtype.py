@@ -9,7 +9,6 @@ times each, and writes JSON + markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,9 +23,9 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from radixserve import Engine
     from radixserve.bench import workloads
-    from radixserve.bench.cpu_suite import StepTimer
     from radixserve.bench.offline import run_offline, warmup
-    from radixserve.bench.report import header
+    from radixserve.bench.report import head_lines, header, save
+    from radixserve.bench.timing import CpuStepTimer, spread, spread_text
 
     w = workloads.shared_prefix(1, 16, 500, 24, args.output_len, vocab_size=32000, seed=0)
     engines = {dt: Engine(None, device="cpu", dtype=dt, max_total_tokens=16384) for dt in ("float32", "bfloat16")}
@@ -37,7 +36,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for dt, e in engines.items():
                 e.flush_cache()
-                with StepTimer(e, 16) as timer:
+                with CpuStepTimer(e, 16) as timer:
                     r = run_offline(e, w, f"{dt} (repeat {rep + 1})")
                 res["runs"].append({"dtype": dt, "output_tok_per_s": r.output_tok_per_s,
                                     "decode_step_ms": statistics.median(timer.times) * 1e3,
@@ -45,20 +44,14 @@ def main() -> None:
     finally:
         for e in engines.values():
             e.shutdown()
-    lines = [f"# {res['title']}", "", f"- date: {res['date']}", f"- command: `{res['command']}`",
-             f"- machine: {json.dumps(res['machine'])}",
-             f"- {args.repeats} repeats per dtype, alternating, on a machine shared with other work; "
-             "medians, min-max in brackets", "", "| dtype | decode step at batch 16 (ms) | output tok/s |", "|---|---|---|"]
+    lines = head_lines(res) + [f"- {args.repeats} repeats per dtype, alternating, on a machine shared with other "
+                               "work; medians, min-max in brackets", "",
+                               "| dtype | decode step at batch 16 (ms) | output tok/s |", "|---|---|---|"]
     for dt in engines:
         steps = [r["decode_step_ms"] for r in res["runs"] if r["dtype"] == dt]
         toks = [r["output_tok_per_s"] for r in res["runs"] if r["dtype"] == dt]
-        lines.append(f"| {dt} | {statistics.median(steps):.0f} [{min(steps):.0f}-{max(steps):.0f}] | "
-                     f"{statistics.median(toks):.1f} [{min(toks):.1f}-{max(toks):.1f}] |")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+        lines.append(f"| {dt} | {spread_text(spread(steps), '.0f')} | {spread_text(spread(toks), '.1f')} |")
+    save(args.out, res, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

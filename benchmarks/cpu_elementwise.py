@@ -110,7 +110,8 @@ def main() -> None:
         compile_child()
         return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from radixserve.bench.report import header
+    from radixserve.bench.report import head_lines, header, save
+    from radixserve.bench.timing import spread, spread_text
 
     res = {**header("CPU elementwise ops per decoder layer: plain torch, cpu_ops, torch.compile"),
            "shape": dict(tokens=T, hidden=HIDDEN, heads=H, kv_heads=HKV, head_dim=D, intermediate=INTER),
@@ -124,11 +125,9 @@ def main() -> None:
     rep = res["repeats"]
 
     def med(f):
-        vals = [f(r) for r in rep]
-        return f"{statistics.median(vals):.1f} [{min(vals):.1f}-{max(vals):.1f}]"
+        return spread_text(spread([f(r) for r in rep]), ".1f")
 
-    lines = [f"# {res['title']}", "", f"- date: {res['date']}", f"- command: `{res['command']}`",
-             f"- machine: {json.dumps(res['machine'])}",
+    lines = head_lines(res) + [
              f"- {args.repeats} repeats on a machine shared with other work: medians, min-max in brackets", "",
              "| | per layer (us) | x 30 layers (ms) |", "|---|---|---|",
              f"| plain torch | {med(lambda r: r['plain']['median_us'])} | "
@@ -140,11 +139,7 @@ def main() -> None:
              f"- torch.compile first call, empty inductor cache: {med(lambda r: r['compile_cold']['first_call_s'])} s; "
              f"warm cache (a later process): {med(lambda r: r['compile_warm']['first_call_s'])} s; "
              f"a second batch size after that: {med(lambda r: r['compile_warm']['other_batch_first_call_s'])} s"]
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    save(args.out, res, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

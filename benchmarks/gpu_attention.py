@@ -21,26 +21,24 @@ Writes gpu_attention_<chip>.json and .md. Times are CUDA-event medians after war
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
-import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
-import triton
 
+from radixserve.bench.report import save
+from radixserve.bench.timing import (copy_bandwidth, cuda_ms, failed_sections, gpu_chip, gpu_header,
+                                     graph_ms, run_section)
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.kernels.cascade_attention import (cascade_decode_attention, cascade_decode_attention_ref,
                                                   choose_prefix_splits)
 from radixserve.kernels.decode_attention import choose_num_kv_splits, decode_attention, decode_scratch
 from radixserve.kernels.extend_attention import ExtendConfig, extend_attention, extend_attention_ref
 from radixserve.kernels.gemv import GemvConfig, gemv
 from radixserve.runtime.attention.long_prefill import BLOCK_KEYS, MIN_CHUNK, attend_long_row
-from radixserve.runtime.forward_batch import ForwardBatch
 
 log = logging.getLogger("gpu_attention")
 HQ, HKV, D = 32, 8, 128
@@ -50,38 +48,6 @@ CONFIGS = [ExtendConfig(128, 128, 8, 2), ExtendConfig(128, 64, 8, 3), ExtendConf
 GEMV_CONFIGS = [GemvConfig(16, 512, 4, 3), GemvConfig(8, 1024, 4, 3), GemvConfig(32, 256, 4, 4),
                 GemvConfig(16, 256, 4, 4), GemvConfig(8, 512, 4, 4)]  # the first is DEFAULT_GEMV
 LONG = 65536  # from this length on: fewer variants and repeats (one call takes ~1 s)
-
-
-def cuda_ms(fn, iters: int = 10, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def graph_ms(calls: list, replays: int = 20) -> float:
-    """Milliseconds per call of `calls` (closures) captured back to back in one CUDA graph: small
-    kernels timed without the host's launch overhead, as the engine replays them."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for c in calls:
-            c()
-    stream.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(stream)
-    return cuda_ms(graph.replay, iters=replays, warmup=3) / len(calls)
 
 
 def iters_for(ms_guess: float) -> int:
@@ -314,15 +280,6 @@ def bench_cascade(res: dict, batch: int = 64, shared: int = 2048, own: int = 128
     log.info("cascade: %s", entry)
 
 
-def copy_bandwidth() -> float:
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.int16, device="cuda")
-    dst = torch.empty_like(src)
-    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
-    del src, dst
-    return 2 * 2 * n / ms / 1e6
-
-
 def bench_gemv(res: dict, bw: float) -> None:
     out = []
     for name, (n_out, n_in) in {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -354,7 +311,7 @@ def bench_gemv(res: dict, bw: float) -> None:
     res["gemv"] = out
 
 
-def write_markdown(res: dict, path: str) -> None:
+def write_markdown(res: dict) -> str:
     L = [f"# Attention kernels on the GPU — {res['device']}", "", f"- date: {res['date']}",
          f"- command: `{res['command']}`", f"- torch {res['torch']}, triton {res['triton']}",
          f"- shapes: {HQ} q heads, {HKV} kv heads, D {D}, bf16; pool slots a random permutation (page size 1)",
@@ -393,10 +350,7 @@ def write_markdown(res: dict, path: str) -> None:
         L += [f"| {e['name']} | {e['shape']} | {e['impl']} | {e['us']:.1f} | {e['gb_per_s']:.0f} | "
               f"{e['pct_of_copy_bw']:.0f} | {e['rel_err']:.1e} |" for e in res["gemv"]]
         L.append("")
-    if res.get("errors"):
-        L += ["## Sections that failed", ""] + [f"- {k}: `{v}`" for k, v in res["errors"].items()] + [""]
-    with open(path, "w") as f:
-        f.write("\n".join(L))
+    return "\n".join(L + failed_sections(res))
 
 
 def main() -> None:
@@ -407,29 +361,16 @@ def main() -> None:
     ap.add_argument("--chunked-lengths", default="32768,100000")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    name = torch.cuda.get_device_name()
-    res = dict(device=name, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               command=" ".join(["python"] + sys.argv), torch=torch.__version__, triton=triton.__version__,
-               python=platform.python_version(), errors={})
-    os.makedirs(args.out, exist_ok=True)
-    chip = next((w.lower() for w in name.split() if w[:1] in "ABH" and w[1:].isdigit()), "gpu")
-    stem = os.path.join(args.out, f"gpu_attention_{chip}")
+    res = gpu_header()
+    stem = os.path.join(args.out, f"gpu_attention_{gpu_chip(res['device'])}")
     res["copy_gb_per_s"] = copy_bandwidth()
     lengths = [int(x) for x in args.lengths.split(",")]
     sections = {"gemv": lambda: bench_gemv(res, res["copy_gb_per_s"]), "cascade": lambda: bench_cascade(res),
                 "prefill": lambda: bench_prefill(res, lengths), "after_prefix": lambda: bench_after_prefix(res),
                 "chunked": lambda: bench_chunked(res, [int(x) for x in args.chunked_lengths.split(",")])}
     for key in args.sections.split(","):
-        t0 = time.perf_counter()
-        try:
-            sections[key]()
-        except Exception as exc:  # a failed section must not lose the others' numbers
-            log.exception("section %s failed", key)
-            res["errors"][key] = f"{type(exc).__name__}: {exc}"[:500]
-        log.info("section %s: %.1f s", key, time.perf_counter() - t0)
-        with open(stem + ".json", "w") as f:
-            json.dump(res, f, indent=1)
-        write_markdown(res, stem + ".md")
+        run_section(res, key, sections[key])
+        save(stem, res, write_markdown(res))
     print(open(stem + ".md").read())
 
 

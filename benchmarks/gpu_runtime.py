@@ -11,51 +11,23 @@ batch); time to first token is wall clock around Engine.generate.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
-import triton
 
 from radixserve import Engine
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.bench.report import save
+from radixserve.bench.timing import (DecodeStepTimer, copy_bandwidth, cuda_ms, failed_sections, free_device_memory,
+                                     gpu_chip, gpu_header, run_section)
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.sampling_params import SamplingParams
 
 log = logging.getLogger("gpu_runtime")
 KV_TOKENS = 180_000  # engine KV pool (tokens): holds batch 256 x 640 tokens with room to spare
-
-
-def cuda_ms(fn, iters: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds of fn() over iters, CUDA events, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy GB/s (read + write bytes) of a 2 GiB buffer."""
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.int16, device="cuda")
-    dst = torch.empty_like(src)
-    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
-    del src, dst
-    return 2 * 2 * n / ms / 1e6
 
 
 def rand_ids(n: int, gen: torch.Generator, vocab: int = 30000) -> list[int]:
@@ -73,9 +45,10 @@ def timed_generate(engine: Engine, prompts: list[list[int]], new_tokens: int) ->
     return dt
 
 
-def decode_batch(runner, batch: int, ctx: int) -> tuple[ForwardBatch, list[int], torch.Tensor]:
+def decode_batch(engine: Engine, batch: int, ctx: int) -> tuple[ForwardBatch, list[int], torch.Tensor]:
     """A decode ForwardBatch of `batch` rows with `ctx` tokens each, on freshly allocated slots."""
-    slots = runner.allocator.alloc(batch * ctx)  # page size 1
+    runner = engine.runner
+    slots = engine.kv.allocator.alloc(batch * ctx)  # page size 1
     rows = [runner.req_table.alloc() for _ in range(batch)]
     table = runner.req_table.table
     dev = runner.device
@@ -90,10 +63,10 @@ def decode_batch(runner, batch: int, ctx: int) -> tuple[ForwardBatch, list[int],
     return fb, rows, slots
 
 
-def release(runner, rows: list[int], slots: torch.Tensor) -> None:
+def release(engine: Engine, rows: list[int], slots: torch.Tensor) -> None:
     for r in rows:
-        runner.req_table.free(r)
-    runner.allocator.free(slots)
+        engine.runner.req_table.free(r)
+    engine.kv.allocator.free(slots)
 
 
 def weight_bytes(model) -> tuple[int, int]:
@@ -104,37 +77,6 @@ def weight_bytes(model) -> tuple[int, int]:
     emb_bytes = emb.numel() * emb.element_size()
     tied = model.lm_head is model.embed_tokens
     return (total if tied else total - emb_bytes + emb.shape[1] * emb.element_size()), emb_bytes
-
-
-class DecodeStepTimer:
-    """Records a CUDA event as the engine launches each decode step (the scheduler's forward)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.scheduler = engine.scheduler
-        self.events: list[tuple[int, torch.cuda.Event]] = []
-
-    def __enter__(self) -> "DecodeStepTimer":
-        inner = self.forward = self.scheduler.forward
-
-        def timed(batch):
-            if batch.is_decode:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                self.events.append((batch.batch_size, ev))
-            return inner(batch)
-
-        self.scheduler.forward = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.scheduler.forward = self.forward
-
-    def step_ms(self, batch_size: int) -> float:
-        """Median gap between consecutive decode steps of `batch_size` rows (the steady state)."""
-        torch.cuda.synchronize()
-        gaps = [a.elapsed_time(b) for (na, a), (nb, b) in zip(self.events, self.events[1:])
-                if na == nb == batch_size]
-        return statistics.median(gaps)
 
 
 def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> None:
@@ -150,7 +92,7 @@ def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> 
     avg_ctx = prompt + new / 2
     step_bytes = wbytes + kv_per_token * avg_ctx
     floor_ms = step_bytes / bw / 1e6
-    fb, rows, slots = decode_batch(runner, 1, int(avg_ctx))
+    fb, rows, slots = decode_batch(engine, 1, int(avg_ctx))
     graph_ms = cuda_ms(lambda: runner.forward(fb), iters=50)
     graphs, runner.graphs = runner.graphs, None
     eager_ms = cuda_ms(lambda: runner.forward(fb), iters=20)
@@ -166,7 +108,7 @@ def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> 
     finally:
         layers.single_row = llama.single_row = single_row
         runner.graphs = graphs
-    release(runner, rows, slots)
+    release(engine, rows, slots)
     res["batch1_decode"] = dict(
         prompt_tokens=prompt, new_tokens=new, engine_seconds=total, ttft_seconds=ttft,
         engine_tokens_per_s=new / total, engine_decode_tokens_per_s=decode_tps,
@@ -182,9 +124,9 @@ def bench_sweep(engine: Engine, res: dict, gen: torch.Generator) -> None:
     out = []
     for b in (1, 2, 4, 8, 16, 32, 64, 128, 192, 256):
         ctx = 512
-        fb, rows, slots = decode_batch(runner, b, ctx)
+        fb, rows, slots = decode_batch(engine, b, ctx)
         ms = cuda_ms(lambda: runner.forward(fb), iters=20)
-        release(runner, rows, slots)
+        release(engine, rows, slots)
         entry = dict(batch=b, context=ctx, graph_step_ms=ms, graph_tokens_per_s=b * 1e3 / ms)
         if b in (1, 8, 64, 256):  # end to end through the scheduler: 128-token prompts, 64 new tokens
             with DecodeStepTimer(engine) as timer:
@@ -245,8 +187,7 @@ def bench_hf_prefill(res: dict, gen: torch.Generator) -> None:
         log.info("hf prefill: %s", out[-1])
     res["prefill_long"] = out
     del model
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_device_memory()
 
 
 def bench_prefill_long(engine: Engine, res: dict, gen: torch.Generator) -> None:
@@ -273,11 +214,11 @@ def bench_prefill_long(engine: Engine, res: dict, gen: torch.Generator) -> None:
 def bench_cascade_step(engine: Engine, res: dict) -> None:
     """Graph-replayed decode step at batch 64 over a 2k shared prefix + 128 own tokens each, with and
     without prefix groups, and the same batch at a 128-token context."""
-    from radixserve.runtime.prefix_groups import PrefixGroups
+    from radixserve.core.prefix_groups import PrefixGroups
     runner = engine.runner
     dev = runner.device
     batch, shared, own = 64, 2048, 128
-    slots = runner.allocator.alloc(shared + batch * own)
+    slots = engine.kv.allocator.alloc(shared + batch * own)
     rows = [runner.req_table.alloc() for _ in range(batch)]
     table = runner.req_table.table
     for i, r in enumerate(rows):
@@ -309,10 +250,10 @@ def bench_cascade_step(engine: Engine, res: dict) -> None:
                  cascade_graph_step_ms=cuda_ms(lambda: runner.forward(grouped), iters=30))
     for r in rows:
         runner.req_table.free(r)
-    runner.allocator.free(slots)
-    fb2, rows2, slots2 = decode_batch(runner, batch, own)
+    engine.kv.allocator.free(slots)
+    fb2, rows2, slots2 = decode_batch(engine, batch, own)
     entry["ctx128_graph_step_ms"] = cuda_ms(lambda: runner.forward(fb2), iters=30)
-    release(runner, rows2, slots2)
+    release(engine, rows2, slots2)
     entry["cascade_over_ctx128"] = entry["cascade_graph_step_ms"] / entry["ctx128_graph_step_ms"]
     entry["plain_over_ctx128"] = entry["plain_graph_step_ms"] / entry["ctx128_graph_step_ms"]
     res["cascade_step"] = entry
@@ -323,7 +264,7 @@ def bench_profile(engine: Engine, res: dict) -> None:
     """Kernel times of the batch-1 decode step (context 256), graph replay and eager."""
     from torch.profiler import ProfilerActivity, profile
     runner = engine.runner
-    fb, rows, slots = decode_batch(runner, 1, 256)
+    fb, rows, slots = decode_batch(engine, 1, 256)
     out = {}
     for mode in ("graph", "eager"):
         graphs = runner.graphs
@@ -350,7 +291,7 @@ def bench_profile(engine: Engine, res: dict) -> None:
                          kernel_launches_per_step=sum(r["calls_per_step"] for r in rows_out), top=rows_out[:25])
         log.info("profile %s: %.0f us of kernels, %.0f launches per step", mode, out[mode]["kernel_us_per_step"],
                  out[mode]["kernel_launches_per_step"])
-    release(runner, rows, slots)
+    release(engine, rows, slots)
     res["profile_batch1"] = out
 
 
@@ -392,10 +333,10 @@ def bench_fused(engine: Engine, res: dict) -> None:
             runner.graphs = CudaGraphDecoder(runner.model, old.attn, runner.req_table, 64, runner.device)
             runner.graphs.capture()
             for b in (1, 64):
-                fb, rows, slots = decode_batch(runner, b, 512)
+                fb, rows, slots = decode_batch(engine, b, 512)
                 out.append(dict(ops="fused" if fused else "torch", batch=b,
                                 graph_step_ms=cuda_ms(lambda: runner.forward(fb), iters=30)))
-                release(runner, rows, slots)
+                release(engine, rows, slots)
                 log.info("fused: %s", out[-1])
     finally:
         layers.set_fused_ops(runner.model, True)
@@ -436,11 +377,10 @@ def bench_hf(res: dict, static: bool, gen: torch.Generator) -> None:
         res["hf_static_cache"] = dict(seconds=t, tokens_per_s=new / t, first_call_seconds=first)
         log.info("hf static: %s", res["hf_static_cache"])
     del model
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_device_memory()
 
 
-def write_markdown(res: dict, path: str) -> None:
+def write_markdown(res: dict) -> str:
     L = [f"# GPU runtime benchmarks — {res['device']}", "",
          f"- date: {res['date']}", f"- command: `{res['command']}`",
          f"- torch {res['torch']}, triton {res['triton']}, transformers {res.get('transformers')}",
@@ -526,10 +466,7 @@ def write_markdown(res: dict, path: str) -> None:
               "| ops | batch | step ms |", "|---|---|---|"]
         L += [f"| {e['ops']} | {e['batch']} | {e['graph_step_ms']:.3f} |" for e in res["fused_ops"]]
         L.append("")
-    if res.get("errors"):
-        L += ["## Sections that failed", ""] + [f"- {k}: `{v}`" for k, v in res["errors"].items()] + [""]
-    with open(path, "w") as f:
-        f.write("\n".join(L))
+    return "\n".join(L + failed_sections(res))
 
 
 def main() -> None:
@@ -543,29 +480,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     sections = set(args.sections.split(","))
     import transformers
-    name = torch.cuda.get_device_name()
-    res = dict(device=name, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               command=" ".join(["python"] + sys.argv), torch=torch.__version__, triton=triton.__version__,
-               transformers=transformers.__version__, python=platform.python_version(), model=args.model, errors={})
-    os.makedirs(args.out, exist_ok=True)
-    chip = next((w.lower() for w in name.split() if w[:1] in "ABH" and w[1:].isdigit()), "gpu")  # e.g. h100
-    stem = os.path.join(args.out, f"gpu_runtime_{chip}")
+    res = gpu_header(transformers=transformers.__version__, model=args.model)
+    stem = os.path.join(args.out, f"gpu_runtime_{gpu_chip(res['device'])}")  # e.g. gpu_runtime_h100
     gen = torch.Generator().manual_seed(0)
 
-    def save() -> None:
-        with open(stem + ".json", "w") as f:
-            json.dump(res, f, indent=1)
-        write_markdown(res, stem + ".md")
-
     def section(key: str, fn, *a) -> None:
-        if key not in sections:
-            return
-        try:
-            fn(*a)
-        except Exception as exc:  # a failed section must not lose the others' numbers
-            log.exception("section %s failed", key)
-            res["errors"][key] = f"{type(exc).__name__}: {exc}"[:500]
-        save()
+        if key in sections:
+            run_section(res, key, fn, *a)
+            save(stem, res, write_markdown(res))
 
     res["copy_gb_per_s"] = copy_bandwidth()
     log.info("copy bandwidth %.0f GB/s", res["copy_gb_per_s"])
@@ -575,7 +497,7 @@ def main() -> None:
     engine = Engine(args.model, tokenizer=args.tokenizer, device="cuda", max_total_tokens=KV_TOKENS,
                     max_running_requests=256)
     res["startup_s"] = time.perf_counter() - t0
-    res["kv_pool_tokens"] = engine.runner.allocator.capacity
+    res["kv_pool_tokens"] = engine.kv.allocator.capacity
     res["graph_capture_s"] = engine.runner.graphs.capture_seconds if engine.runner.graphs else None
     section("batch1", bench_batch1, engine, res, res["copy_gb_per_s"], gen)
     section("profile", bench_profile, engine, res)
@@ -587,7 +509,7 @@ def main() -> None:
     section("fused", bench_fused, engine, res)
     section("hf", bench_hf, res, False, gen)
     section("hf_static", bench_hf, res, True, gen)
-    save()
+    save(stem, res, write_markdown(res))
     log.info("wrote %s.json and .md", stem)
     os._exit(0)  # the engine's loop thread is a daemon; skip interpreter teardown
 

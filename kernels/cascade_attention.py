@@ -1,6 +1,6 @@
 """Cascade decode attention: rows that share a cached prefix read its K/V once for the whole group.
 
-For the semantics of the groups see radixserve/runtime/prefix_groups.py. Three launches:
+For the semantics of the groups see radixserve/core/prefix_groups.py. Three launches:
 
 1. Prefix stage (grid W x Hkv x P): a work item is up to MEMBERS rows of one group; program
    (w, kvh, p) attends those rows' G = H / Hkv query heads of kv head `kvh` (MEMBERS * G rows in

@@ -2,36 +2,16 @@
 `route` (a router in front of servers started elsewhere), `generate` (one prompt, printed) and
 `bench` (benchmarks; see benchmarks/README.md).
 
-Engine flags are derived from EngineConfig's fields, so every engine option is settable and a new
-field needs no CLI change: `max_total_tokens` becomes `--max-total-tokens`, booleans get
-`--x/--no-x`. Flags the user does not give are not passed, so the engine's defaults apply.
+Engine flags are derived from EngineConfig's fields (radixserve/engine_flags.py).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from typing import Any
 
-from radixserve.config import DTYPES, POLICIES, EngineConfig
-
-_CHOICES = {"dtype": DTYPES, "schedule_policy": POLICIES, "attention_backend": ("auto", "torch", "triton")}
-
-
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("engine (EngineConfig fields)")
-    for f in dataclasses.fields(EngineConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        help_text = f"default: {f.default!r}"
-        if kind == "bool":
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
-            continue
-        conv = int if kind.startswith("int") else float if kind.startswith("float") else str
-        group.add_argument(flag, dest=f.name, type=conv, default=argparse.SUPPRESS,
-                           choices=_CHOICES.get(f.name), help=help_text)
+from radixserve.engine_flags import add_engine_flags, engine_argv, engine_options
 
 
 def _add_router_flags(group) -> None:
@@ -79,23 +59,6 @@ def _router_options(args: argparse.Namespace) -> dict[str, Any]:
                 max_n=args.max_n, served_model_name=args.served_model_name, log_level=args.log_level)
 
 
-def _engine_argv(options: dict[str, Any]) -> list[str]:
-    """Engine options back as `radixserve serve` flags."""
-    argv = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(EngineConfig)}
-    return {k: v for k, v in vars(args).items() if k in names}
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -121,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, "
                        "or CPU processes sharing the cores) on ports PORT+1.. behind a router on PORT")
     _add_router_flags(serve.add_argument_group("router (with --dp > 1)"))
-    _add_engine_flags(serve)
+    add_engine_flags(serve)
 
     rt = sub.add_parser("route", parents=[common], help="route requests over radixserve servers started elsewhere")
     rt.add_argument("--replica", dest="replicas", action="append", required=True, metavar="URL",
@@ -146,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--top-k", type=int, default=-1)
     gen.add_argument("--sampling-seed", type=int, default=None)
-    _add_engine_flags(gen)
+    add_engine_flags(gen)
 
     from radixserve.bench.cli import add_bench_parser
     add_bench_parser(sub, common)
@@ -184,7 +147,7 @@ def _route(args: argparse.Namespace) -> int:
 def _serve_dp(args: argparse.Namespace) -> int:
     from radixserve.router.launch import serve_dp
 
-    engine = _engine_options(args)
+    engine = engine_options(args)
     if engine.get("tp", 1) > 1:
         raise ValueError("--dp with --tp > 1 is not supported yet: run tensor-parallel servers yourself and put "
                          "`radixserve route --replica URL ...` in front of them")
@@ -201,7 +164,7 @@ def _serve_dp(args: argparse.Namespace) -> int:
         server += ["--served-model-name", args.served_model_name]
     router = dict(_router_options(args), replica_api_key=args.api_key, model=engine.get("model"),
                   tokenizer=engine.get("tokenizer"))
-    return serve_dp(args.dp, server + _engine_argv(engine), engine.get("device", "auto"), router)
+    return serve_dp(args.dp, server + engine_argv(engine), engine.get("device", "auto"), router)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -217,7 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
                           responses_max_stored=args.responses_max_stored,
                           responses_max_stored_tokens=args.responses_max_stored_tokens,
                           **{name: getattr(args, name) for name in LIMIT_FIELDS})
-    return serve(config, engine_process=args.engine_process, **_engine_options(args))
+    return serve(config, engine_process=args.engine_process, **engine_options(args))
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -225,7 +188,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     sp = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.sampling_seed)
-    with Engine(**_engine_options(args)) as engine:
+    with Engine(**engine_options(args)) as engine:
         if args.chat:
             out = engine.chat([{"role": "user", "content": args.prompt}], sp)
         else:

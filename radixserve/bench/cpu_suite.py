@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import statistics
-import time
 from typing import NamedTuple
 
 import torch
@@ -22,6 +20,7 @@ import torch
 from radixserve.bench import report, workloads
 from radixserve.bench.offline import reconfigure, run_offline, warmup
 from radixserve.bench.suites import EngineSpec, hf_baseline_model
+from radixserve.bench.timing import CpuStepTimer, spread, spread_text
 
 logger = logging.getLogger(__name__)
 
@@ -55,40 +54,11 @@ def apply_variant(engine, v: Variant) -> None:
     runner.attn = TorchNativeBackend(runner.pool, runner.req_table, mirror_max_bytes=None if v.mirror else 0)
 
 
-class StepTimer:
-    """Times the engine's forward of full-batch decode steps (CPU forwards are synchronous)."""
-
-    def __init__(self, engine, batch_size: int) -> None:
-        self.engine, self.batch_size = engine, batch_size
-        self.times: list[float] = []  # wall seconds per step
-        self.cpu_times: list[float] = []  # CPU seconds of the process (all threads) per step
-        self._forward = engine.scheduler.forward
-
-    def __enter__(self) -> "StepTimer":
-        def timed(batch):
-            if not (batch.is_decode and batch.batch_size == self.batch_size):
-                return self._forward(batch)
-            t, c = time.perf_counter(), time.process_time()
-            out = self._forward(batch)
-            self.times.append(time.perf_counter() - t)
-            self.cpu_times.append(time.process_time() - c)
-            return out
-        self.engine.scheduler.forward = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.engine.scheduler.forward = self._forward
-
-
 def _load() -> float | None:
     try:
         return os.getloadavg()[0]
     except OSError:
         return None
-
-
-def _spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
 
 
 def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_len: int = 500,
@@ -116,12 +86,12 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
                 v = VARIANTS[key]
                 apply_variant(engine, v)
                 load = _load()
-                with StepTimer(engine, prompts) as timer:
+                with CpuStepTimer(engine, prompts) as timer:
                     r = run_offline(engine, w, f"{v.name} (repeat {rep + 1})",
                                     config=dict(cascade_attention=v.cascade, fused_ops=v.fused_ops,
                                                 kv_mirror=v.mirror)).to_dict()
-                r["decode_step_ms"] = _spread([t * 1e3 for t in timer.times]) if timer.times else None
-                r["decode_step_cpu_ms"] = _spread([t * 1e3 for t in timer.cpu_times]) if timer.times else None
+                r["decode_step_ms"] = spread([t * 1e3 for t in timer.times]) if timer.times else None
+                r["decode_step_cpu_ms"] = spread([t * 1e3 for t in timer.cpu_times]) if timer.times else None
                 r["load_average_1m_before"] = load
                 runs.append(r)
                 row[key] = {"output_tok_per_s": r["output_tok_per_s"],
@@ -134,27 +104,23 @@ def run(spec: EngineSpec, out_dir: str, stem: str, *, prompts: int = 16, system_
         apply_variant(engine, VARIANTS["all"])
     finally:
         engine.shutdown()
-    summary = {key: {"output_tok_per_s": _spread([r[key]["output_tok_per_s"] for r in per_repeat]),
-                     "ratio_vs_transformers": _spread([r[key]["ratio_vs_transformers"] for r in per_repeat]),
-                     "decode_step_ms": _spread([r[key]["decode_step_ms_median"] for r in per_repeat]),
-                     "decode_step_cpu_ms": _spread([r[key]["decode_step_cpu_ms_median"] for r in per_repeat])}
+    summary = {key: {"output_tok_per_s": spread([r[key]["output_tok_per_s"] for r in per_repeat]),
+                     "ratio_vs_transformers": spread([r[key]["ratio_vs_transformers"] for r in per_repeat]),
+                     "decode_step_ms": spread([r[key]["decode_step_ms_median"] for r in per_repeat]),
+                     "decode_step_cpu_ms": spread([r[key]["decode_step_cpu_ms_median"] for r in per_repeat])}
                for key in variants}
-    summary["transformers"] = {"output_tok_per_s": _spread([r["transformers"] for r in per_repeat])}
+    summary["transformers"] = {"output_tok_per_s": spread([r["transformers"] for r in per_repeat])}
     lines = [f"- {repeats} repeats; each repeat runs transformers `generate` (batch {prompts}) and then every "
              "radixserve variant back to back; ratios are taken within a repeat. The machine was shared with other "
              "work during the runs (load averages in the JSON): medians, with min-max in brackets."]
     for key in variants:
         s = summary[key]
-        lines.append(f"- **{VARIANTS[key].name}**: {_fmt(s['output_tok_per_s'], '.1f')} output tok/s = "
-                     f"**{_fmt(s['ratio_vs_transformers'], '.2f')}x** transformers; decode step at batch {prompts}: "
-                     f"**{_fmt(s['decode_step_ms'], '.0f')} ms** (process CPU time {_fmt(s['decode_step_cpu_ms'], '.0f')} ms "
+        lines.append(f"- **{VARIANTS[key].name}**: {spread_text(s['output_tok_per_s'], '.1f')} output tok/s = "
+                     f"**{spread_text(s['ratio_vs_transformers'], '.2f')}x** transformers; decode step at batch {prompts}: "
+                     f"**{spread_text(s['decode_step_ms'], '.0f')} ms** (process CPU time {spread_text(s['decode_step_cpu_ms'], '.0f')} ms "
                      f"over {torch.get_num_threads()} threads)")
-    lines.append(f"- transformers generate: {_fmt(summary['transformers']['output_tok_per_s'], '.1f')} output tok/s")
+    lines.append(f"- transformers generate: {spread_text(summary['transformers']['output_tok_per_s'], '.1f')} output tok/s")
     title = (f"CPU runtime: {prompts} requests sharing a {system_len}-token prompt (+{question_len}), "
              f"{output_len} new tokens, batch {prompts}, float32")
     return report.write(out_dir, stem, title, runs, {"workload": w.settings, "summary": summary,
                                                       "per_repeat": per_repeat}, lines)
-
-
-def _fmt(s: dict, spec: str) -> str:
-    return f"{s['median']:{spec}} [{s['min']:{spec}}-{s['max']:{spec}}]"

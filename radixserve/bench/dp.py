@@ -25,6 +25,7 @@ import httpx
 from radixserve.bench import report
 from radixserve.bench.online import run_online
 from radixserve.bench.workloads import Workload
+from radixserve.engine_flags import engine_argv
 
 logger = logging.getLogger(__name__)
 ORDERS = ("interleaved", "shuffled")
@@ -69,9 +70,7 @@ def _flush(urls: list[str]) -> None:
 
 
 def _engine_argv(engine: dict[str, Any]) -> list[str]:
-    from radixserve.cli import _engine_argv
-
-    return _engine_argv({k: v for k, v in engine.items() if v is not None})
+    return engine_argv({k: v for k, v in engine.items() if v is not None})
 
 
 def _router_stats(router) -> dict:

@@ -49,6 +49,21 @@ def header(title: str) -> dict:
             "command": " ".join(shlex.quote(a) for a in argv), "machine": machine_info()}
 
 
+def head_lines(doc: dict) -> list[str]:
+    """The markdown head of a results file whose doc starts with header(): title, date, command, machine."""
+    return [f"# {doc['title']}", "", f"- date: {doc['date']}", f"- command: `{doc['command']}`",
+            f"- machine: {json.dumps(doc['machine'])}"]
+
+
+def save(stem: str, doc: dict, markdown: str) -> None:
+    """Write <stem>.json (all of doc) and <stem>.md, making <stem>'s folder if needed."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown)
+
+
 def _fmt(v, digits: int = 3) -> str:
     if v is None:
         return "-"
@@ -123,20 +138,16 @@ def plot_latency(runs: list[dict], path: str, title: str) -> None:
 def write(out_dir: str, stem: str, title: str, runs: list[dict], extra: dict | None = None,
           summary_lines: list[str] | None = None, latency_plot: bool = False) -> dict:
     """Write <stem>.json, <stem>.md and <stem>.png (+ <stem>_latency.png) under out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
     doc = {**header(title), "runs": runs, **(extra or {})}
-    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-    md = [f"# {title}", "", f"- date: {doc['date']}", f"- command: `{doc['command']}`",
-          f"- machine: {json.dumps(doc['machine'])}", ""]
-    md += [ln for ln in (summary_lines or [])] + [""]
+    md = head_lines(doc) + [""] + [ln for ln in (summary_lines or [])] + [""]
     if runs:
         md += [markdown_table(runs), "", f"![{stem}]({stem}.png)", ""]
+        if latency_plot:
+            md += [f"![{stem} latency]({stem}_latency.png)", ""]
+    save(os.path.join(out_dir, stem), doc, "\n".join(md))
+    if runs:
         plot_runs(runs, os.path.join(out_dir, stem + ".png"), title)
         if latency_plot:
             plot_latency(runs, os.path.join(out_dir, stem + "_latency.png"), title)
-            md += [f"![{stem} latency]({stem}_latency.png)", ""]
-    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
-        f.write("\n".join(md))
     logger.info("wrote %s/%s.{json,md,png}", out_dir, stem)
     return doc

@@ -2,7 +2,6 @@
 run, written to one report."""
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass
 
@@ -10,6 +9,7 @@ import torch
 
 from radixserve.bench import report, workloads
 from radixserve.bench.offline import reconfigure, run_offline, warmup
+from radixserve.bench.timing import free_device_memory
 from radixserve.bench.workloads import Workload
 
 logger = logging.getLogger(__name__)
@@ -34,12 +34,6 @@ class EngineSpec:
         return self.device
 
 
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def hf_baseline_model(spec: EngineSpec):
     """transformers' model of the same weights, float32 on CPU, bfloat16 on CUDA."""
     from radixserve.bench.hf_baseline import load_hf_model
@@ -59,7 +53,7 @@ def hf_baseline(spec: EngineSpec, workload: Workload, batch_size: int, pad_id: i
                                config={"model": spec.model or "embedded SmolLM2-135M (GGUF)"}).to_dict()
     finally:
         del model
-        _free_memory()
+        free_device_memory()
 
 
 def compare(spec: EngineSpec, workload: Workload, out_dir: str, stem: str, title: str, *,
@@ -108,7 +102,7 @@ def compare(spec: EngineSpec, workload: Workload, out_dir: str, stem: str, title
             lines.append("- runs marked (time limit) were stopped at their limit; their rates count the work done")
     finally:
         engine.shutdown()
-        _free_memory()
+        free_device_memory()
     return report.write(out_dir, stem, title, runs, {"workload": workload.settings}, lines)
 
 
@@ -125,7 +119,7 @@ def single(spec: EngineSpec, workload: Workload, out_dir: str, stem: str, title:
                                     sequential=sequential).to_dict())
     finally:
         engine.shutdown()
-        _free_memory()
+        free_device_memory()
     lines = [f"- {r['name']}: {r['req_per_s']:.2f} req/s, {r['output_tok_per_s']:.1f} output tok/s, "
              f"hit rate {r['cache_hit_rate']:.1%} (optimal {r['optimal_hit_rate']:.1%})" for r in runs]
     return report.write(out_dir, stem, title, runs, {"workload": workload.settings}, lines, latency_plot=True)

@@ -1,11 +1,14 @@
-"""Sizing and building the KV stack (pool, page allocator, request table) for a model."""
+"""Sizing and building the KV stack of a model's device (pool and request table).
+
+NOTE: the page allocator over the pool is built by its owner, the engine (beside the radix tree),
+from `num_pages`: tensor-parallel ranks > 0 hold a pool and a table but hand out no slots.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
 
-from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
 
@@ -13,9 +16,9 @@ CPU_KV_BUDGET_BYTES = 2 << 30  # default KV pool on CPU when max_total_tokens is
 
 
 class KVCache(NamedTuple):
-    allocator: PageAllocator
-    pool: KVPool
+    pool: KVPool  # pages 0..num_pages; page 0 is reserved
     req_table: ReqToTokenTable
+    num_pages: int  # usable pages: PageAllocator(num_pages, page_size) hands them out
     bytes_per_token: int
 
 
@@ -42,10 +45,9 @@ def build_kv_cache(config, num_layers: int, num_kv_heads: int, head_dim: int, dt
     per_token = KVPool.bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
     ps = config.page_size
     num_pages = max(2, (tokens or kv_tokens(config, per_token, device)) // ps)
-    allocator = PageAllocator(num_pages, ps)
     # NOTE: page 0 is reserved (padding rows write there), so the pool holds num_pages + 1 pages.
     pool = KVPool(num_layers, (num_pages + 1) * ps, num_kv_heads, head_dim, dtype, device)
     # NOTE: the extra row is the reserved all-zero padding row of CUDA-graph batches.
     req_table = table_cls(config.max_running_requests + 1, max_context_len + ps, device,
                                 reserve_padding_row=True)
-    return KVCache(allocator, pool, req_table, per_token)
+    return KVCache(pool, req_table, num_pages, per_token)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from radixserve.runtime.transfer import to_device
+from radixserve.core.transfer import to_device
 
 
 class ReqToTokenTable:

@@ -19,10 +19,10 @@ import time
 import torch
 
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.forward_batch import ForwardBatch
+from radixserve.core.prefix_groups import PrefixGroups
+from radixserve.core.transfer import to_device
 from radixserve.distributed.group import TensorParallel
-from radixserve.runtime.forward_batch import ForwardBatch
-from radixserve.runtime.prefix_groups import PrefixGroups
-from radixserve.runtime.transfer import to_device
 
 HEADER_LEN = 16
 OP_FORWARD, OP_STOP, OP_PROBE = 1, 2, 3

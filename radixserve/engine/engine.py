@@ -13,10 +13,10 @@ import uuid
 from concurrent.futures import Future
 from typing import AsyncIterator, Callable, Sequence
 
+from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.cache_events import encode_events, read_events
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
-from radixserve.distributed.launch import serve_as_worker_if_launched
 from radixserve.engine.checks import check_constraint, check_request
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
@@ -27,6 +27,7 @@ from radixserve.grammar.matcher import RequestGrammar
 from radixserve.grammar.spec import grammar_spec
 from radixserve.outputs import RequestOutput, StreamDelta
 from radixserve.runtime.model_runner import ModelRunner
+from radixserve.runtime.rank_worker import serve_as_worker_if_launched
 from radixserve.sampling_params import SamplingParams
 from radixserve.scheduler.kv_manager import KVManager
 from radixserve.scheduler.request import Request
@@ -58,8 +59,9 @@ class Engine:
         self.model_name = self.runner.name
         self.vocab_size = self.runner.vocab_size
         self.eos_ids = _eos_ids(self.runner.hf_config, self.tokenizer)
-        tree = RadixTree(self.runner.allocator, disable=self.config.disable_radix_cache)
-        self.kv = KVManager(self.runner.allocator, tree, self.runner.req_table)
+        allocator = PageAllocator(self.runner.num_pages, self.config.page_size)
+        tree = RadixTree(allocator, disable=self.config.disable_radix_cache)
+        self.kv = KVManager(allocator, tree, self.runner.req_table)
         self.stats_ = EngineStats()
         # NOTE: builds nothing heavy until the first structured-output request (xgrammar reads the
         # whole vocabulary then, in a compile thread).

@@ -11,13 +11,12 @@ import itertools
 import threading
 import uuid
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from radixserve.lang.ir import CallSite
 
 if TYPE_CHECKING:
     from radixserve.lang.backend.base import Backend
-    from radixserve.lang.executor import Executor
 
 
 class ProgramError(RuntimeError):
@@ -34,6 +33,17 @@ class Cancelled(Exception):
     """Raised inside a run's executors once the run has failed elsewhere."""
 
 
+class Member(Protocol):
+    """What a run asks of each state it has forked (an Executor): the run holds its states, not
+    their code, so executor.py imports this module and never the other way round."""
+
+    def wake_all(self) -> None: ...
+
+    def wait_idle(self) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class ProgramRun:
     def __init__(self, backend: "Backend", defaults: dict[str, Any], stream: bool, program: str) -> None:
         self.backend = backend
@@ -41,7 +51,7 @@ class ProgramRun:
         self.stream = stream
         self.program = program
         self._lock = threading.Lock()
-        self._executors: list["Executor"] = []
+        self._executors: list[Member] = []
         self._inflight: set[str] = set()
         self._ids = itertools.count()
         self._prefix = f"lang-{uuid.uuid4().hex[:16]}"
@@ -51,7 +61,7 @@ class ProgramRun:
     def failed(self) -> bool:
         return self.error is not None
 
-    def register(self, executor: "Executor") -> None:
+    def register(self, executor: Member) -> None:
         with self._lock:
             self._executors.append(executor)
 

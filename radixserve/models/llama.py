@@ -9,13 +9,13 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import nn
 
+from radixserve.core.attention import AttentionBackend, RopeTables
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.models.layers import RMSNorm, RotaryEmbedding, rope_params
 from radixserve.models.parallel import (ColumnParallelLinear, HeadSplit, ParallelGatedMLP, RowParallelLinear,
                                         VocabParallelEmbedding, parallel_logits, split_evenly)
 from radixserve.models.weights import load_stacked_weights
-from radixserve.runtime.attention.base import AttentionBackend, RopeTables
-from radixserve.runtime.forward_batch import ForwardBatch
 
 
 class AttentionFlags(NamedTuple):

@@ -22,8 +22,8 @@ import time
 import torch
 
 from radixserve.cache.req_table import ReqToTokenTable
-from radixserve.runtime.forward_batch import ForwardBatch
-from radixserve.runtime.prefix_groups import PrefixGroups
+from radixserve.core.forward_batch import ForwardBatch
+from radixserve.core.prefix_groups import PrefixGroups
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from radixserve.cache.kv_cache import build_kv_cache, kv_tokens
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
 from radixserve.config import EngineConfig
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.distributed.step_sync import RecordingReqTable, StepSender
 from radixserve.models.layers import set_fused_ops
 from radixserve.models.loader import load_config, load_model
 from radixserve.models.parallel import check_split
-from radixserve.runtime.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +38,17 @@ class ModelRunner:
     """The model, its KV pool and attention backend on one device.
 
     With config.tp > 1 the runner built by the engine is rank 0 of a tensor-parallel group: it
-    starts (or joins) the other ranks, holds its shard of the weights and its KV heads, and
-    broadcasts each step's batch before running it (radixserve/distributed/). The other ranks build
-    their runner with `tp` and `device` given and run `forward_local` on what they receive.
+    starts (or joins) the other ranks (ranks.py), holds its shard of the weights and its KV heads,
+    and broadcasts each step's batch before running it (radixserve/distributed/). The other ranks
+    build their runner with `tp` and `device` given and run `forward_local` on what they receive
+    (rank_worker.py).
     """
 
     def __init__(self, config: EngineConfig, tp: TensorParallel | None = None,
                  device: torch.device | None = None) -> None:
         self.ranks = None  # RankSet: rank 0's handle on the other ranks
         if tp is None and config.tp > 1:
-            from radixserve.distributed.launch import start_ranks
+            from radixserve.runtime.ranks import start_ranks
             check_split(load_config(config.model), config.tp)  # before any rank starts
             self.ranks, device = start_ranks(config)
             tp = self.ranks.tp
@@ -79,9 +80,10 @@ class ModelRunner:
         table_cls = RecordingReqTable if tp.size > 1 and root else ReqToTokenTable
         kv = build_kv_cache(config, m.num_layers, m.num_kv_heads, m.head_dim, self.dtype, self.device,
                             self.max_context_len, tokens, table_cls)
-        self.allocator, self.pool, self.req_table = kv.allocator, kv.pool, kv.req_table
+        self.pool, self.req_table = kv.pool, kv.req_table
+        self.num_pages = kv.num_pages  # NOTE: the engine's PageAllocator hands these out; the runner holds none
         self.sender = StepSender(tp, self.req_table, self.device) if tp.size > 1 and root else None
-        num_pages, ps, per_token = self.allocator.num_pages, config.page_size, kv.bytes_per_token
+        num_pages, ps, per_token = kv.num_pages, config.page_size, kv.bytes_per_token
         self.backend_name = self._backend_name(config.attention_backend)
         self.attn = self._make_backend(self.backend_name)
         logger.info("model %s on %s (%s%s); KV pool %d tokens (%.2f GiB), page size %d", self.source, self.device,

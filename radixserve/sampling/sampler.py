@@ -18,8 +18,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from radixserve.core.transfer import tensor_on
 from radixserve.sampling.bitmask import apply_token_bitmask
-from radixserve.runtime.transfer import tensor_on
 
 from radixserve.sampling.logprobs import raw_logprobs
 from radixserve.sampling.noise import gumbel_noise

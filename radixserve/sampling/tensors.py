@@ -5,7 +5,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from radixserve.runtime.transfer import tensor_on, to_device
+from radixserve.core.transfer import tensor_on, to_device
 
 from radixserve.sampling_params import SamplingParams
 

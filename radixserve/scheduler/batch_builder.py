@@ -5,9 +5,9 @@ from typing import NamedTuple
 
 import torch
 
-from radixserve.runtime.forward_batch import ForwardBatch
-from radixserve.runtime.prefix_groups import PrefixGroups
-from radixserve.runtime.transfer import tensor_on
+from radixserve.core.forward_batch import ForwardBatch
+from radixserve.core.prefix_groups import PrefixGroups
+from radixserve.core.transfer import tensor_on
 from radixserve.scheduler.prefix_grouping import Group, GroupingOptions, group_by_prefix
 from radixserve.scheduler.request import Request
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 import torch
 
+from radixserve.core.transfer import tensor_on
 from radixserve.outputs import TokenLogprob
-from radixserve.runtime.transfer import tensor_on
 from radixserve.sampling.bitmask import apply_token_bitmask
 from radixserve.sampling.logprobs import prompt_logprobs, to_token_logprobs
 from radixserve.sampling.sampler import SampleResult, greedy_argmax, sample

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from radixserve.config import EngineConfig
-from radixserve.runtime.transfer import tensor_on
+from radixserve.core.transfer import tensor_on
 from radixserve.scheduler import batch_builder
 from radixserve.scheduler.batch_builder import Row
 from radixserve.scheduler.kv_manager import KVManager

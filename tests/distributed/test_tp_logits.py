@@ -9,10 +9,10 @@ import torch
 from model_fixtures import embedded_tokenizer, save_tiny_hf_model, tiny_hf_model
 from radixserve.cache.req_table import ReqToTokenTable
 from radixserve.config import EngineConfig
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.distributed.step_sync import RecordingReqTable
 from radixserve.models.parallel import HeadSplit, take_rows
-from radixserve.runtime.forward_batch import ForwardBatch
 from radixserve.runtime.model_runner import ModelRunner
 
 

@@ -6,9 +6,9 @@ import torch
 
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
 from radixserve.runtime.attention.triton_backend import TritonAttentionBackend
-from radixserve.runtime.forward_batch import ForwardBatch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 2e-2)}  # (atol, rtol), as the kernel tests
@@ -92,8 +92,8 @@ def test_backend_rope_fusion_and_cascade_match_torch_backend():
     carrying PrefixGroups (cascade) give what the torch backend gives on pre-rotated q/k over the
     same rows without groups."""
     from radixserve.kernels.rotary import apply_rotary_ref, rope_cos_sin
-    from radixserve.runtime.attention.base import RopeTables
-    from radixserve.runtime.prefix_groups import PrefixGroups
+    from radixserve.core.attention import RopeTables
+    from radixserve.core.prefix_groups import PrefixGroups
 
     num_heads, num_kv_heads, head_dim = 4, 2, 64
     table = ReqToTokenTable(max_requests=6, max_context=64, device=DEVICE)

@@ -11,10 +11,10 @@ from model_fixtures import (PagedRunner, Step, embedded_tokenizer, save_tiny_hf_
                             transformers_gguf_model)
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.models.loader import embedded_model_path, load_model
 from radixserve.models.registry import model_class
 from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
-from radixserve.runtime.forward_batch import ForwardBatch
 
 KINDS = ["llama", "qwen2", "qwen3", "qwen3-tied"]
 

@@ -8,7 +8,8 @@ import httpx
 import orjson
 import pytest
 
-from radixserve.cli import _engine_argv, _engine_options, build_parser
+from radixserve.cli import build_parser
+from radixserve.engine_flags import engine_argv, engine_options
 from radixserve.router.config import RouterConfig
 from radixserve.router.answers import AnswerReader, event_data, sse_events
 from radixserve.router.frontend import Frontend, load_router_tokenizer
@@ -359,10 +360,10 @@ def test_serve_dp_passes_the_engine_flags_to_its_replicas():
     argv = ["serve", "--dp", "2", "--max-total-tokens", "900", "--no-cuda-graph", "--schedule-policy", "fcfs",
             "--kv-memory-fraction", "0.5", "--policy", "round-robin"]
     args = build_parser().parse_args(argv)
-    options = _engine_options(args)
+    options = engine_options(args)
     assert options == {"max_total_tokens": 900, "cuda_graph": False, "schedule_policy": "fcfs",
                        "kv_memory_fraction": 0.5}
-    again = _engine_options(build_parser().parse_args(["serve", *_engine_argv(options)]))
+    again = engine_options(build_parser().parse_args(["serve", *engine_argv(options)]))
     assert again == options and args.policy == "round-robin" and args.dp == 2
 
 

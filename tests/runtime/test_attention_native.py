@@ -7,11 +7,11 @@ import torch
 
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.forward_batch import ForwardBatch
+from radixserve.core.prefix_groups import PrefixGroups
 from radixserve.runtime.attention.partial import attend, merge
 from radixserve.runtime.attention.torch_native import TorchNativeBackend
 from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
-from radixserve.runtime.forward_batch import ForwardBatch
-from radixserve.runtime.prefix_groups import PrefixGroups
 
 D = 16
 NUM_SLOTS = 4096

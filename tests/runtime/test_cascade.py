@@ -12,7 +12,7 @@ GREEDY = SamplingParams(max_new_tokens=16, temperature=0)
 
 
 def _check_groups(batch, table) -> None:
-    """PrefixGroups semantics (runtime/prefix_groups.py) against the request table."""
+    """PrefixGroups semantics (core/prefix_groups.py) against the request table."""
     pg = batch.prefix_groups
     rows, seq = batch.req_rows.tolist(), batch.seq_lens.tolist()
     members, bounds = pg.group_rows.tolist(), pg.group_starts.tolist()

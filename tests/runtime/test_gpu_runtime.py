@@ -10,9 +10,10 @@ import torch
 
 from model_fixtures import tokenizer_path
 from radixserve import Engine
+from radixserve.cache.allocator import PageAllocator
 from radixserve.config import EngineConfig
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.runtime.cuda_graph import graph_buckets, graph_kv_splits
-from radixserve.runtime.forward_batch import ForwardBatch
 from radixserve.runtime.model_runner import ModelRunner
 from radixserve.sampling_params import SamplingParams
 
@@ -28,12 +29,12 @@ def runner(model: str, **options) -> ModelRunner:
 def ragged_batches(r: ModelRunner, prompt_lens: list[int], decode_steps: int, seed: int = 0):
     """Yield a prefill ForwardBatch over len(prompt_lens) rows, then `decode_steps` decode batches.
 
-    Slots are drawn from the runner's allocator in a shuffled order, so rows scatter over the pool.
+    Slots are drawn from an allocator over the runner's pool in a shuffled order, so rows scatter over it.
     """
     gen = torch.Generator().manual_seed(seed)
     dev = r.device
     total = sum(prompt_lens) + len(prompt_lens) * decode_steps
-    slots = r.allocator.alloc(total)
+    slots = PageAllocator(r.num_pages, 1).alloc(total)  # runner() keeps page size 1
     slots = slots[torch.randperm(total, generator=gen)]
     rows = [r.req_table.alloc() for _ in prompt_lens]
     seqs = [torch.randint(3, 40000, (n + decode_steps,), generator=gen) for n in prompt_lens]

@@ -163,11 +163,12 @@ def test_merge_close_cancels_streams():
 
 
 def test_cli_engine_flags_map_to_engine_config():
-    from radixserve.cli import _engine_options, build_parser
+    from radixserve.cli import build_parser
+    from radixserve.engine_flags import engine_options
 
     args = build_parser().parse_args(["serve", "--port", "9000", "--max-total-tokens", "2048", "--page-size", "4",
                                       "--schedule-policy", "fcfs", "--disable-radix-cache", "--no-cuda-graph"])
-    opts = _engine_options(args)
+    opts = engine_options(args)
     assert opts == {"max_total_tokens": 2048, "page_size": 4, "schedule_policy": "fcfs",
                     "disable_radix_cache": True, "cuda_graph": False}
     EngineConfig(**opts)  # every produced option is a real, valid field

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from radixserve.runtime.forward_batch import ForwardBatch
-from radixserve.runtime.prefix_groups import PrefixGroups
+from radixserve.cache.allocator import PageAllocator
+from radixserve.core.forward_batch import ForwardBatch
+from radixserve.core.prefix_groups import PrefixGroups
 
 
 def _t(xs, device) -> torch.Tensor:
@@ -23,7 +24,7 @@ def greedy_shared_prefix(runner, prefix_len: int, suffix_lens: list[int], steps:
     """-> (greedy tokens per row, logits [B, V] of each decode step).
 
     The last `lone_rows` rows share nothing (a distinct prompt of prefix_len + suffix tokens), so
-    they are in no group. Slots come from the runner's allocator in shuffled order.
+    they are in no group. Slots come from an allocator over the runner's pool, in shuffled order.
     """
     dev = runner.device
     gen = torch.Generator().manual_seed(seed)
@@ -33,7 +34,7 @@ def greedy_shared_prefix(runner, prefix_len: int, suffix_lens: list[int], steps:
     prompts = [(torch.randint(3, vocab, (prefix_len,), generator=gen).tolist() if i >= n - lone_rows else prefix)
                + torch.randint(3, vocab, (s,), generator=gen).tolist() for i, s in enumerate(suffix_lens)]
     total = prefix_len * (1 + lone_rows) + sum(suffix_lens) + n * steps
-    pool = runner.allocator.alloc(total)
+    pool = PageAllocator(runner.num_pages, 1).alloc(total)  # the runners here have page size 1
     pool = pool[torch.randperm(total, generator=gen)].tolist()
     shared_slots = [pool.pop() for _ in range(prefix_len)]
     rows = [runner.req_table.alloc() for _ in range(n)]

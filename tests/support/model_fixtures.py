@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.runtime.attention.torch_ref import TorchAttentionBackend
-from radixserve.runtime.forward_batch import ForwardBatch
 
 VOCAB = 49152  # SmolLM2's vocabulary, so the embedded tokenizer fits
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 import torch
 
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.runtime.attention.kv_mirror import KVMirror, SlotVersions, TailView
 from radixserve.runtime.attention.prefix_store import PrefixEntry, PrefixStore
-from radixserve.runtime.forward_batch import ForwardBatch
 
 
 class GroupPlan(NamedTuple):

@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import torch
 
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.kernels.extend_attention import ExtendConfig, extend_attention
 from radixserve.kernels.merge_states import merge_states
-from radixserve.runtime.forward_batch import ForwardBatch
 
 BLOCK_KEYS = 8192  # prefix keys per cuDNN call
 MIN_CHUNK = 512  # new tokens from which a row counts as a prompt chunk

@@ -17,11 +17,11 @@ import torch
 
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.runtime.attention.cpu_plan import DecodePlan, ExtendRow, StepPlan, build_plan
 from radixserve.runtime.attention.kv_mirror import KVMirror, SlotVersions
 from radixserve.runtime.attention.partial import attend, merge
 from radixserve.runtime.attention.prefix_store import PrefixStore
-from radixserve.runtime.forward_batch import ForwardBatch
 
 
 class TorchNativeBackend:

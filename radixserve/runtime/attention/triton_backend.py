@@ -12,14 +12,14 @@ import torch
 
 from radixserve.cache.kv_pool import KVPool
 from radixserve.cache.req_table import ReqToTokenTable
+from radixserve.core.attention import RopeTables
+from radixserve.core.forward_batch import ForwardBatch
 from radixserve.kernels.cascade_attention import cascade_decode_attention, choose_prefix_splits
 from radixserve.kernels.decode_attention import choose_num_kv_splits, decode_attention, decode_scratch
 from radixserve.kernels.extend_attention import ExtendConfig, extend_attention
 from radixserve.kernels.kv_store import kv_store
 from radixserve.kernels.rotary import apply_rotary_store
 from radixserve.runtime.attention import long_prefill
-from radixserve.runtime.attention.base import RopeTables
-from radixserve.runtime.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,16 @@
 """Starting the ranks of a tensor-parallel engine, watching them, and stopping them.
 
 Two ways in:
-- the engine starts them: rank 0 is the calling process; ranks 1..N-1 are spawned processes on
-  this node (cuda:r each; `python -m radixserve.distributed.worker`, so the caller's script needs
-  no main guard), meeting rank 0 over a TCP rendezvous on localhost;
+- the engine starts them: rank 0 is the calling process (its ModelRunner calls `start_ranks`);
+  ranks 1..N-1 are spawned processes on this node (cuda:r each; `python -m
+  radixserve.runtime.rank_worker`, so the caller's script needs no main guard), meeting rank 0 over
+  a TCP rendezvous on localhost;
 - a launcher started them (torchrun-style RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
   MASTER_PORT): every process runs the same program; the one with RANK 0 serves, the others
-  turn into step workers when they construct their engine (see `serve_as_worker_if_launched`).
+  turn into step workers when they construct their engine (see `rank_worker.serve_as_worker_if_launched`).
+
+NOTE: this module starts ranks and never imports what they run (rank_worker.py imports the runner,
+which imports this module): the start-up is a name on a command line, not an import.
 """
 from __future__ import annotations
 
@@ -159,7 +163,7 @@ def start_ranks(config) -> tuple[RankSet, torch.device]:
     spec = json.dumps(dataclasses.asdict(config))
     procs = []
     for rank in range(1, config.tp):
-        procs.append(subprocess.Popen([sys.executable, "-m", "radixserve.distributed.worker", "--rank", str(rank),
+        procs.append(subprocess.Popen([sys.executable, "-m", "radixserve.runtime.rank_worker", "--rank", str(rank),
                                        "--size", str(config.tp), "--init-method", init_method, "--config", spec],
                                       env=_child_env()))
     try:
@@ -177,15 +181,3 @@ def _child_env() -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
-
-def serve_as_worker_if_launched(config) -> None:
-    """In a process a launcher started as rank > 0 of a tensor-parallel group: run that rank's
-    step loop until rank 0 stops, then exit the process. Otherwise return at once."""
-    env = launcher_env()
-    if env is None or config.tp <= 1 or env.rank == 0:
-        return
-    if env.world_size != config.tp:
-        raise ValueError(f"the launcher started {env.world_size} ranks (WORLD_SIZE) but tp={config.tp}; make them equal")
-    from radixserve.distributed.worker import run_worker
-    run_worker(config, env.rank, env.world_size, env.local_rank, "env://")
-    sys.exit(0)

@@ -5,10 +5,17 @@ import argparse
 import json
 import logging
 import os
+import sys
 import threading
 import time
 
 import torch
+
+from radixserve.config import EngineConfig
+from radixserve.distributed.group import destroy_group, init_group, launcher_env
+from radixserve.distributed.step_sync import StepReceiver
+from radixserve.runtime.model_runner import ModelRunner
+from radixserve.runtime.ranks import rank_device
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +41,6 @@ def worker_main(config, rank: int, size: int, local_rank: int, init_method: str)
 
 @torch.inference_mode()
 def run_worker(config, rank: int, size: int, local_rank: int, init_method: str) -> None:
-    from radixserve.distributed.group import destroy_group, init_group
-    from radixserve.distributed.launch import rank_device
-    from radixserve.distributed.step_sync import StepReceiver
-    from radixserve.runtime.model_runner import ModelRunner
-
     device = rank_device(config.device, local_rank, size)
     tp = init_group(rank, size, device, init_method)
     try:
@@ -54,10 +56,20 @@ def run_worker(config, rank: int, size: int, local_rank: int, init_method: str) 
         destroy_group(tp)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m radixserve.distributed.worker --rank R --size N --init-method URL --config JSON`."""
-    from radixserve.config import EngineConfig
+def serve_as_worker_if_launched(config: EngineConfig) -> None:
+    """In a process a launcher started as rank > 0 of a tensor-parallel group: run that rank's
+    step loop until rank 0 stops, then exit the process. Otherwise return at once."""
+    env = launcher_env()
+    if env is None or config.tp <= 1 or env.rank == 0:
+        return
+    if env.world_size != config.tp:
+        raise ValueError(f"the launcher started {env.world_size} ranks (WORLD_SIZE) but tp={config.tp}; make them equal")
+    run_worker(config, env.rank, env.world_size, env.local_rank, "env://")
+    sys.exit(0)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m radixserve.runtime.rank_worker --rank R --size N --init-method URL --config JSON`."""
     parser = argparse.ArgumentParser(description="one rank of a tensor-parallel radixserve engine")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--size", type=int, required=True)

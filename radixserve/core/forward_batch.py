@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from radixserve.runtime.prefix_groups import PrefixGroups
+from radixserve.core.prefix_groups import PrefixGroups
 
 
 class ForwardBatch(NamedTuple):

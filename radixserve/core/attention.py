@@ -5,7 +5,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from radixserve.runtime.forward_batch import ForwardBatch
+from radixserve.core.forward_batch import ForwardBatch
 
 
 class RopeTables(NamedTuple):
