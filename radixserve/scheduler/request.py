@@ -3,10 +3,10 @@
 - `Request` itself: what was asked (identity, prompt, sampling parameters, grammar), where it is
   in its life (waiting / running / finished, abort), and what it produced (the outputs);
 - `KVPlacement` (`req.kv`): where its K/V lives (request-table row, slots, the locked tree node),
-  written only by the KVManager;
+  written by the KVManager (the scheduler only advances `kv_len` after each forward);
 - `DecodeState` (`req.decode`): what decoding keeps between steps (a sample still on the device,
-  the token-level stop checker, the text state, the logit-bias row), written only by the
-  ResultProcessor.
+  the token-level stop checker, the text state, the logit-bias row), written by the
+  ResultProcessor (the scheduler only clears `pending` after a failed step).
 """
 from __future__ import annotations
 
