@@ -321,16 +321,11 @@ class EngineClient:
         plp_out = wire.logprobs_from_wire(plp) if plp is not None else None
         if plp is not None:
             s.prompt_logprobs = plp_out
-        text, kept, stopped = "", 0, False
-        for tok in tokens:
-            kept += 1
-            piece, matched = s.text_state.add(tok)
-            text += piece
-            if matched is not None:
-                s.matched_stop, stopped = matched, True
-                break
-        if not stopped and reason is not None:  # a token-level stop: release held-back text
-            text += s.text_state.finish()
+        # NOTE: stop strings are decided by the text side (RequestText.feed), as in process.
+        text, kept, matched = s.text_state.feed(tokens, reason)
+        stopped = matched is not None
+        if stopped:
+            s.matched_stop = matched
         s.text += text
         s.token_ids += tokens[:kept]
         s.logprobs += lps[:kept]

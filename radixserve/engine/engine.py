@@ -272,13 +272,11 @@ class Engine:
             req = Request(rid=rid if params.n == 1 else f"{rid}#{i}", prompt_ids=list(ids), params=params,
                           seed=(base_seed + 1_000_003 * i) % (1 << 62), namespace=namespace, index=i,
                           arrival=next(self._arrival),
-                          eos_ids=tuple(self.eos_ids),
                           grammar=None if spec is None else RequestGrammar(spec, compiled, deadline))
             group.append(req)
         with self._lock:
             for r in group:
                 self._sinks[id(r)] = sink
-        self.stats_.on_submit(len(ids) * params.n)
 
         def add_all(s: Scheduler) -> None:
             for r in group:

@@ -9,15 +9,8 @@ from radixserve.scheduler.request import Request
 class EngineStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.submitted_prompt_tokens = 0
         self.prompt_tokens = 0  # of finished requests
         self.cached_tokens = 0  # of finished requests
-        self.requests = 0
-
-    def on_submit(self, prompt_tokens: int) -> None:
-        with self._lock:
-            self.submitted_prompt_tokens += prompt_tokens
-            self.requests += 1
 
     def on_finish(self, req: Request) -> None:
         with self._lock:

@@ -1,49 +1,55 @@
 """The text side of one request: incremental detokenisation and stop strings.
 
-Token-level stops (EOS, stop token ids, max_new_tokens, a finished grammar) belong to the
-scheduler; everything that needs text is here, so it can run wherever the text is wanted: inside
-the in-process Engine's result handling, or in the HTTP front end of the split server, off the
-scheduler's process (see radixserve/engine/client.py for how a stop string found there stops
-generation).
+Token-level stops (EOS, stop token ids, max_new_tokens, a finished grammar) are decided by the
+scheduler's ResultProcessor (sampling/stop.py's StopChecker); everything that needs text is here,
+in `RequestText.feed`, the one place that decides a stop string matched. It runs wherever the text
+is made: inside the in-process Engine's result handling (scheduler/results.py), or in the HTTP
+front end of the split server, off the scheduler's process (engine/client.py, which then tells the
+engine process to stop the request).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 from radixserve.engine.detokenizer import IncrementalDetokenizer
-from radixserve.sampling.stop import StopStringBuffer
+from radixserve.sampling.stop import StopStringBuffer, TextUpdate
+from radixserve.scheduler.request import Request
 
 PROMPT_TAIL_TOKENS = 8  # prompt tokens given to the detokenizer as left context
 
 
-class TextPiece(NamedTuple):
-    text: str  # safe to emit now
-    matched_stop: str | None  # the stop string that ended the request, or None
-
-
 class RequestText:
-    """Feed a request's output tokens one at a time; get text safe to emit and stop-string matches."""
+    """Feed a request's output tokens in order; get text safe to emit and stop-string matches."""
 
     def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], skip_special_tokens: bool,
                  stop: Sequence[str] | None) -> None:
         self.detok = IncrementalDetokenizer(tokenizer, list(prompt_ids[-PROMPT_TAIL_TOKENS:]), skip_special_tokens)
         self.strings = StopStringBuffer(stop or ())
 
-    def add(self, token: int) -> TextPiece:
-        """One more output token: the text it completes (stop strings cut off, held-back text kept)."""
-        text, matched = self.strings.feed(self.detok.add([token]))
-        return TextPiece(text, matched)
+    def feed(self, tokens: Sequence[int], reason: str | None) -> TextUpdate:
+        """The next output tokens, and the token-level finish reason after the last of them (None
+        if it goes on) -> the text they complete and how many of them the request keeps.
 
-    def finish(self) -> str:
-        """The request ended for a token-level reason: the text still held back."""
-        text, _ = self.strings.feed(self.detok.flush())
-        return text + self.strings.flush()
+        Tokens are taken one at a time: when a stop string matches, the request ends at the token
+        that completed it (`kept` counts up to it, `matched_stop` is the string, the text is cut
+        before it) whatever `reason` says. Otherwise, when `reason` is given, the text held back
+        (a possible start of a stop string) is released: nothing can complete it now."""
+        text = ""
+        for kept, token in enumerate(tokens, start=1):
+            piece, matched = self.strings.feed(self.detok.add([token]))
+            text += piece
+            if matched is not None:
+                return TextUpdate(text, kept, matched)
+        if reason is not None:
+            piece, _ = self.strings.feed(self.detok.flush())
+            text += piece + self.strings.flush()
+        return TextUpdate(text, len(tokens), None)
 
 
-def text_factory(tokenizer: Any) -> Callable[[Any], RequestText]:
+def text_factory(tokenizer: Any) -> Callable[[Request], RequestText]:
     """For the scheduler's ResultProcessor: request -> its RequestText."""
 
-    def make(req) -> RequestText:
+    def make(req: Request) -> RequestText:
         p = req.params
         return RequestText(tokenizer, req.prompt_ids, p.skip_special_tokens, p.stop)
     return make

@@ -46,12 +46,6 @@ class RequestGrammar:
         """The grammar accepted a stop token: the output is complete."""
         return self.matcher is not None and self.matcher.is_terminated()
 
-    def accept(self, token_id: int) -> bool:
-        """Advance by one sampled token; False if the grammar does not admit it."""
-        ok = self.matcher.accept_token(token_id)
-        self.accepted += ok
-        return ok
-
     def jump_forward(self, encode: Callable[[str], Sequence[int]], limit: int,
                      min_tokens: int = JUMP_FORWARD_MIN_TOKENS) -> list[int]:
         """Tokens of the text the grammar forces next (at most `limit`), already accepted; none when

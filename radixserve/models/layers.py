@@ -55,15 +55,6 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-class Embedding(nn.Module):
-    def __init__(self, vocab_size: int, hidden: int, dtype: torch.dtype, device: torch.device | str) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden, dtype=dtype, device=device), requires_grad=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight)  # [T] -> [T, hidden]
-
-
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 like the reference implementations."""
 
@@ -182,7 +173,6 @@ class RotaryEmbedding(nn.Module):
         angles = torch.outer(pos, inv_freq)  # [P, D/2]
         self.register_buffer("cos", angles.cos().to(device), persistent=False)  # [P, D/2]
         self.register_buffer("sin", angles.sin().to(device), persistent=False)  # [P, D/2]
-        self.max_position = max_position
         self.fused_ops = True
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

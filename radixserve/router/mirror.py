@@ -38,7 +38,6 @@ class CacheMirror:
         self.trees: dict[str | None, TokenTree] = {}
         self.inflight: dict[str | None, TokenCounter] = {}
         self.pending: list[InFlight] = []  # finished, until the events of the next poll are in
-        self.events_applied = 0
         self.resyncs = 0
 
     # ---- what a routing decision reads ------------------------------------------------------
@@ -116,7 +115,6 @@ class CacheMirror:
                     if not tree.num_tokens:
                         del self.trees[ev["namespace"]]
             self.cursor = ev["seq"]
-            self.events_applied += 1
         self._covered(batch)
 
     def resync(self, epoch: str, head: int, page_size: int, enabled: bool,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -54,7 +53,6 @@ class Replica:
         self.load = 0  # sequences in flight from this router
         self.info: dict[str, Any] = {}  # model, max_model_len, vocab_size, page_size, cache_enabled
         self.last_error: str | None = None
-        self.down_since: float | None = None
         self.stats = ReplicaStats()
         self._wake = asyncio.Event()
         self._checked_epoch: str | None = None
@@ -101,7 +99,6 @@ class Replica:
         if self.healthy:
             logger.warning("replica %d (%s) is unavailable: %s; retrying it every health interval",
                            self.index, self.url, reason)
-            self.down_since = time.monotonic()
         self.healthy = False
         self._wake.set()
 
@@ -110,7 +107,6 @@ class Replica:
             logger.info("replica %d (%s) is available", self.index, self.url)
         self.healthy = True
         self.last_error = None
-        self.down_since = None
 
     # ---- the poller ----------------------------------------------------------------------------
     async def run(self, client: httpx.AsyncClient, poll_interval_s: float, health_interval_s: float,

@@ -1,4 +1,5 @@
-"""When a request stops: EOS / stop token ids / max_new_tokens, and stop strings in the text.
+"""When a request stops: EOS / stop token ids / max_new_tokens (StopChecker), and stop strings in
+the text (StopStringBuffer, which the text side of a request runs: engine/text.py).
 
 Stop strings are matched across token boundaries on the detokenised text; the stop string and
 everything after it never reach the client, and text that may still turn out to be the start of a
@@ -68,10 +69,21 @@ class StopStringBuffer:
         return best
 
 
-class StopChecker:
-    """All stop conditions of one request."""
+class TextUpdate(NamedTuple):
+    """What a request's text side makes of its new tokens (see engine/text.py's RequestText.feed)."""
 
-    def __init__(self, stop: Iterable[str], stop_token_ids: Iterable[int], eos_ids: Iterable[int],
+    text: str  # safe to emit now
+    kept: int  # how many of the tokens the request keeps (fewer when a stop string matched midway)
+    matched_stop: str | None  # the stop string that ended the request, or None
+
+
+class StopChecker:
+    """The token-level stop conditions of one request: EOS, stop token ids, max_new_tokens.
+
+    NOTE: stop strings need text, so they are the text side's (engine/text.py's RequestText, fed
+    where the text is made); this checker never sees text."""
+
+    def __init__(self, stop_token_ids: Iterable[int], eos_ids: Iterable[int],
                  ignore_eos: bool, max_new_tokens: int, min_new_tokens: int = 0) -> None:
         if max_new_tokens < 0 or min_new_tokens < 0 or min_new_tokens > max_new_tokens:
             raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens, "
@@ -81,8 +93,7 @@ class StopChecker:
         self.ignore_eos = ignore_eos
         self.max_new_tokens = max_new_tokens
         self.min_new_tokens = min_new_tokens
-        self.strings = StopStringBuffer(stop)
-        self.matched_stop: str | int | None = None  # what stopped the request, for RequestOutput
+        self.matched_stop: int | None = None  # the token that stopped the request, for RequestOutput
 
     def check_token(self, token_id: int, num_output_tokens: int) -> str | None:
         """After appending token_id (num_output_tokens now includes it): "stop", "length" or None.
@@ -96,11 +107,3 @@ class StopChecker:
         if num_output_tokens >= self.max_new_tokens:
             return "length"
         return None
-
-    def check_text(self, piece: str) -> tuple[str, str | None]:
-        """New detokenised text -> (text safe to emit, "stop" if a stop string matched else None)."""
-        text, matched = self.strings.feed(piece)
-        if matched is not None:
-            self.matched_stop = matched
-            return text, "stop"
-        return text, None

@@ -35,31 +35,31 @@ def build(rows: list[Row], device: torch.device,
     starts, logits_idx = [], []
     plan = LogitsPlan([], [], [], [])
     for i, (req, ext) in enumerate(rows):
-        start, kv = len(ids), req.kv_len
+        start, kv = len(ids), req.kv.kv_len
         known = req.fill_slice(kv, kv + ext)
         ids.extend(known)
         if len(known) < ext:  # NOTE: only a decode row's single input can still be on the device
-            assert ext == 1 and req.pending == 1, (req.rid, ext, req.pending)
+            assert ext == 1 and req.decode.pending == 1, (req.rid, ext, req.decode.pending)
             plan.pending_inputs.append((len(ids), req))
             ids.append(0)  # placeholder, filled on the device from the previous step's samples
         pos.extend(range(kv, kv + ext))
-        out_slots.extend(req.slots[kv:kv + ext])
+        out_slots.extend(req.kv.slots[kv:kv + ext])
         starts.append(start)
         first, last = _prompt_logprob_positions(req, kv, ext)
         if first <= last:
             plan.prompt_spans.append((i, len(logits_idx), last - first + 1, first + 1))
             logits_idx.extend(range(start + first - kv, start + last - kv + 1))
-        if kv + ext == req.seq_len + req.pending:
+        if kv + ext == req.seq_len + req.decode.pending:
             plan.sample_rows.append(i)
             plan.sample_logits.append(len(logits_idx))
             logits_idx.append(start + ext - 1)
     ext_lens = [ext for _, ext in rows]
-    seq_lens = [req.kv_len + ext for req, ext in rows]
+    seq_lens = [req.kv.kv_len + ext for req, ext in rows]
     is_decode = all(e == 1 for e in ext_lens)
-    groups = group_by_prefix([req for req, _ in rows], grouping) if grouping is not None and is_decode else []
+    groups = group_by_prefix([req.kv for req, _ in rows], grouping) if grouping is not None and is_decode else []
 
     # NOTE: one host->device copy for the whole batch; the fields are views into it.
-    parts = [ids, pos, out_slots, [req.row for req, _ in rows], seq_lens, ext_lens, starts, logits_idx]
+    parts = [ids, pos, out_slots, [req.kv.row for req, _ in rows], seq_lens, ext_lens, starts, logits_idx]
     if groups:
         parts += _group_parts(groups, rows)
     flat = tensor_on([x for part in parts for x in part], torch.int64, device)
@@ -86,7 +86,7 @@ def _group_parts(groups: list[Group], rows: list[Row]) -> list[list[int]]:
         members += g.rows
         bounds.append(len(members))
     # NOTE: any member's table row holds the prefix slots; the first keeps it stable across steps.
-    return [row_prefix, members, bounds, [g.prefix_len for g in groups], [rows[g.rows[0]].req.row for g in groups]]
+    return [row_prefix, members, bounds, [g.prefix_len for g in groups], [rows[g.rows[0]].req.kv.row for g in groups]]
 
 
 def _prompt_logprob_positions(req: Request, kv: int, ext: int) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import torch
 from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.cache.req_table import ReqToTokenTable
-from radixserve.scheduler.request import Request
+from radixserve.scheduler.request import KVPlacement, Request
 
 
 class KVManager:
@@ -25,7 +25,7 @@ class KVManager:
     # ---- capacity -------------------------------------------------------------------------
     def pages_for(self, req: Request, num_new_tokens: int) -> int:
         """Pages to allocate so `req` can hold `num_new_tokens` more tokens."""
-        short = req.kv_len + num_new_tokens - len(req.slots)
+        short = req.kv.kv_len + num_new_tokens - len(req.kv.slots)
         return max(0, -(-short // self.page_size))
 
     def available_slots(self) -> int:
@@ -48,13 +48,14 @@ class KVManager:
         """Give `req` a table row and its cached prefix (locked). Returns the cached length."""
         m = self.tree.match_prefix(self._matchable(req), req.namespace)
         self.tree.lock(m.node)
-        req.node = m.node
-        req.row = self.req_table.alloc()
-        req.slots = m.slots.tolist()
-        req.kv_len = req.tree_len = len(req.slots)
-        if req.slots:
-            self.req_table.write(req.row, 0, m.slots)
-        return req.kv_len
+        kv = req.kv
+        kv.node = m.node
+        kv.row = self.req_table.alloc()
+        kv.slots = m.slots.tolist()
+        kv.kv_len = kv.tree_len = len(kv.slots)
+        if kv.slots:
+            self.req_table.write(kv.row, 0, m.slots)
+        return kv.kv_len
 
     def grow(self, req: Request, num_new_tokens: int) -> bool:
         """Allocate slots for `num_new_tokens` more tokens of `req` (evicting if needed)."""
@@ -66,8 +67,8 @@ class KVManager:
         new = self.allocator.alloc(pages)
         if new is None:
             return False
-        self.req_table.write(req.row, len(req.slots), new)
-        req.slots.extend(new.tolist())
+        self.req_table.write(req.kv.row, len(req.kv.slots), new)
+        req.kv.slots.extend(new.tolist())
         return True
 
     def grow_each_by_one(self, reqs: Sequence[Request]) -> bool:
@@ -82,53 +83,52 @@ class KVManager:
         new = self.allocator.alloc(len(needy))
         if new is None:
             return False
-        rows = torch.tensor([r.row for r in needy], dtype=torch.int64).repeat_interleave(ps)
-        cols = (torch.tensor([len(r.slots) for r in needy], dtype=torch.int64)[:, None]
+        rows = torch.tensor([r.kv.row for r in needy], dtype=torch.int64).repeat_interleave(ps)
+        cols = (torch.tensor([len(r.kv.slots) for r in needy], dtype=torch.int64)[:, None]
                 + torch.arange(ps)).reshape(-1)
         self.req_table.write_cells(rows, cols, new)
         pages = new.view(len(needy), ps).tolist()
         for r, page in zip(needy, pages):
-            r.slots.extend(page)
+            r.kv.slots.extend(page)
         return True
 
     def cache_prefix(self, req: Request) -> None:
         """Insert the computed tokens of a running request into the tree, keep them locked, and
         point its row at the tree's slots (duplicates of another request's work are freed)."""
-        if req.kv_len == 0 or self.tree.disable:
+        kv = req.kv
+        if kv.kv_len == 0 or self.tree.disable:
             return
-        m = self.tree.insert(req.fill_slice(0, req.kv_len), torch.tensor(req.slots[:req.kv_len], dtype=torch.int64),
+        m = self.tree.insert(req.fill_slice(0, kv.kv_len), torch.tensor(kv.slots[:kv.kv_len], dtype=torch.int64),
                              req.namespace)
         n = m.slots.numel()
         self.tree.lock(m.node)
-        self.tree.unlock(req.node)
-        req.node = m.node
+        self.tree.unlock(kv.node)
+        kv.node = m.node
         new_slots = m.slots.tolist()
-        if new_slots != req.slots[:n]:
-            req.slots[:n] = new_slots
-            self.req_table.write(req.row, 0, m.slots)
-        req.tree_len = n
+        if new_slots != kv.slots[:n]:
+            kv.slots[:n] = new_slots
+            self.req_table.write(kv.row, 0, m.slots)
+        kv.tree_len = n
 
     def release(self, req: Request) -> None:
         """Request leaves the running set (finished, aborted or retracted): its computed tokens
         go into the tree, its private tail is freed, its lock and row are returned."""
-        if req.row is None:
+        kv = req.kv
+        if kv.row is None:
             return
-        if req.kv_len > 0:
-            self.tree.insert(req.fill_slice(0, req.kv_len),
-                             torch.tensor(req.slots[:req.kv_len], dtype=torch.int64), req.namespace)
+        if kv.kv_len > 0:
+            self.tree.insert(req.fill_slice(0, kv.kv_len),
+                             torch.tensor(kv.slots[:kv.kv_len], dtype=torch.int64), req.namespace)
         # NOTE: insert takes charge of the page-truncated computed part (the tree keeps it, or
         # frees it as a duplicate or because the cache is off); the rest of the allocation
         # (partial last page) is still private: free it here.
-        kept = req.kv_len // self.page_size * self.page_size
-        tail = req.slots[kept:]
+        kept = kv.kv_len // self.page_size * self.page_size
+        tail = kv.slots[kept:]
         if tail:
             self.allocator.free(torch.tensor(tail, dtype=torch.int64))
-        self.tree.unlock(req.node)
-        self.req_table.free(req.row)
-        req.node = None
-        req.row = None
-        req.slots = []
-        req.kv_len = req.tree_len = 0
+        self.tree.unlock(kv.node)
+        self.req_table.free(kv.row)
+        req.kv = KVPlacement()
 
     def _matchable(self, req: Request) -> list[int]:
         """Tokens that may be served from the tree: never the last known token (its logits are
@@ -141,9 +141,11 @@ class KVManager:
 
     # ---- invariants ---------------------------------------------------------------------------
     def check(self, running: Sequence[Request]) -> None:
-        """free + tree + private == capacity, and the tree's own invariants."""
+        """free + tree + private == capacity, each running request's placement, and the tree's own invariants."""
         self.tree.check_integrity()
-        private = sum(r.private_slots for r in running)
+        for r in running:
+            r.kv.check(self.page_size)
+        private = sum(r.kv.private_slots for r in running)
         total = self.allocator.num_free_slots + self.tree.total_size + private
         assert total == self.allocator.capacity, (
             f"slot accounting broken: free {self.allocator.num_free_slots} + tree {self.tree.total_size} "

@@ -1,8 +1,8 @@
 """Which decode rows of a step share a cached prefix (for cascade attention), read off the radix tree.
 
-A running request holds its first `tree_len` tokens as the locked path root..`req.node` of the
-radix tree, and its request-table row holds that path's slots at positions 0..tree_len-1. Two
-requests whose paths pass through the same node hold the same slots up to the end of that node.
+A running request holds its first `tree_len` tokens as the locked path root..`node` of the
+radix tree (see KVPlacement), and its request-table row holds that path's slots at positions
+0..tree_len-1. Two requests whose paths pass through the same node hold the same slots up to the end of that node.
 So a group is a tree node and decode rows whose path passes through it; its prefix length is
 the node's depth in tokens. This runs on the host every step: one walk up each row's path
 (a handful of nodes), no token comparison.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-from radixserve.scheduler.request import Request
+from radixserve.scheduler.request import KVPlacement
 
 
 class GroupingOptions(NamedTuple):
@@ -31,8 +31,8 @@ class Group(NamedTuple):
     rows: list[int]  # indices into the step's decode rows, ascending
 
 
-def group_by_prefix(reqs: Sequence[Request], options: GroupingOptions) -> list[Group]:
-    """Groups of `reqs` (the decode rows of one step, in batch order) sharing a cached prefix.
+def group_by_prefix(placements: Sequence[KVPlacement], options: GroupingOptions) -> list[Group]:
+    """Groups of `placements` (the KV placements of one step's decode rows, in batch order) sharing a cached prefix.
 
     Each row joins at most one group, through the node of its path that saves the most K/V
     reads if every row through it joined: (rows through it - 1) * its depth, deeper on ties;
@@ -42,13 +42,13 @@ def group_by_prefix(reqs: Sequence[Request], options: GroupingOptions) -> list[G
     conversation under a short system prompt group on the conversation. Groups left smaller than
     `min_group_size` (their other rows chose other nodes) are dropped.
     """
-    if len(reqs) < options.min_group_size:
+    if len(placements) < options.min_group_size:
         return []
     depth: dict[int, int] = {}  # id(node) -> tokens from the root to the end of the node
     count: dict[int, int] = {}  # id(node) -> rows whose path passes through it
     paths: list[list] = []
-    for req in reqs:
-        path = _path(req.node)
+    for placement in placements:
+        path = _path(placement.node)
         _depths(path, depth)
         kept = [nd for nd in path if depth[id(nd)] >= options.min_prefix_len]
         for nd in kept:

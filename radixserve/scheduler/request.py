@@ -1,15 +1,28 @@
-"""Request: one sequence's state as it moves through the scheduler."""
+"""Request: one sequence as it moves through the scheduler, split by concern.
+
+- `Request` itself: what was asked (identity, prompt, sampling parameters, grammar), where it is
+  in its life (waiting / running / finished, abort), and what it produced (the outputs);
+- `KVPlacement` (`req.kv`): where its K/V lives (request-table row, slots, the locked tree node),
+  written by the KVManager (the scheduler only advances `kv_len` after each forward);
+- `DecodeState` (`req.decode`): what decoding keeps between steps (a sample still on the device,
+  the token-level stop checker, the text state, the logit-bias row), written by the
+  ResultProcessor (the scheduler only clears `pending` after a failed step).
+"""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    import torch
+
+    from radixserve.cache.radix_tree import TreeNode
     from radixserve.grammar.matcher import RequestGrammar
+    from radixserve.sampling.stop import StopChecker, TextUpdate
 
 
 class State(enum.Enum):
@@ -19,14 +32,53 @@ class State(enum.Enum):
 
 
 @dataclass(eq=False)
-class Request:
-    """A sequence: prompt tokens, tokens generated so far, and where its KV lives.
+class KVPlacement:
+    """Where a request's K/V lives while it is running (all empty while it waits).
 
-    NOTE: token i of `fill_ids` has its K/V at `slots[i]` for i < kv_len. The first `tree_len`
-    slots belong to the radix tree (locked through `node`); slots[tree_len:] are private to this
-    request. len(slots) is a multiple of the page size (whole pages are allocated).
+    NOTE: token i of the request (prompt then output) has its K/V at `slots[i]` for i < kv_len. The
+    first `tree_len` slots belong to the radix tree (locked through `node`); slots[tree_len:] are
+    private to this request. len(slots) is a multiple of the page size (whole pages are allocated).
     """
 
+    row: int | None = None  # row in the request table while running
+    slots: list[int] = field(default_factory=list)
+    kv_len: int = 0  # tokens whose K/V is computed
+    tree_len: int = 0  # leading slots owned by the tree
+    node: TreeNode | None = None  # locked tree node ending the first tree_len tokens, while running
+
+    @property
+    def private_slots(self) -> int:
+        return len(self.slots) - self.tree_len
+
+    def check(self, page_size: int) -> None:
+        """Assert the invariants of the class docstring."""
+        assert 0 <= self.tree_len <= self.kv_len <= len(self.slots), (self.tree_len, self.kv_len, len(self.slots))
+        assert len(self.slots) % page_size == 0, (len(self.slots), page_size)
+        assert (self.row is None) == (self.node is None), (self.row, self.node)
+
+
+class TextState(Protocol):
+    """The text side of one request (engine/text.py's RequestText): detokenisation and stop strings."""
+
+    def feed(self, tokens: Sequence[int], reason: str | None) -> TextUpdate: ...
+
+
+@dataclass(eq=False)
+class DecodeState:
+    """What decoding keeps between steps; made empty at submission, filled at the first sample."""
+
+    pending: int = 0  # tokens sampled on the device whose values the host has not appended yet
+    stops: StopChecker | None = None  # token-level stops, made at the first token
+    text: TextState | None = None  # detokenizer and stop strings, when the engine makes text in this process
+    logit_bias: torch.Tensor | None = None  # [V] float32 on the device: params.logit_bias, built at the first sample
+
+
+@dataclass(eq=False)
+class Request:
+    """A sequence: what was asked, where it is in its life, what it produced; its KV placement
+    (`kv`) and decode state (`decode`) are composed in."""
+
+    # ---- identity: what was asked
     rid: str
     prompt_ids: list[int]
     params: SamplingParams
@@ -34,39 +86,27 @@ class Request:
     namespace: str | None = None
     index: int = 0  # which of the n samples of its prompt
     arrival: int = 0  # submission order, for fcfs and ties
-    eos_ids: tuple[int, ...] = ()
     grammar: RequestGrammar | None = None  # structured output: admitted once ready; finished when it terminates
-    on_event: Callable[["Request", list[int], bool], None] | None = None  # (req, new token ids, finished)
 
+    # ---- life in the scheduler
     state: State = State.WAITING
+    enqueue_step: int = 0  # scheduler step at which it joined the queue (aging)
+    abort_reason: str | None = None  # set by an abort: the finish reason it gets at the next step
+
+    # ---- outputs
     output_ids: list[int] = field(default_factory=list)
-    pending: int = 0  # tokens sampled on the device whose values the host has not appended yet
-    row: int | None = None  # row in the request table while running
-    slots: list[int] = field(default_factory=list)
-    kv_len: int = 0
-    tree_len: int = 0
-    node: Any = None  # locked tree node while running
-    cached_tokens: int | None = None  # prompt tokens served from the tree at first admission
-    enqueue_step: int = 0
-    admitted_once: bool = False
-    aborted: bool = False
-    abort_reason: str = "abort"  # the finish reason an abort gives
-    finish_reason: str | None = None
-    matched_stop: str | int | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""  # output text so far, with any stop string cut off
-    stop_checker: Any = None  # token-level stops (sampling.stop.StopChecker), made at the first token
-    text_state: Any = None  # detokenizer and stop strings, when the engine makes text in this process
-    logit_bias: Any = None  # [V] float32 device tensor of params.logit_bias, built at the first sample
+    finish_reason: str | None = None
+    matched_stop: str | int | None = None
+    cached_tokens: int | None = None  # prompt tokens served from the tree at first admission
 
-    @property
-    def fill_ids(self) -> list[int]:
-        """All tokens known so far: the prompt then the output."""
-        return self.prompt_ids + self.output_ids
+    kv: KVPlacement = field(default_factory=KVPlacement)
+    decode: DecodeState = field(default_factory=DecodeState)
 
     def fill_slice(self, start: int, end: int) -> list[int]:
-        """fill_ids[start:end] without building the whole list (decode touches one token)."""
+        """Tokens [start, end) of prompt + output, without building the whole list (decode touches one)."""
         p = len(self.prompt_ids)
         if start >= p:
             return self.output_ids[start - p:end - p]
@@ -82,20 +122,11 @@ class Request:
     def todo(self) -> int:
         """Tokens to feed the model before the next sample: 1 when decoding (that one may still
         be a pending sample on the device), more while prefilling."""
-        return self.seq_len + self.pending - self.kv_len
+        return self.seq_len + self.decode.pending - self.kv.kv_len
 
     @property
     def prefill_done(self) -> bool:
-        return self.kv_len >= len(self.prompt_ids)
-
-    @property
-    def private_slots(self) -> int:
-        return len(self.slots) - self.tree_len
-
-    @property
-    def max_len(self) -> int:
-        """The most tokens this request can ever hold in the KV cache."""
-        return len(self.prompt_ids) + self.params.max_new_tokens
+        return self.kv.kv_len >= len(self.prompt_ids)
 
     def logprob_start(self) -> int | None:
         """First prompt position whose logprob is wanted (>= 1), or None."""

@@ -7,7 +7,7 @@ split server's front end does, off this process)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
 
 import torch
 
@@ -19,7 +19,7 @@ from radixserve.sampling.sampler import SampleResult, greedy_argmax, sample
 from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, greedy_blocked_ids, logit_bias_row
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
-from radixserve.scheduler.request import Request, State
+from radixserve.scheduler.request import Request, State, TextState
 
 if TYPE_CHECKING:
     from radixserve.grammar.backend import GrammarBackend
@@ -70,9 +70,9 @@ def _to_host_async(result: SampleResult) -> tuple[SampleResult, object]:
 
 
 class TextMaker(Protocol):
-    """Makes a request's text state: `.add(token) -> (text, matched stop string or None)`, `.finish() -> str`."""
+    """Makes a request's text side (engine/text.py's RequestText)."""
 
-    def __call__(self, req: Request) -> Any: ...
+    def __call__(self, req: Request) -> TextState: ...
 
 
 class ResultProcessor:
@@ -110,7 +110,7 @@ class ResultProcessor:
         # request or jumped it forward; such a row's logits predict a position already decided.
         sampling = [(rows[i].req, j) for i, j in zip(plan.sample_rows, plan.sample_logits)
                     if rows[i].req.state is not State.FINISHED
-                    and rows[i].req.kv_len == rows[i].req.seq_len + rows[i].req.pending]
+                    and rows[i].req.kv.kv_len == rows[i].req.seq_len + rows[i].req.decode.pending]
         done = [req for req, _ in sampling if req.params.max_new_tokens == 0]
         sampling = [(req, j) for req, j in sampling if req.params.max_new_tokens > 0]
         reqs = [req for req, _ in sampling]
@@ -120,10 +120,10 @@ class ResultProcessor:
         # waits for this step only: that is what lets the next step overlap the host work.
         idx = tensor_on([j for _, j in sampling], torch.int64, logits.device)
         for r in reqs:
-            if r.params.logit_bias and r.logit_bias is None:  # once per request, not per step
-                r.logit_bias = logit_bias_row(r.params.logit_bias, self.vocab_size, logits.device)
-        sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.pending, r.prompt_ids, r.output_ids,
-                                   self._eos_tuple, None, r.logit_bias) for r in reqs]
+            if r.params.logit_bias and r.decode.logit_bias is None:  # once per request, not per step
+                r.decode.logit_bias = logit_bias_row(r.params.logit_bias, self.vocab_size, logits.device)
+        sample_rows = [SamplingRow(r.params, r.seed, len(r.output_ids) + r.decode.pending, r.prompt_ids,
+                                   r.output_ids, self._eos_tuple, None, r.decode.logit_bias) for r in reqs]
         bitmask = self._bitmask(reqs, logits.device)
         blocked = [greedy_blocked_ids(r, self.vocab_size) for r in sample_rows]
         if all(b is not None for b in blocked):  # the common case (greedy, ignore_eos too) needs no per-step tensors
@@ -135,7 +135,7 @@ class ResultProcessor:
             t = build_sampling_tensors(sample_rows, self.vocab_size, logits.device, token_bitmask=bitmask)
             result = sample(logits[idx], t)
         for r in reqs:
-            r.pending += 1
+            r.decode.pending += 1
         host, ready = _to_host_async(result)
         return Sampled(spans, done, reqs, host, ready, result.token_ids)
 
@@ -147,8 +147,8 @@ class ResultProcessor:
 
         for r in reqs:
             # NOTE: the mask is right only if the matcher has seen every output token (see RequestGrammar).
-            assert r.grammar is None or (r.pending == 0 and r.grammar.accepted == len(r.output_ids)), \
-                (r.rid, r.pending, r.grammar.accepted, len(r.output_ids))
+            assert r.grammar is None or (r.decode.pending == 0 and r.grammar.accepted == len(r.output_ids)), \
+                (r.rid, r.decode.pending, r.grammar.accepted, len(r.output_ids))
         return batch_bitmask(grammars, self.grammar, device)
 
     def finalize(self, s: Sampled) -> list[Request]:
@@ -172,7 +172,7 @@ class ResultProcessor:
             lps = to_token_logprobs(result.token_ids, result.logprobs, result.top_ids, result.top_logprobs, ks)
         constrained: list[tuple[Request, int]] = []
         for i, (req, tok) in enumerate(zip(reqs, tokens)):
-            req.pending -= 1
+            req.decode.pending -= 1
             if req.state is State.FINISHED:
                 continue  # computed one step ahead; the request had already stopped
             new_lp = [lps[i]] if lps is not None and req.params.logprobs is not None else []
@@ -217,24 +217,23 @@ class ResultProcessor:
         return False
 
     def _append(self, req: Request, token: int, lps: list[TokenLogprob]) -> bool:
-        if req.stop_checker is None:
+        """Append one output token and decide whether the request stops here (the owner of stop
+        decisions in this process: token-level stops always, stop strings when it makes the text)."""
+        d = req.decode
+        if d.stops is None:
             p = req.params
-            # NOTE: stop strings are the text side's (make_text); this checker sees none.
-            req.stop_checker = StopChecker((), set(p.stop_token_ids), self.eos_ids, p.ignore_eos,
-                                           p.max_new_tokens, p.min_new_tokens)
-            req.text_state = self.make_text(req) if self.make_text is not None else None
+            d.stops = StopChecker(p.stop_token_ids, self.eos_ids, p.ignore_eos, p.max_new_tokens, p.min_new_tokens)
+            d.text = self.make_text(req) if self.make_text is not None else None
         req.output_ids.append(token)
         req.logprobs.extend(lps)
         self.generated_tokens += 1
-        reason = req.stop_checker.check_token(token, len(req.output_ids))
-        req.matched_stop = req.stop_checker.matched_stop
+        reason = d.stops.check_token(token, len(req.output_ids))
+        req.matched_stop = d.stops.matched_stop
         piece = ""
-        if req.text_state is not None:
-            piece, matched = req.text_state.add(token)
+        if d.text is not None:
+            piece, _, matched = d.text.feed((token,), reason)
             if matched is not None:
                 reason, req.matched_stop = "stop", matched
-            elif reason is not None:  # ends for another reason: release held-back text
-                piece += req.text_state.finish()
             req.text += piece
         req.finish_reason = reason
         self.emit(Event(req, piece, [token], lps, False))

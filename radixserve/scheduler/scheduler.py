@@ -61,12 +61,7 @@ class Scheduler:
         ("stop" when a stop string matched where the text is made, outside the scheduler)."""
         for req in self.waiting + self.running:
             if req.rid == rid or req.rid.startswith(rid + "#"):
-                req.aborted = True
                 req.abort_reason = reason
-
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.inflight)
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> bool:
@@ -90,10 +85,11 @@ class Scheduler:
             batch, plan = batch_builder.build(rows, self.device, options_from(self.config))
             if plan.pending_inputs:
                 self._gather_pending_inputs(batch, plan)
-            work = batch_work([(req.kv_len, ext, False) for req, ext in rows])._replace(logit_rows=len(plan.sample_rows))
+            work = batch_work([(req.kv.kv_len, ext, False) for req, ext in rows])
+            work = work._replace(logit_rows=len(plan.sample_rows))
             logits = self.forward(batch)
             for req, ext in rows:
-                req.kv_len += ext
+                req.kv.kv_len += ext
             for req, ext in rows:
                 if ext > 1:
                     self.kv.cache_prefix(req)  # chunked prefill caches as it goes; others hit it
@@ -185,15 +181,15 @@ class Scheduler:
         cfg = self.config
         if cfg.max_step_ms is None or not decode_rows:
             return StepBudget(cfg.max_prefill_tokens)
-        work = batch_work([(req.kv_len, 1, True) for req, _ in decode_rows])
+        work = batch_work([(req.kv.kv_len, 1, True) for req, _ in decode_rows])
         return step_budget(cfg.max_prefill_tokens, cfg.max_step_ms, self.step_cost, work, cfg.chunked_prefill_size)
 
     def _prefill_chunk(self, req: Request, budget: StepBudget) -> int:
         want = min(req.todo, self.config.chunked_prefill_size)
-        ext = budget.grant(req.kv_len, want, samples=req.todo <= want, floor=True)
+        ext = budget.grant(req.kv.kv_len, want, samples=req.todo <= want, floor=True)
         if ext <= 0 or not self.kv.grow(req, ext):
             return 0
-        budget.take(req.kv_len, ext, samples=ext == req.todo, floor=True)
+        budget.take(req.kv.kv_len, ext, samples=ext == req.todo, floor=True)
         return ext
 
     def _reserved(self) -> int:
@@ -209,13 +205,13 @@ class Scheduler:
                               self.kv.match_len)
         rows: list[Row] = []
         ps = self.kv.page_size
-        prefilling = {self._prefill_key(r, r.kv_len // ps * ps, r.node) for r in self.running if r.todo > 1}
+        prefilling = {self._prefill_key(r, r.kv.kv_len // ps * ps, r.kv.node) for r in self.running if r.todo > 1}
         for req in order:
             if budget.exhausted or len(self.running) >= cfg.max_running_requests or self.kv.req_table.num_free == 0:
                 break
             if short_only and budget.time_left <= 0:
                 break
-            if req.pending:
+            if req.decode.pending:
                 continue  # retracted with a sample still on the device: take it back first
             if req.grammar is not None and not req.grammar.ready:
                 continue  # its grammar is still compiling; it keeps its place and age meanwhile
@@ -240,7 +236,7 @@ class Scheduler:
                 self.kv.release(req)
                 break
             if req.cached_tokens is None:
-                req.cached_tokens = min(req.kv_len, len(req.prompt_ids))
+                req.cached_tokens = min(req.kv.kv_len, len(req.prompt_ids))
             self.waiting.remove(req)
             req.state = State.RUNNING
             self.running.append(req)
@@ -289,7 +285,7 @@ class Scheduler:
         self.results.finish(req)
 
     def _reap_aborted(self) -> None:
-        for req in [r for r in self.waiting + self.running if r.aborted]:
+        for req in [r for r in self.waiting + self.running if r.abort_reason is not None]:
             req.finish_reason = req.abort_reason
             self._finish(req)
 
@@ -300,15 +296,15 @@ class Scheduler:
     def abort_all(self) -> None:
         """Finish every waiting and running request with reason "abort", freeing their slots."""
         for req in self.waiting + self.running:
-            req.aborted = True
+            req.abort_reason = req.abort_reason or "abort"
         self._reap_aborted()
 
     def recover_from_failed_step(self) -> None:
         """A step raised: its samples are unusable; abort everything in flight, keep the tree."""
         self.inflight = None
         for req in self.waiting + self.running:
-            req.aborted = True
-            req.pending = 0
+            req.abort_reason = req.abort_reason or "abort"
+            req.decode.pending = 0
         self._reap_aborted()
 
     def flush_cache(self) -> bool:

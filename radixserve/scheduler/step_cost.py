@@ -141,7 +141,6 @@ class StepCostModel:
             raise ValueError(f"chunk_align must be >= 1, got {chunk_align}")
         if prior_weight <= 0:
             raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
-        self.prior = prior
         self.online = online
         self.prior_weight = prior_weight
         self.forgetting = forgetting

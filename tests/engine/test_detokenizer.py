@@ -8,6 +8,7 @@ import random
 import pytest
 
 from radixserve.engine.detokenizer import IncrementalDetokenizer
+from radixserve.engine.text import RequestText
 from radixserve.sampling import StopChecker
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,17 +120,20 @@ def test_each_step_decodes_a_short_window(tok) -> None:
 def test_stop_string_across_tokens_with_real_tokenizer(tok) -> None:
     text = "The answer is 42.\n\nQuestion: what next?"
     ids = tok.encode(text, add_special_tokens=False)
-    detok = IncrementalDetokenizer(tok, None)
-    checker = StopChecker(["\n\nQuestion:"], [], [tok.eos_token_id], False, max_new_tokens=100)
-    out, reason, seen = "", None, []
-    for n, i in enumerate(ids, start=1):
+    checker = StopChecker([], [tok.eos_token_id], False, max_new_tokens=100)
+    text_side = RequestText(tok, [], True, ["\n\nQuestion:"])
+    out, matched, seen, kept = "", None, [], 0
+    for n, i in enumerate(ids, start=1):  # in process: one token at a time, token stops first
         reason = checker.check_token(i, n)
-        piece, text_reason = checker.check_text(detok.add([i]))
+        piece, _, matched = text_side.feed([i], reason)
         out += piece
         seen.append(out)
-        reason = reason or text_reason
-        if reason:
+        kept = n
+        if matched is not None or reason is not None:
             break
-    assert reason == "stop" and checker.matched_stop == "\n\nQuestion:"
+    assert matched == "\n\nQuestion:" and checker.matched_stop is None
     assert out == "The answer is 42."
     assert all(not s.endswith("\n") for s in seen), "part of the stop string reached the client"
+    assert tok.decode(ids[:kept]).endswith("Question:") and not tok.decode(ids[:kept - 1]).endswith("Question:")
+    # the split server's front end gets a step's tokens at once: same text, same tokens kept
+    assert RequestText(tok, [], True, ["\n\nQuestion:"]).feed(ids, None) == (out, kept, matched)

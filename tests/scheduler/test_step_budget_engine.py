@@ -50,7 +50,7 @@ def _run(engine: Engine, prompts: list[list[int]]) -> tuple[list[list[int]], lis
 
     def logged():
         rows = inner()
-        log.append([(len(r.req.prompt_ids), r.extend_len, r.req.kv_len, r.req.rid) for r in rows])
+        log.append([(len(r.req.prompt_ids), r.extend_len, r.req.kv.kv_len, r.req.rid) for r in rows])
         return rows
 
     engine.loop.call(lambda s: setattr(s, "_schedule", logged))
@@ -124,7 +124,7 @@ def test_short_prompt_goes_in_before_the_next_long_chunk(engines, late_len):
 
     def logged():
         rows = inner()
-        log.append([(len(r.req.prompt_ids), r.extend_len, r.req.kv_len, r.req.prompt_ids[:1]) for r in rows])
+        log.append([(len(r.req.prompt_ids), r.extend_len, r.req.kv.kv_len, r.req.prompt_ids[:1]) for r in rows])
         # once the long prompt is chunking beside decoding requests, the late request arrives
         if not submitted and any(n == LONG and kv > 0 for n, _, kv, _ in log[-1]) and any(
                 n == SHORT and kv >= SHORT for n, _, kv, _ in log[-1]):
