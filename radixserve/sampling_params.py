@@ -1,14 +1,17 @@
-"""User-facing sampling parameters, validated when constructed."""
+"""User-facing sampling parameters, validated when constructed (a bad value raises FieldError
+naming the field)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from radixserve.errors import FieldError
 
 CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "choice", "structural_tag")
 
 
 @dataclass
 class SamplingParams:
-    """How to sample one request. Invalid values raise ValueError at construction."""
+    """How to sample one request. Invalid values raise FieldError (a ValueError) at construction."""
 
     max_new_tokens: int = 128
     min_new_tokens: int = 0
@@ -42,42 +45,43 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
-        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+        _check("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
                f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
-        _check(isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens,
+        _check("min_new_tokens", isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens,
                f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
-        _check(self.min_new_tokens <= self.max_new_tokens,
+        _check("min_new_tokens", self.min_new_tokens <= self.max_new_tokens,
                f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
-        _check(_is_num(self.temperature) and self.temperature >= 0,
+        _check("temperature", _is_num(self.temperature) and self.temperature >= 0,
                f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}")
-        _check(isinstance(self.top_k, int) and (self.top_k >= 0 or self.top_k == -1),
+        _check("top_k", isinstance(self.top_k, int) and (self.top_k >= 0 or self.top_k == -1),
                f"top_k must be -1 (off), 0 (off) or a positive integer, got {self.top_k!r}")
-        _check(_is_num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
-        _check(_is_num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
-        _check(_is_num(self.repetition_penalty) and self.repetition_penalty > 0,
+        _check("top_p", _is_num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
+        _check("min_p", _is_num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
+        _check("repetition_penalty", _is_num(self.repetition_penalty) and self.repetition_penalty > 0,
                f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
-        _check(_is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+        _check("presence_penalty", _is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
                f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}")
-        _check(_is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+        _check("frequency_penalty", _is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
                f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}")
-        _check(self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
-        _check(isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings")
-        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+        _check("seed", self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _check("n", isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}")
+        _check("stop", all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings")
+        _check("stop_token_ids", all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
                "stop_token_ids must be non-negative integers")
-        _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+        _check("logprobs", self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
                f"logprobs must be None or an integer in [0, 20], got {self.logprobs!r}")
-        _check(self.prompt_logprobs_start is None
+        _check("prompt_logprobs_start", self.prompt_logprobs_start is None
                or (isinstance(self.prompt_logprobs_start, int) and self.prompt_logprobs_start >= 0),
                f"prompt_logprobs_start must be None or an integer >= 0, got {self.prompt_logprobs_start!r}")
-        _check(isinstance(self.prompt_top_logprobs, int) and 0 <= self.prompt_top_logprobs <= 20,
+        _check("prompt_top_logprobs", isinstance(self.prompt_top_logprobs, int) and 0 <= self.prompt_top_logprobs <= 20,
                f"prompt_top_logprobs must be an integer in [0, 20], got {self.prompt_top_logprobs!r}")
         if self.logit_bias is not None:
-            _check(isinstance(self.logit_bias, dict), f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}")
+            _check("logit_bias", isinstance(self.logit_bias, dict),
+                   f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}")
             for tok, bias in self.logit_bias.items():
-                _check(isinstance(tok, int) and not isinstance(tok, bool) and tok >= 0,
+                _check("logit_bias", isinstance(tok, int) and not isinstance(tok, bool) and tok >= 0,
                        f"logit_bias keys must be token ids (integers >= 0), got {tok!r}")
-                _check(_is_num(bias) and -100 <= bias <= 100,
+                _check("logit_bias", _is_num(bias) and -100 <= bias <= 100,
                        f"logit_bias[{tok}] must be a number in [-100, 100], got {bias!r}")
             self.logit_bias = {tok: float(bias) for tok, bias in self.logit_bias.items()} or None
         self._check_constraint()
@@ -88,26 +92,26 @@ class SamplingParams:
             self.choice = list(self.choice)
         given = [name for name in CONSTRAINT_FIELDS if getattr(self, name) is not None]
         if len(given) > 1:
-            raise ValueError(f"{given[0]} and {given[1]} cannot be combined: give at most one of "
+            raise FieldError(given[0], f"{given[0]} and {given[1]} cannot be combined: give at most one of "
                              f"{', '.join(CONSTRAINT_FIELDS)}")
-        _check(self.json_schema is None or isinstance(self.json_schema, (dict, str)),
+        _check("json_schema", self.json_schema is None or isinstance(self.json_schema, (dict, str)),
                f"json_schema must be a JSON Schema as a dict or a JSON string, got {type(self.json_schema).__name__}")
-        _check(self.structural_tag is None or isinstance(self.structural_tag, (dict, str)),
+        _check("structural_tag", self.structural_tag is None or isinstance(self.structural_tag, (dict, str)),
                f"structural_tag must be a dict or a JSON string, got {type(self.structural_tag).__name__}")
         for name in ("regex", "ebnf"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, str) and value != ""),
+            _check(name, value is None or (isinstance(value, str) and value != ""),
                    f"{name} must be a non-empty string, got {value!r}")
         if self.choice is not None:
-            _check(isinstance(self.choice, list) and len(self.choice) > 0,
+            _check("choice", isinstance(self.choice, list) and len(self.choice) > 0,
                    f"choice must be a non-empty list of strings, got {self.choice!r}")
-            _check(all(isinstance(c, str) for c in self.choice), "choice must hold strings only")
+            _check("choice", all(isinstance(c, str) for c in self.choice), "choice must hold strings only")
         if given:
             # NOTE: a grammar admits only EOS once it is complete; blocking EOS would leave nothing to sample.
-            _check(not self.ignore_eos, f"ignore_eos cannot be combined with {given[0]}: the grammar decides "
-                                        "where the output ends")
-            _check(self.min_new_tokens == 0, f"min_new_tokens cannot be combined with {given[0]}: the grammar "
-                                             "decides where the output ends")
+            _check("ignore_eos", not self.ignore_eos,
+                   f"ignore_eos cannot be combined with {given[0]}: the grammar decides where the output ends")
+            _check("min_new_tokens", self.min_new_tokens == 0,
+                   f"min_new_tokens cannot be combined with {given[0]}: the grammar decides where the output ends")
 
     @property
     def constraint(self) -> str | None:
@@ -123,6 +127,6 @@ def _is_num(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # rejects NaN
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(field: str, ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise FieldError(field, message)

@@ -67,7 +67,7 @@ def scheduler_overhead_bench(engine, num_requests: int = 256, prompt_len: int = 
     sp = SamplingParams(max_new_tokens=decode_steps + real_steps + 8, temperature=0.0, ignore_eos=True)
     for _ in range(num_requests):
         ids = shared + [rng.randrange(100, 32000) for _ in range(prompt_len - shared_len)]
-        engine._submit(ids, sp, None, None, lambda ev: None)
+        engine.submit(engine.prepare(ids, sp), None, None, lambda ev: None)
     engine.loop._drain(block=False)  # NOTE: the stopped loop's inbox still holds the submissions
     real_forward = sched.forward
     vocab = engine.vocab_size

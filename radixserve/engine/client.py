@@ -1,6 +1,7 @@
 """EngineClient: the HTTP front end's handle on an engine process (radixserve/engine/process.py).
-It offers what the server uses of an in-process Engine (tokenizer, checks, agenerate,
-generate_stream, abort, stats, flush_cache, cache_events, is_alive, shutdown).
+An EngineHandle (radixserve/engine/interface.py), like the in-process Engine. Requests are prepared
+(the one validation, radixserve/engine/prepare.py) here, in the front end: the engine process
+receives PreparedRequests and checks nothing again.
 
 Text is made here, off the scheduler's process: each sample's tokens go through a RequestText
 (detokenizer + stop strings) token by token, in the order the engine produced them. When a stop
@@ -29,8 +30,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from radixserve.engine import wire
-from radixserve.engine.checks import check_request
+from radixserve.engine.chat_template import apply_chat_template
 from radixserve.engine.errors import EngineDeadError, QueueFullError
+from radixserve.engine.prepare import (OverContext, PreparedRequest, RequestLimits, per_prompt, prepare,
+                                       prompts_to_ids)
 from radixserve.engine.text import RequestText
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.errors import GrammarError
@@ -129,6 +132,7 @@ class EngineClient:
         self.max_context_len = info.max_context_len
         self.vocab_size = info.vocab_size
         self.eos_ids = set(info.eos_ids)
+        self.limits = RequestLimits(self.vocab_size, self.max_context_len, info.kv_capacity, self.config.page_size)
         self.grammar = GrammarBackend(self.tokenizer, self.vocab_size, self.eos_ids, 1,
                                       self.config.grammar_compile_timeout_s)  # validation only: compiles run in the engine
         self._receiver = threading.Thread(target=self._receive, name="radixserve-engine-recv", daemon=True)
@@ -210,25 +214,29 @@ class EngineClient:
         with self._send_lock:
             self._send.send(wire.dumps(items))
 
+    def prepare(self, input_ids: Sequence[int], params: SamplingParams,
+                over_context: OverContext = "clamp") -> PreparedRequest:
+        """Engine.prepare, here, so bad input never reaches the engine process."""
+        return prepare(input_ids, params, self.limits, self.grammar, over_context)
+
     def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
-        """Engine.check_request's checks, here, so bad input never reaches the engine process."""
-        check_request(input_ids, params, vocab_size=self.vocab_size, max_context_len=self.max_context_len,
-                      kv_capacity=self.info.kv_capacity, page_size=self.config.page_size, grammar=self.grammar)
+        self.prepare(input_ids, params)
 
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        from radixserve.engine.engine import apply_chat_template
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return apply_chat_template(self.tokenizer, messages, tools)
 
-        return apply_chat_template(self.tokenizer, messages)
-
-    def _open(self, input_ids: Sequence[int], params: SamplingParams | None, request_id: str | None,
-              cache_salt: str | None, prompt: str | None) -> _Group:
-        if (prompt is None) == (input_ids is None):
-            raise ValueError("give exactly one of prompt (text) or input_ids (token ids)")
-        ids = list(self.tokenizer.encode(prompt)) if prompt is not None else list(input_ids)
-        params = params or SamplingParams()
-        self.check_request(ids, params)
+    def _open(self, input_ids: Sequence[int] | PreparedRequest | None, params: SamplingParams | None,
+              request_id: str | None, cache_salt: str | None, prompt: str | None) -> _Group:
+        if isinstance(input_ids, PreparedRequest):
+            if params is not None or prompt is not None:
+                raise ValueError("a PreparedRequest carries its own prompt and sampling_params; give nothing else")
+            prepared = input_ids
+        else:
+            ids = prompts_to_ids(self.tokenizer, prompt, [input_ids] if input_ids is not None else None)[0]
+            prepared = self.prepare(ids, params or SamplingParams())
+        params = prepared.params
         rid = request_id or uuid.uuid4().hex
-        g = _Group(rid, params.n, params, ids, self.tokenizer, asyncio.get_running_loop())
+        g = _Group(rid, params.n, params, list(prepared.input_ids), self.tokenizer, asyncio.get_running_loop())
         g.orphan = self._orphan
         with self._lock:
             if rid in self._groups:
@@ -237,7 +245,7 @@ class EngineClient:
             for i in range(params.n):
                 self._owner[rid if params.n == 1 else f"{rid}#{i}"] = g
         try:
-            self._post([(wire.ADD, rid, ids, wire.params_to_wire(params), cache_salt)])
+            self._post([(wire.ADD, rid, prepared, cache_salt)])
         except BaseException:
             self._close(g)
             raise
@@ -344,7 +352,7 @@ class EngineClient:
                 pass
         return deltas
 
-    async def generate_stream(self, input_ids: Sequence[int] | None = None,
+    async def generate_stream(self, input_ids: Sequence[int] | PreparedRequest | None = None,
                               sampling_params: SamplingParams | None = None, request_id: str | None = None,
                               cache_salt: str | None = None, prompt: str | None = None
                               ) -> AsyncIterator[StreamDelta]:
@@ -353,8 +361,8 @@ class EngineClient:
         async for d in self._deltas(g):
             yield d
 
-    async def agenerate(self, input_ids: Sequence[int] | None = None, sampling_params: SamplingParams | None = None,
-                        request_id: str | None = None, cache_salt: str | None = None,
+    async def agenerate(self, input_ids: Sequence[int] | PreparedRequest | None = None,
+                        sampling_params: SamplingParams | None = None, request_id: str | None = None, cache_salt: str | None = None,
                         prompt: str | None = None) -> list[RequestOutput]:
         g = self._open(input_ids, sampling_params, request_id, cache_salt, prompt)
         async for _ in self._deltas(g):
@@ -372,21 +380,11 @@ class EngineClient:
                  input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
                  cache_salt: str | None = None) -> list[RequestOutput]:
         """Engine.generate, from a thread with no running event loop."""
-        from radixserve.engine.engine import _per_prompt
-
-        if (prompts is None) == (input_ids is None):
-            raise ValueError("give exactly one of prompts (text) or input_ids (token ids)")
-        if prompts is not None:
-            batch = [list(self.tokenizer.encode(p)) for p in ([prompts] if isinstance(prompts, str) else prompts)]
-        elif input_ids and all(isinstance(t, int) for t in input_ids):
-            batch = [list(input_ids)]
-        else:
-            batch = [list(x) for x in input_ids]
-        params = _per_prompt(sampling_params, len(batch))
+        batch = prompts_to_ids(self.tokenizer, prompts, input_ids)
+        prepared = [self.prepare(ids, p) for ids, p in zip(batch, per_prompt(sampling_params, len(batch)))]
 
         async def run() -> list[list[RequestOutput]]:
-            return await asyncio.gather(*(self.agenerate(ids, p, cache_salt=cache_salt)
-                                          for ids, p in zip(batch, params)))
+            return await asyncio.gather(*(self.agenerate(req, cache_salt=cache_salt) for req in prepared))
         return [o for outs in asyncio.run(run()) for o in outs]
 
     def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None):

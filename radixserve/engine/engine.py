@@ -1,5 +1,6 @@
-"""Engine: the public facade. Tokenises, validates, submits to the scheduler loop, and collects
-results for synchronous, asynchronous and streaming callers."""
+"""Engine: the public facade (an EngineHandle, radixserve/engine/interface.py). Tokenises,
+prepares (the one validation, radixserve/engine/prepare.py), submits to the scheduler loop, and
+collects results for synchronous, asynchronous and streaming callers."""
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,15 @@ from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.cache_events import encode_events, read_events
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
-from radixserve.engine.checks import check_constraint, check_request
+from radixserve.engine.chat_template import apply_chat_template
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
+from radixserve.engine.prepare import (OverContext, PreparedRequest, RequestLimits, per_prompt, prepare,
+                                       prompts_to_ids)
 from radixserve.engine.stats import EngineStats
 from radixserve.engine.text import text_factory
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.matcher import RequestGrammar
-from radixserve.grammar.spec import grammar_spec
 from radixserve.outputs import RequestOutput, StreamDelta
 from radixserve.runtime.model_runner import ModelRunner
 from radixserve.runtime.rank_worker import serve_as_worker_if_launched
@@ -36,7 +38,6 @@ from radixserve.scheduler.scheduler import Scheduler
 from radixserve.scheduler.step_cost import step_cost_for
 
 logger = logging.getLogger(__name__)
-_ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 class Engine:
@@ -62,6 +63,8 @@ class Engine:
         allocator = PageAllocator(self.runner.num_pages, self.config.page_size)
         tree = RadixTree(allocator, disable=self.config.disable_radix_cache)
         self.kv = KVManager(allocator, tree, self.runner.req_table)
+        self.limits = RequestLimits(self.vocab_size, self.max_context_len, allocator.capacity,
+                                    self.config.page_size)
         self.stats_ = EngineStats()
         # NOTE: builds nothing heavy until the first structured-output request (xgrammar reads the
         # whole vocabulary then, in a compile thread).
@@ -84,8 +87,8 @@ class Engine:
                  input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
                  cache_salt: str | None = None) -> list[RequestOutput]:
         """Generate for one or many prompts (text or token ids). n > 1 yields n consecutive outputs."""
-        batch = self._prompts_to_ids(prompts, input_ids)
-        params = _per_prompt(sampling_params, len(batch))
+        batch = prompts_to_ids(self.tokenizer, prompts, input_ids)
+        params = per_prompt(sampling_params, len(batch))
         done = threading.Event()
         groups: list[list[Request]] = []
         pending = [sum(p.n for p in params)]
@@ -97,13 +100,12 @@ class Engine:
                     if pending[0] == 0:
                         done.set()
 
-        for ids, p in zip(batch, params):
-            self.check_request(ids, p)
-        for ids, p in zip(batch, params):
-            groups.append(self._submit(ids, p, None, cache_salt, sink))
+        prepared = [self.prepare(ids, p) for ids, p in zip(batch, params)]
+        for req in prepared:
+            groups.append(self.submit(req, None, cache_salt, sink))
         try:
             for g in groups:
-                self._wait_grammar(g)
+                self.wait_grammar(g)
         except ValueError:
             for g in groups:
                 self.abort(_group_id(g))
@@ -120,15 +122,16 @@ class Engine:
         out = self.generate(input_ids=[self.apply_chat_template(messages)], sampling_params=sampling_params)
         return out if len(out) > 1 else out[0]
 
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        return apply_chat_template(self.tokenizer, messages)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return apply_chat_template(self.tokenizer, messages, tools)
 
     # ---- asynchronous API (the server) --------------------------------------------------------
-    async def generate_stream(self, input_ids: Sequence[int] | None = None,
+    async def generate_stream(self, input_ids: Sequence[int] | PreparedRequest | None = None,
                               sampling_params: SamplingParams | None = None, request_id: str | None = None,
                               cache_salt: str | None = None, prompt: str | None = None
                               ) -> AsyncIterator[StreamDelta]:
-        """Yield StreamDeltas as tokens arrive; closing the generator aborts the request."""
+        """Yield StreamDeltas as tokens arrive; closing the generator aborts the request. A
+        PreparedRequest in place of `input_ids` is trusted (not checked again)."""
         started: set[int] = set()
         async for ev in self._events(input_ids, sampling_params, request_id, cache_salt, prompt, []):
             r = ev.req
@@ -139,7 +142,8 @@ class Engine:
                               r.finish_reason if ev.finished else None, len(r.prompt_ids),
                               r.cached_tokens or 0, len(r.output_ids), plp)
 
-    async def agenerate(self, input_ids: Sequence[int] | None = None, sampling_params: SamplingParams | None = None,
+    async def agenerate(self, input_ids: Sequence[int] | PreparedRequest | None = None,
+                        sampling_params: SamplingParams | None = None,
                         request_id: str | None = None, cache_salt: str | None = None,
                         prompt: str | None = None) -> list[RequestOutput]:
         """All n outputs of one prompt, once finished."""
@@ -155,9 +159,7 @@ class Engine:
 
         NOTE: every event handed over costs a cross-thread wake-up of the event loop, paid on the
         scheduler thread; a caller that needs only the outputs skips the per-token ones."""
-        ids = self._prompts_to_ids(prompt, [input_ids] if input_ids is not None else None)[0]
-        params = sampling_params or SamplingParams()
-        self.check_request(ids, params)
+        prepared = self._prepared(input_ids, sampling_params, prompt)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Event] = asyncio.Queue()
         rid = request_id or uuid.uuid4().hex
@@ -165,7 +167,7 @@ class Engine:
         def sink(ev: Event) -> None:
             if ev.finished or not finished_only:
                 loop.call_soon_threadsafe(q.put_nowait, ev)
-        reqs_out += self._submit(ids, params, rid, cache_salt, sink)
+        reqs_out += self.submit(prepared, rid, cache_salt, sink)
         remaining = len(reqs_out)
         try:
             await self._await_grammar(reqs_out)
@@ -225,42 +227,26 @@ class Engine:
         self.shutdown()
 
     # ---- validation ----------------------------------------------------------------------------
+    def prepare(self, input_ids: Sequence[int], params: SamplingParams,
+                over_context: OverContext = "clamp") -> PreparedRequest:
+        """The one validation (radixserve/engine/prepare.py): FieldError, naming its field, for a
+        request the engine cannot serve."""
+        return prepare(input_ids, params, self.limits, self.grammar, over_context)
+
     def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
-        """Raise ValueError, saying what is wrong, for a request the engine cannot serve."""
-        check_request(input_ids, params, vocab_size=self.vocab_size, max_context_len=self.max_context_len,
-                      kv_capacity=self.kv.allocator.capacity, page_size=self.config.page_size, grammar=self.grammar)
+        """Raise ValueError (a FieldError), saying what is wrong, for a request the engine cannot serve."""
+        self.prepare(input_ids, params)
 
-    def check_constraint(self, params: SamplingParams) -> None:
-        """Raise GrammarError (a ValueError whose `field` names the SamplingParams field) if the
-        request's structured-output constraint is invalid or not enforceable."""
-        check_constraint(params, self.grammar)
-
-    # ---- internals -----------------------------------------------------------------------------
-    def _prompts_to_ids(self, prompts, input_ids) -> list[list[int]]:
-        if (prompts is None) == (input_ids is None):
-            raise ValueError("give exactly one of prompts (text) or input_ids (token ids)")
-        if prompts is not None:
-            items = [prompts] if isinstance(prompts, str) else list(prompts)
-            if not items or not all(isinstance(p, str) for p in items):
-                raise ValueError("prompts must be a string or a non-empty list of strings")
-            return [self.tokenizer.encode(p) for p in items]
-        if isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
-            return [list(input_ids)]
-        if not isinstance(input_ids, Sequence) or not input_ids or not all(isinstance(x, Sequence) for x in input_ids):
-            raise ValueError("input_ids must be a list of token ids or a non-empty list of such lists")
-        return [list(x) for x in input_ids]
-
-    def _submit(self, ids: list[int], params: SamplingParams, rid: str | None, namespace: str | None,
-                sink: Callable[[Event], None]) -> list[Request]:
+    # ---- submission (the engine process of the split server calls these) ------------------------
+    def submit(self, prepared: PreparedRequest, rid: str | None, namespace: str | None,
+               sink: Callable[[Event], None]) -> list[Request]:
+        """Queue the n samples of a prepared request (trusted: checked by `prepare`, not here);
+        `sink` gets every event of theirs, on the loop thread. QueueFullError when the queue is full."""
         if len(self.scheduler.waiting) >= self.config.max_queued_requests:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are queued; retry later")
-        cap = min(self.max_context_len, self.kv.allocator.capacity - self.config.page_size) - len(ids)
-        if params.max_new_tokens > cap:
-            params = dataclasses.replace(params, max_new_tokens=max(cap, 0),
-                                         min_new_tokens=min(params.min_new_tokens, max(cap, 0)))
+        ids, params, spec = prepared.input_ids, prepared.params, prepared.grammar
         rid = rid or uuid.uuid4().hex
         base_seed = params.seed if params.seed is not None else secrets.randbits(62)
-        spec = grammar_spec(params)
         compiled, deadline = None, 0.0
         if spec is not None:
             compiled = self.grammar.compile(spec)
@@ -284,14 +270,24 @@ class Engine:
         self.loop.submit(add_all)
         return group
 
-    def _wait_grammar(self, group: list[Request]) -> None:
-        """Block until the group's grammar compiled; GrammarError otherwise."""
+    def wait_grammar(self, group: list[Request]) -> None:
+        """Block until the group's grammar compiled; GrammarError otherwise (the engine process
+        of the split server watches grammars with it)."""
         g = group[0].grammar
         if g is not None:
             self.grammar.wait(g.future, g.spec, max(0.0, g.deadline - time.monotonic()))
 
+    # ---- internals -----------------------------------------------------------------------------
+    def _prepared(self, input_ids, sampling_params: SamplingParams | None, prompt: str | None) -> PreparedRequest:
+        if isinstance(input_ids, PreparedRequest):
+            if sampling_params is not None or prompt is not None:
+                raise ValueError("a PreparedRequest carries its own prompt and sampling_params; give nothing else")
+            return input_ids
+        ids = prompts_to_ids(self.tokenizer, prompt, [input_ids] if input_ids is not None else None)[0]
+        return self.prepare(ids, sampling_params or SamplingParams())
+
     async def _await_grammar(self, group: list[Request]) -> None:
-        """_wait_grammar without blocking the event loop."""
+        """wait_grammar without blocking the event loop."""
         g = group[0].grammar
         if g is None:
             return
@@ -340,23 +336,6 @@ class Engine:
             logger.exception("could not clean up after a failed step")
 
 
-def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of `messages` through the tokenizer's chat template, with the generation prompt."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise ValueError(f"messages[{i}] must have a role in {_ROLES}")
-        if not isinstance(m.get("content", ""), (str, list)) and m.get("content") is not None:
-            raise ValueError(f"messages[{i}].content must be a string or a list of text parts")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("this model's tokenizer has no chat template; use generate() with a prompt")
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return list(ids)
-
-
 def _noop(_scheduler: Scheduler) -> None:
     return None
 
@@ -364,17 +343,6 @@ def _noop(_scheduler: Scheduler) -> None:
 def _group_id(group: list[Request]) -> str:
     """The request id given to the n samples of one prompt (each sample's rid is "<id>#<i>")."""
     return group[0].rid if len(group) == 1 else group[0].rid.rsplit("#", 1)[0]
-
-
-def _per_prompt(sp, count: int) -> list[SamplingParams]:
-    if sp is None:
-        return [SamplingParams() for _ in range(count)]
-    if isinstance(sp, SamplingParams):
-        return [sp] * count
-    sp = list(sp)
-    if len(sp) != count:
-        raise ValueError(f"got {len(sp)} sampling_params for {count} prompts")
-    return sp
 
 
 def _eos_ids(hf_config, tokenizer) -> set[int]:

@@ -120,11 +120,10 @@ class _EngineServer:
         else:
             logger.error("unknown message %r", kind)
 
-    def _add(self, rid: str, prompt_ids: list[int], params: tuple, namespace: str | None) -> None:
+    def _add(self, rid: str, prepared, namespace: str | None) -> None:
+        """Submit a PreparedRequest: prepared (checked) in the front end, so trusted here."""
         engine, out = self.engine, self.outbox
         try:
-            sp = wire.params_from_wire(params)
-            engine.check_request(prompt_ids, sp)
             started: set[int] = set()
 
             def sink(ev) -> None:  # on the loop thread
@@ -141,7 +140,7 @@ class _EngineServer:
                 out.put((wire.TOKENS, r.rid, r.index, ev.token_ids, wire.logprobs_to_wire(ev.logprobs),
                          r.finish_reason, len(r.prompt_ids), r.cached_tokens or 0, plp))
 
-            group = engine._submit(prompt_ids, sp, rid, namespace, sink)
+            group = engine.submit(prepared, rid, namespace, sink)
         except QueueFullError as exc:
             out.put((wire.ERROR, rid, "queue_full", None, str(exc)))
             return
@@ -156,7 +155,7 @@ class _EngineServer:
 
     def _watch_grammar(self, rid: str, group: list) -> None:
         try:
-            self.engine._wait_grammar(group)
+            self.engine.wait_grammar(group)
         except GrammarError as exc:
             self.engine.abort(rid)
             self.outbox.put((wire.ERROR, rid, "grammar", exc.field, str(exc)))

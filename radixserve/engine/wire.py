@@ -3,7 +3,7 @@ message per batch (a scheduler step's outputs, or what the front end queued in o
 never one message per token per request.
 
 Front end -> engine (a list of):
-    (ADD, rid, prompt_ids, params, namespace)     params: SamplingParams' field values, in order
+    (ADD, rid, prepared, namespace)               prepared: a PreparedRequest (engine/prepare.py), trusted
     (ABORT, rid, reason)                          reason "abort", or "stop" (a stop string matched in the front end)
     (CALL, call_id, name, args)                   stats | flush_cache | check_integrity | cache_events | shutdown
 Engine -> front end (a list of):

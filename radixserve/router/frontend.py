@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from radixserve.engine.chat_template import apply_chat_template
+
 
 def load_router_tokenizer(model: str | None, tokenizer: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer the engine would load for `model` (same resolution, no weights)."""
@@ -26,8 +28,9 @@ def load_router_tokenizer(model: str | None, tokenizer: str | None = None) -> Pr
 
 
 class Frontend:
-    """What the server's prompt builders (radixserve.server.params, .tools, .conversation) need
-    from an engine: the tokenizer and the chat template, and whether the template renders tools."""
+    """A ChatTokenizer (radixserve/engine/interface.py): what the server's prompt builders
+    (radixserve.server.params, .tools, .conversation) need from an engine: the tokenizer and the
+    chat template, and whether the template renders tools. It serves nothing."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         from radixserve.server.tools import template_renders_tools
@@ -35,9 +38,6 @@ class Frontend:
         self.tokenizer = tokenizer
         self.tools_native = template_renders_tools(tokenizer)  # as the server probes it
 
-    def apply_chat_template(self, messages: list[dict[str, Any]]) -> list[int]:
-        from radixserve.engine.engine import Engine
-
-        # NOTE: the engine's own method (it reads only self.tokenizer), so that the router's chat
-        # prompts are the replicas' to the token.
-        return Engine.apply_chat_template(self, messages)  # type: ignore[arg-type]
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> list[int]:
+        # NOTE: the engines' own function, so that the router's chat prompts are the replicas' to the token.
+        return apply_chat_template(self.tokenizer, messages, tools)

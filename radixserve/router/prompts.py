@@ -9,7 +9,7 @@ routes by load instead (the replica then answers the error a single server gives
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -17,6 +17,9 @@ from radixserve.server import conversation, params, responses_input, tools
 from radixserve.server.errors import APIError
 from radixserve.server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from radixserve.server.responses_protocol import ResponsesRequest
+
+if TYPE_CHECKING:
+    from radixserve.router.frontend import Frontend
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ def _positive(value: Any, default: int = 1) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
-def route_key(frontend: Any, path: str, body: Any) -> RouteKey:
+def route_key(frontend: Frontend, path: str, body: Any) -> RouteKey:
     """The routing key of a request body (already parsed JSON) sent to `path`."""
     if not isinstance(body, dict):
         return RouteKey([], None, 1)
@@ -63,7 +66,7 @@ def route_key(frontend: Any, path: str, body: Any) -> RouteKey:
     return RouteKey([], salt, 1, prev if isinstance(prev, str) else None)
 
 
-def _chat_prompt(frontend: Any, req: ChatCompletionRequest) -> list[int]:
+def _chat_prompt(frontend: Frontend, req: ChatCompletionRequest) -> list[int]:
     """The replica's own chat prompt: tools rendered as the server renders them. If the tools part
     cannot be built here, the conversation without tools (its prefix still finds the cache)."""
     try:
@@ -74,7 +77,7 @@ def _chat_prompt(frontend: Any, req: ChatCompletionRequest) -> list[int]:
         return params.chat_prompt(frontend, req.messages)
 
 
-def _responses_key(frontend: Any, body: dict, salt: str | None) -> RouteKey:
+def _responses_key(frontend: Frontend, body: dict, salt: str | None) -> RouteKey:
     req = ResponsesRequest.model_validate(body)
     if req.previous_response_id is not None:
         # NOTE: the prompt continues the stored turn's tokens, which only its replica has

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 
@@ -25,6 +25,9 @@ from radixserve.router.policy import CacheAware, Decision, Policy, RoundRobin
 from radixserve.router.prompts import RouteKey
 from radixserve.router.replica import PROBE_MESSAGES, Replica, Ticket
 from radixserve.server.errors import APIError
+
+if TYPE_CHECKING:
+    from radixserve.router.frontend import Frontend
 
 logger = logging.getLogger(__name__)
 _RETRY_STATUS = (429, 502, 503, 504)  # try another replica; 5xx also marks this one down
@@ -83,7 +86,7 @@ class ResponseHomes:
 
 
 class Router:
-    def __init__(self, config: RouterConfig, frontend: Any) -> None:
+    def __init__(self, config: RouterConfig, frontend: Frontend) -> None:
         self.config = config
         self.frontend = frontend  # tokenizer + chat template (radixserve.router.frontend.Frontend)
         headers = {"Authorization": f"Bearer {config.replica_api_key}"} if config.replica_api_key else {}

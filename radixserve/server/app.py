@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI
 
+from radixserve.engine.interface import EngineHandle
 from radixserve.server.errors import install_handlers
 from radixserve.server.metrics import ServerMetrics
 from radixserve.server.middleware import GuardMiddleware
@@ -55,7 +55,7 @@ class ServerConfig:
             raise ValueError(f"graceful_shutdown_s must be >= 0, got {self.graceful_shutdown_s}")
 
 
-def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
+def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
     from radixserve.server import cache_routes, completion_routes, native_routes, openai_routes, responses_routes
 

@@ -16,10 +16,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import limits, openai_fields, params, responses, structured
+from radixserve.server import limits, params, responses, structured
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
-from radixserve.server.errors import parse_body
 from radixserve.server.metrics import RequestClock
+from radixserve.server.prologue import prepare_all, read_openai
 from radixserve.server.protocol import CompletionRequest
 from radixserve.server.streaming import DONE, sse
 
@@ -28,35 +28,25 @@ router = APIRouter()
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    st = request.app.state
-    req = await parse_body(request, CompletionRequest)
-    params.check_model(req.model, st.model_name)
-    params.check_stream_options(req)
-    openai_fields.refuse(req)
+    st, req = await read_openai(request, CompletionRequest)
     if isinstance(req.prompt, list) and req.prompt and not isinstance(req.prompt[0], int):
         limits.check_prompt_count(st.config, len(req.prompt), "prompt")
     prompts = params.completion_prompts(st.engine, req.prompt)
     params.check_n(req.n, len(prompts), st.config.max_n)
-    constraint = structured.one_constraint(structured.constraints_of(req))
-    sp = params.completion_sampling(req, st.config.max_n, constraint)
-    params.check_n(sp.n, len(prompts), st.config.max_n)
-    limits.check_sampling(st.config, sp, {**params.OPENAI_NAMES, **params.constraint_names(constraint)})
-
-    def param_of(message: str) -> str | None:
-        return structured.request_param(constraint, message)
-
-    params.check_requests(st.engine, prompts, sp, param_of=param_of)
+    names = params.completion_names(structured.one_constraint(structured.constraints_of(req)))
+    sp = params.completion_sampling(req, st.config.max_n, names)
+    prepared = prepare_all(st, prompts, sp, names)
     rid = f"cmpl-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
     tok = st.engine.tokenizer
     texts = responses.TokenTexts(tok)
     echoed = [responses.echoed_prompt(tok, p, sp.skip_special_tokens) for p in prompts] if req.echo else None
     if req.stream:
-        stream, ids = await stream_all(request, prompts, sp, rid, req.cache_salt, param_of)
+        stream, ids = await stream_all(request, prepared, rid, req.cache_salt, names)
         usage = req.stream_options is not None and req.stream_options.include_usage
         events = _events(stream, rid, st.model_name, req.n, usage, texts, echoed, req.logprobs is not None, clock)
         return sse_response(request, events, ids)
-    groups = await generate_all(request, prompts, sp, rid, req.cache_salt, clock, param_of)
+    groups = await generate_all(request, prepared, rid, req.cache_salt, clock, names)
     usage = responses.usage_of(groups)  # every best_of candidate was generated, so every one counts
     choices = []
     for p, group in enumerate(groups):

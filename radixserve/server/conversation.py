@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Sequence
 
 import orjson
 
+from radixserve.engine.interface import ChatTokenizer, EngineHandle
 from radixserve.server import params, tools
 from radixserve.server.errors import APIError, user_errors
 from radixserve.server.protocol import ChatMessage
@@ -83,7 +84,7 @@ def with_instructions(instructions: str | None, messages: Sequence[dict]) -> lis
     return head + list(messages)
 
 
-def first_turn(engine: Any, r: Rendering, messages: list[dict]) -> TurnPrompt:
+def first_turn(engine: ChatTokenizer, r: Rendering, messages: list[dict]) -> TurnPrompt:
     dicts, tool_defs = r.render(messages)
     try:
         ids = params.chat_prompt(engine, dicts, tool_defs)
@@ -92,7 +93,7 @@ def first_turn(engine: Any, r: Rendering, messages: list[dict]) -> TurnPrompt:
     return TurnPrompt(ids, list(messages), False, r.head())
 
 
-def follow_up(engine: Any, prev: StoredResponse, r: Rendering, messages: list[dict]) -> TurnPrompt:
+def follow_up(engine: EngineHandle, prev: StoredResponse, r: Rendering, messages: list[dict]) -> TurnPrompt:
     """The next turn after `prev`. New instructions or tools replace the old ones (OpenAI's rule:
     they are not carried over), which changes the conversation's first message: then it is
     re-rendered whole, and only the part before the system message can come from the cache."""

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from radixserve.engine.interface import EngineHandle
+from radixserve.engine.prepare import PreparedRequest
 from radixserve.outputs import RequestOutput, StreamDelta
-from radixserve.sampling_params import SamplingParams
 from radixserve.server.errors import error_body, user_errors
 from radixserve.server.metrics import RequestClock
+from radixserve.server.params import ParamNames
 from radixserve.server.streaming import DONE, merge, prime, sse, until_disconnect
 
 logger = logging.getLogger(__name__)
@@ -34,17 +36,17 @@ def request_ids(rid: str, num_prompts: int) -> list[str]:
     return [rid] if num_prompts == 1 else [f"{rid}-{i}" for i in range(num_prompts)]
 
 
-async def generate_all(request: Request, prompts: list[list[int]], sp: SamplingParams, rid: str,
-                       cache_salt: str | None, clock: RequestClock,
-                       param_of: Callable[[str], str | None] | None = None) -> list[list[RequestOutput]]:
-    """All samples of all prompts, one list per prompt (ordered by sample index). `param_of`
-    names the request field of an engine error (e.g. a grammar that does not compile)."""
-    engine = request.app.state.engine
+async def generate_all(request: Request, prompts: list[PreparedRequest], rid: str, cache_salt: str | None,
+                       clock: RequestClock, names: ParamNames | None = None) -> list[list[RequestOutput]]:
+    """All samples of all prompts, one list per prompt (ordered by sample index). `names` names
+    the request field of an engine error (a grammar that does not compile)."""
+    engine: EngineHandle = request.app.state.engine
     ids = request_ids(rid, len(prompts))
+    param_of = names.grammar if names is not None else None
 
-    async def one(prompt: list[int], req_id: str) -> list[RequestOutput]:
+    async def one(prompt: PreparedRequest, req_id: str) -> list[RequestOutput]:
         with user_errors(None, param_of):
-            outs = await engine.agenerate(prompt, sp, request_id=req_id, cache_salt=cache_salt)
+            outs = await engine.agenerate(prompt, request_id=req_id, cache_salt=cache_salt)
         return sorted(outs, key=lambda o: o.index)
 
     def abort_all() -> None:
@@ -56,15 +58,14 @@ async def generate_all(request: Request, prompts: list[list[int]], sp: SamplingP
     return list(groups)
 
 
-async def stream_all(request: Request, prompts: list[list[int]], sp: SamplingParams, rid: str,
-                     cache_salt: str | None, param_of: Callable[[str], str | None] | None = None
-                     ) -> tuple[AsyncIterator[tuple[int, StreamDelta]], list[str]]:
+async def stream_all(request: Request, prompts: list[PreparedRequest], rid: str, cache_salt: str | None,
+                     names: ParamNames | None = None) -> tuple[AsyncIterator[tuple[int, StreamDelta]], list[str]]:
     """Merged deltas of every prompt, tagged with the prompt's position, primed (errors raise here)."""
-    engine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     ids = request_ids(rid, len(prompts))
-    streams = [engine.generate_stream(p, sp, request_id=i, cache_salt=cache_salt) for p, i in zip(prompts, ids)]
+    streams = [engine.generate_stream(p, request_id=i, cache_salt=cache_salt) for p, i in zip(prompts, ids)]
     try:
-        return await prime(merge(streams), param_of), ids
+        return await prime(merge(streams), names.grammar if names is not None else None), ids
     except BaseException:
         for req_id in ids:
             engine.abort(req_id)

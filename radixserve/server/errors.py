@@ -112,16 +112,17 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
 
 
 @contextmanager
-def user_errors(param: str | None = None, param_of: Callable[[str], str | None] | None = None) -> Iterator[None]:
+def user_errors(param: str | None = None, param_of: Callable[[ValueError], str | None] | None = None
+                ) -> Iterator[None]:
     """Around calls into the engine: its ValueError means bad input (400), a full queue means 429.
-    `param_of(message)` may name the field a message is about (else `param`)."""
+    `param_of(error)` may name the request field an error is about, from its `field` (else `param`)."""
     from radixserve.engine.errors import EngineDeadError, QueueFullError
 
     try:
         yield
     except ValueError as exc:
         message = str(exc) or "Invalid request."
-        named = param_of(message) if param_of is not None else None
+        named = param_of(exc) if param_of is not None else None
         raise APIError(400, message, param=named or param) from exc
     except QueueFullError as exc:
         raise APIError(429, f"The server's request queue is full ({exc}); retry later.") from exc

@@ -5,6 +5,7 @@ import logging
 import signal
 from typing import Any
 
+from radixserve.engine.interface import EngineHandle
 from radixserve.server.app import ServerConfig, build_app
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def serve(config: ServerConfig, engine_process: bool = True, **engine_options: A
         if servers:
             servers[0].should_exit = True
 
+    engine: EngineHandle
     if engine_process:
         engine = EngineClient(on_death=on_death, log_level=config.log_level, **engine_options)
     else:

@@ -6,6 +6,7 @@ Each bound is a ServerConfig field; a request past one is a 400 naming the field
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -21,14 +22,9 @@ def check_prompt_count(config: Any, count: int, param: str) -> None:
                        "request (max_prompts): split the batch over several requests.", param=param)
 
 
-def check_sampling(config: Any, sp: SamplingParams, names: dict[str, str] | None = None, prefix: str = "") -> None:
+def check_sampling(config: Any, sp: SamplingParams, param: Callable[[str], str] = str) -> None:
     """Stop strings, stop token ids, logit_bias and the structured-output constraint of `sp`. An
-    error names the request field: `names` maps SamplingParams fields whose request name differs,
-    the others are `prefix` + their own name."""
-    names = names or {}
-
-    def param(field: str) -> str:
-        return names.get(field, prefix + field)
+    error names the request field `param(field)` (e.g. ParamNames.of) of the SamplingParams field."""
 
     stops = list(sp.stop or [])
     if len(stops) > config.max_stop_strings:

@@ -7,10 +7,13 @@ server, which is the only place that sees a request's wall-clock life.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from radixserve.engine.interface import EngineHandle
 
 PREFIX = "radixserve"
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -34,7 +37,7 @@ class EngineCollector:
                ("kv_usage", "Fraction of KV slots in use (0..1)"),
                ("tree_hit_rate", "Fraction of prompt tokens served from the radix cache"))
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: EngineHandle) -> None:
         self._engine = engine
 
     def collect(self):
@@ -72,7 +75,7 @@ class LatencyMetrics:
 
 
 class ServerMetrics(LatencyMetrics):
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: EngineHandle) -> None:
         super().__init__(EngineCollector(engine))
 
 

@@ -13,6 +13,7 @@ from radixserve.server import limits, params, responses
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError, error_response, parse_body, user_errors
 from radixserve.server.metrics import RequestClock
+from radixserve.server.prologue import prepare_all
 from radixserve.server.protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
 from radixserve.server.streaming import DONE, sse
 
@@ -87,18 +88,16 @@ async def generate(request: Request) -> Response:
         if isinstance(value, list) and value and not isinstance(value[0], int):
             limits.check_prompt_count(st.config, len(value), field)
     prompts, batched = params.native_prompts(st.engine, req)
-    sp = params.native_sampling(req)
-    params.check_n(sp.n, len(prompts), st.config.max_n)
-    limits.check_sampling(st.config, sp, prefix="sampling_params.")
-    params.check_requests(st.engine, prompts, sp, prompt_param="text" if req.text is not None else "input_ids",
-                          max_tokens_param="sampling_params.max_new_tokens", bias_param="sampling_params.logit_bias")
+    names = params.native_names(req)
+    sp = params.native_sampling(req, names)
+    prepared = prepare_all(st, prompts, sp, names)
     rid = f"gen-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
     texts = responses.TokenTexts(st.engine.tokenizer)
     if req.stream:
-        stream, ids = await stream_all(request, prompts, sp, rid, req.cache_salt)
+        stream, ids = await stream_all(request, prepared, rid, req.cache_salt)
         return sse_response(request, _native_events(stream, sp.n, clock), ids)
-    groups = await generate_all(request, prompts, sp, rid, req.cache_salt, clock)
+    groups = await generate_all(request, prepared, rid, req.cache_salt, clock)
     outs = [responses.native(o, texts, req.return_logprob) for g in groups for o in g]
     for i, out in enumerate(outs):
         out["index"] = i

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import limits, openai_fields, params, responses, structured, tools
+from radixserve.server import limits, params, responses, structured, tools
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
-from radixserve.server.errors import APIError, parse_body
+from radixserve.server.errors import APIError
 from radixserve.server.metrics import RequestClock
+from radixserve.server.prologue import prepare_all, read_openai
 from radixserve.server.protocol import ChatCompletionRequest
 from radixserve.server.streaming import DONE, sse
 from radixserve.server.tool_stream import ToolReader
@@ -41,11 +42,7 @@ def _model_card(request: Request) -> dict:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    st = request.app.state
-    req = await parse_body(request, ChatCompletionRequest)
-    params.check_model(req.model, st.model_name)
-    params.check_stream_options(req)
-    openai_fields.refuse(req)
+    st, req = await read_openai(request, ChatCompletionRequest)
     params.check_n(req.n, 1, st.config.max_n)
     limits.check_tools(st.config, req.tools)
     plan = tools.plan(req, st.tools_native)
@@ -56,23 +53,19 @@ async def chat_completions(request: Request) -> Response:
     tool_constraint = tools.constraint(plan)
     constraint = structured.one_constraint(found + ([tool_constraint] if tool_constraint else []))
     prompt = params.chat_prompt(st.engine, tools.template_messages(req.messages, plan), tools.template_tools(plan))
-    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, constraint)
-    limits.check_sampling(st.config, sp, {**params.OPENAI_NAMES, **params.constraint_names(constraint)})
-
-    def param_of(message: str) -> str | None:
-        return structured.request_param(constraint, message)
-
-    params.check_requests(st.engine, [prompt], sp, param_of=param_of)
+    names = params.chat_names(req, constraint)
+    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, names)
+    prepared = prepare_all(st, [prompt], sp, names)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
     texts = responses.TokenTexts(st.engine.tokenizer)
     reader = (lambda: ToolReader(plan)) if plan.parses else None
     if req.stream:
-        stream, ids = await stream_all(request, [prompt], sp, rid, req.cache_salt, param_of)
+        stream, ids = await stream_all(request, prepared, rid, req.cache_salt, names)
         usage = req.stream_options is not None and req.stream_options.include_usage
         events = _chat_events(stream, rid, st.model_name, usage, req.logprobs, texts, clock, reader)
         return sse_response(request, events, ids)
-    groups = await generate_all(request, [prompt], sp, rid, req.cache_salt, clock, param_of)
+    groups = await generate_all(request, prepared, rid, req.cache_salt, clock, names)
     return JSONResponse(responses.chat_completion(rid, st.model_name, groups[0], texts, reader))
 
 

@@ -1,11 +1,14 @@
-"""From validated request bodies to what the engine takes: prompt token ids and SamplingParams."""
+"""From validated request bodies to what the engine takes: prompt token ids and SamplingParams,
+and ParamNames, which names the request parameter of an error's field."""
 from __future__ import annotations
 
-import dataclasses
-import re
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from radixserve.engine.interface import ChatTokenizer
+from radixserve.errors import FieldError
+from radixserve.grammar.errors import GrammarError
 from radixserve.sampling_params import SamplingParams
 from radixserve.server.errors import APIError, user_errors
 from radixserve.server.structured import Constraint, sampling_fields
@@ -13,6 +16,38 @@ from radixserve.server.protocol import (ChatCompletionRequest, ChatMessage, Comp
                                         GenerateRequest, _OpenAIRequest)
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
+# SamplingParams field -> the OpenAI request field that sets it, where the names differ
+OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "prompt_top_logprobs": "logprobs"}
+
+
+@dataclass(frozen=True)
+class ParamNames:
+    """Where one route's request puts each field: a FieldError's `field` (a SamplingParams field,
+    or the prompt) -> the request parameter its error body names. Fields renamed by the route are in
+    `renamed`, the others are `prefix` + their own name."""
+
+    renamed: Mapping[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    prompt: str = "prompt"  # the parameter that holds the prompt(s)
+    constraint: Constraint | None = None  # the structured-output constraint, where the client put it
+    context: str | None = None  # the parameter a context-length error names, if not max_new_tokens' own
+
+    def of(self, name: str) -> str:
+        if self.constraint is not None and name == self.constraint.field:
+            return self.constraint.param
+        return self.renamed.get(name, self.prefix + name)
+
+    def prompt_at(self, index: int, count: int) -> str:
+        return self.prompt if count == 1 else f"{self.prompt}[{index}]"
+
+    def grammar(self, exc: BaseException) -> str | None:
+        """The request field of an error about the request's constraint (None for other errors)."""
+        c = self.constraint
+        return c.param if c is not None and isinstance(exc, GrammarError) and exc.field == c.field else None
+
+    @property
+    def context_param(self) -> str:
+        return self.context or self.of("max_new_tokens")
 
 
 def check_model(requested: str | None, served: str) -> None:
@@ -41,20 +76,17 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict]:
     return tools.template_messages(messages, tools.ToolPlan("none", [], None, True, False))
 
 
-def chat_prompt(engine: Any, messages: list[ChatMessage] | list[dict], tool_defs: list[dict] | None = None) -> list[int]:
+def chat_prompt(engine: ChatTokenizer, messages: list[ChatMessage] | list[dict], tool_defs: list[dict] | None = None) -> list[int]:
     """Token ids of the conversation through the model's chat template (`tool_defs` for a template
     that renders tools itself)."""
     if not messages:
         raise APIError(400, "messages must contain at least one message.", param="messages")
     dicts = chat_messages(messages) if isinstance(messages[0], ChatMessage) else messages
     with user_errors("messages"):
-        if tool_defs is None:
-            return list(engine.apply_chat_template(dicts))
-        ids = engine.tokenizer.apply_chat_template(dicts, tools=tool_defs, tokenize=True, add_generation_prompt=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+        return list(engine.apply_chat_template(dicts, tool_defs))
 
 
-def completion_prompts(engine: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+def completion_prompts(engine: ChatTokenizer, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
     """The four OpenAI prompt shapes, as lists of token ids (one list per prompt)."""
     if isinstance(prompt, str):
         prompt = [prompt]
@@ -69,7 +101,7 @@ def completion_prompts(engine: Any, prompt: str | list[str] | list[int] | list[l
     return [list(p) for p in prompt]
 
 
-def native_prompts(engine: Any, req: GenerateRequest) -> tuple[list[list[int]], bool]:
+def native_prompts(engine: ChatTokenizer, req: GenerateRequest) -> tuple[list[list[int]], bool]:
     """Returns (prompts, batched): batched is True when the caller sent a list of prompts."""
     if (req.text is None) == (req.input_ids is None):
         raise APIError(400, "Give exactly one of 'text' or 'input_ids'.", param="text")
@@ -86,7 +118,7 @@ def native_prompts(engine: Any, req: GenerateRequest) -> tuple[list[list[int]], 
     return [list(p) for p in ids], True
 
 
-def encode(engine: Any, text: str) -> list[int]:
+def encode(engine: ChatTokenizer, text: str) -> list[int]:
     return list(engine.tokenizer.encode(text, add_special_tokens=True))
 
 
@@ -102,26 +134,41 @@ def _common(req: _OpenAIRequest, max_new_tokens: int) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int,
-                  constraint: Constraint | None = None) -> SamplingParams:
+def chat_names(req: ChatCompletionRequest, constraint: Constraint | None) -> ParamNames:
+    # NOTE: a context-length error names max_tokens even when max_completion_tokens was given (as
+    # the server always has; its bodies are pinned by tests/test_server_errors.py).
+    given = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    return ParamNames({"max_new_tokens": given, "min_new_tokens": "min_tokens", "logprobs": "top_logprobs"},
+                      constraint=constraint, context="max_tokens")
+
+
+def completion_names(constraint: Constraint | None) -> ParamNames:
+    return ParamNames(OPENAI_NAMES, constraint=constraint)
+
+
+def native_names(req: GenerateRequest) -> ParamNames:
+    return ParamNames({"logprobs": "top_logprobs_num", "prompt_top_logprobs": "top_logprobs_num",
+                       "prompt_logprobs_start": "logprob_start_len"}, prefix="sampling_params.",
+                      prompt="text" if req.text is not None else "input_ids")
+
+
+def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int, names: ParamNames) -> SamplingParams:
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_new is None:  # OpenAI: the rest of the context
         max_new = max(1, max_context_len - prompt_len)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
-    fields = {**_common(req, max_new), **sampling_fields(constraint)}
+    fields = {**_common(req, max_new), **sampling_fields(names.constraint)}
     if req.logprobs:
         fields["logprobs"] = req.top_logprobs or 0
-    names = {"max_new_tokens": "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
-             "min_new_tokens": "min_tokens", "logprobs": "top_logprobs", **constraint_names(constraint)}
     return make_sampling(fields, names)
 
 
-def completion_sampling(req: CompletionRequest, max_n: int, constraint: Constraint | None = None) -> SamplingParams:
+def completion_sampling(req: CompletionRequest, max_n: int, names: ParamNames) -> SamplingParams:
     """`best_of` > n runs best_of samples (with their logprobs, to rank them); `echo` with
     `logprobs` asks for the logprobs of every prompt token after the first."""
     max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    fields = {**_common(req, max_new), **sampling_fields(constraint)}
+    fields = {**_common(req, max_new), **sampling_fields(names.constraint)}
     if req.suffix:
         raise APIError(400, "'suffix' is not supported: inserting text before a given suffix needs a model "
                        "trained for fill-in-the-middle, and this server does not rewrite prompts into such a "
@@ -145,60 +192,23 @@ def completion_sampling(req: CompletionRequest, max_n: int, constraint: Constrai
     if req.echo and req.logprobs is not None:
         fields["prompt_logprobs_start"] = 0
         fields["prompt_top_logprobs"] = req.logprobs
-    return make_sampling(fields, {**OPENAI_NAMES, **constraint_names(constraint)})
+    return make_sampling(fields, names)
 
 
-def native_sampling(req: GenerateRequest) -> SamplingParams:
+def native_sampling(req: GenerateRequest, names: ParamNames) -> SamplingParams:
     fields = (req.sampling_params.model_dump() if req.sampling_params is not None else {})
     if req.return_logprob:
         fields["logprobs"] = req.top_logprobs_num
         if req.logprob_start_len >= 0:
             fields["prompt_logprobs_start"] = req.logprob_start_len
             fields["prompt_top_logprobs"] = req.top_logprobs_num
-    names = {"logprobs": "top_logprobs_num", "prompt_top_logprobs": "top_logprobs_num",
-             "prompt_logprobs_start": "logprob_start_len"}
-    return make_sampling(fields, names, prefix="sampling_params.")
+    return make_sampling(fields, names)
 
 
-def constraint_names(c: Constraint | None) -> dict[str, str]:
-    return {} if c is None else {c.field: c.param}
-
-
-# SamplingParams field -> the OpenAI request field that sets it, where the names differ
-OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "prompt_top_logprobs": "logprobs"}
-_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
-
-
-def make_sampling(fields: dict[str, Any], names: dict[str, str] | None = None, prefix: str = "") -> SamplingParams:
-    """SamplingParams(**fields); its ValueError becomes a 400 whose `param` names the request field
-    (SamplingParams' messages start with the field's name): `names` maps fields whose request
-    name differs, the others are `prefix` + their own name."""
+def make_sampling(fields: dict[str, Any], names: ParamNames) -> SamplingParams:
+    """SamplingParams(**fields), built once per request; its FieldError becomes a 400 naming the
+    request parameter of the error's field."""
     try:
         return SamplingParams(**fields)
-    except ValueError as exc:
-        word = re.match(r"[a-z_]+", str(exc))
-        field = word.group(0) if word and word.group(0) in _FIELDS else None
-        names = OPENAI_NAMES if names is None else names
-        param = None if field is None else names[field] if field in names else prefix + field
-        raise APIError(400, str(exc), param=param) from exc
-
-
-def check_requests(engine: Any, prompts: list[list[int]], sp: SamplingParams, prompt_param: str = "prompt",
-                   max_tokens_param: str = "max_tokens", bias_param: str = "logit_bias",
-                   param_of: Callable[[str], str | None] | None = None) -> None:
-    """The engine's own checks, plus OpenAI's rule that prompt + max_tokens must fit the context
-    (the engine alone would silently shorten max_tokens)."""
-    ctx = engine.max_context_len
-    bad = sorted(t for t in sp.logit_bias or {} if t >= engine.vocab_size)
-    if bad:
-        raise APIError(400, f"logit_bias has token id {bad[0]}, outside the vocabulary [0, {engine.vocab_size}).",
-                       param=bias_param)
-    for i, ids in enumerate(prompts):
-        param = prompt_param if len(prompts) == 1 else f"{prompt_param}[{i}]"
-        with user_errors(param, param_of):
-            engine.check_request(ids, sp)
-        if len(ids) + sp.max_new_tokens > ctx:
-            raise APIError(400, f"This model's maximum context length is {ctx} tokens, but {len(ids) + sp.max_new_tokens} "
-                           f"were requested ({len(ids)} in the prompt, {sp.max_new_tokens} for the completion); "
-                           f"shorten the prompt or lower {max_tokens_param}.", param=max_tokens_param,
-                           code="context_length_exceeded")
+    except FieldError as exc:
+        raise APIError(400, str(exc), param=names.of(exc.field)) from exc

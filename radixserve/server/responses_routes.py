@@ -28,10 +28,12 @@ from starlette.responses import Response
 
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling_params import SamplingParams
-from radixserve.server import conversation, limits, openai_fields, params, responses, responses_input, structured
+from radixserve.server import conversation, openai_fields, params, responses, responses_input, structured
+from radixserve.engine.interface import EngineHandle
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
-from radixserve.server.errors import APIError, parse_body
+from radixserve.server.errors import APIError
 from radixserve.server.metrics import RequestClock
+from radixserve.server.prologue import prepare_all, read_openai
 from radixserve.server.response_store import ResponseStore, StoredResponse
 from radixserve.server.responses_output import Event, OutputItems
 from radixserve.server.responses_protocol import ResponsesRequest
@@ -45,32 +47,23 @@ LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
-    st = request.app.state
-    req = await parse_body(request, ResponsesRequest)
-    params.check_model(req.model, st.model_name)
-    if req.stream_options is not None and not req.stream:
-        raise APIError(400, "stream_options is only allowed when stream is true.", param="stream_options")
-    openai_fields.refuse(req, extra=openai_fields.RESPONSES_REFUSED)
+    st, req = await read_openai(request, ResponsesRequest, openai_fields.RESPONSES_REFUSED)
     if req.text is not None:
         openai_fields.refuse(req.text, "text.")
     want_logprobs = _check_include(req)
     plan = responses_input.tool_plan(req, st.tools_native)
     constraint = _constraint(req, plan, want_logprobs)
     turn = _turn_prompt(st.engine, st.responses, req, plan)
-    sp = _sampling(req, len(turn.ids), st.engine.max_context_len, want_logprobs, constraint)
-
-    def param_of(message: str) -> str | None:
-        return structured.request_param(constraint, message)
-
-    limits.check_sampling(st.config, sp, {"max_new_tokens": "max_output_tokens", **params.constraint_names(constraint)})
-    params.check_requests(st.engine, [turn.ids], sp, prompt_param="input", max_tokens_param="max_output_tokens",
-                          param_of=param_of)
+    names = params.ParamNames({"max_new_tokens": "max_output_tokens", "logprobs": "top_logprobs"}, prompt="input",
+                              constraint=constraint)
+    sp = _sampling(req, len(turn.ids), st.engine.max_context_len, want_logprobs, names)
+    prepared = prepare_all(st, [turn.ids], sp, names)
     turn_ctx = _Turn(req, turn, sp, st.model_name, st.engine.tokenizer, want_logprobs, plan)
     clock = st.metrics.clock()
     if req.stream:
-        stream, ids = await stream_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt, param_of)
+        stream, ids = await stream_all(request, prepared, turn_ctx.id, req.cache_salt, names)
         return sse_response(request, _events(stream, turn_ctx, st.responses, clock), ids)
-    out = (await generate_all(request, [turn.ids], sp, turn_ctx.id, req.cache_salt, clock, param_of))[0][0]
+    out = (await generate_all(request, prepared, turn_ctx.id, req.cache_salt, clock, names))[0][0]
     turn_ctx.add(out.text, out.logprobs)
     body = turn_ctx.finish(out.token_ids, out.finish_reason, out.prompt_tokens, out.cached_tokens, st.responses)
     return JSONResponse(body)
@@ -111,7 +104,7 @@ def _check_include(req: ResponsesRequest) -> bool:
     return LOGPROBS_INCLUDE in (req.include or [])
 
 
-def _turn_prompt(engine: Any, store: ResponseStore, req: ResponsesRequest, plan: ToolPlan) -> conversation.TurnPrompt:
+def _turn_prompt(engine: EngineHandle, store: ResponseStore, req: ResponsesRequest, plan: ToolPlan) -> conversation.TurnPrompt:
     rendering = conversation.Rendering(req.instructions, plan)
     if req.previous_response_id is None:
         return conversation.first_turn(engine, rendering, responses_input.messages(req, ()))
@@ -142,9 +135,9 @@ def _text_format(req: ResponsesRequest) -> structured.Constraint | None:
 
 
 def _sampling(req: ResponsesRequest, prompt_len: int, max_context_len: int, want_logprobs: bool,
-              constraint: structured.Constraint | None) -> SamplingParams:
+              names: params.ParamNames) -> SamplingParams:
     fields: dict[str, Any] = {
-        **structured.sampling_fields(constraint),
+        **structured.sampling_fields(names.constraint),
         "max_new_tokens": req.max_output_tokens if req.max_output_tokens is not None
         else max(1, max_context_len - prompt_len),
         "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "top_k": req.top_k,
@@ -155,9 +148,7 @@ def _sampling(req: ResponsesRequest, prompt_len: int, max_context_len: int, want
         fields["logprobs"] = req.top_logprobs or 0
     elif req.top_logprobs:
         raise APIError(400, f"top_logprobs needs include=[{LOGPROBS_INCLUDE!r}].", param="top_logprobs")
-    return params.make_sampling({k: v for k, v in fields.items() if v is not None},
-                                {"max_new_tokens": "max_output_tokens", "logprobs": "top_logprobs",
-                                 **params.constraint_names(constraint)})
+    return params.make_sampling({k: v for k, v in fields.items() if v is not None}, names)
 
 
 class _Turn:

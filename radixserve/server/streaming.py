@@ -65,7 +65,8 @@ async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def prime(stream: AsyncIterator[T], param_of: Callable[[str], str | None] | None = None) -> AsyncIterator[T]:
+async def prime(stream: AsyncIterator[T], param_of: Callable[[ValueError], str | None] | None = None
+                ) -> AsyncIterator[T]:
     """Pull the first item now, so that bad input or a full queue becomes an HTTP error status
     before the 200 and the event-stream headers are sent. Returns a stream that replays it."""
     try:

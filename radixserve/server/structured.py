@@ -8,8 +8,8 @@ Spellings accepted (at most one per request; two at once is a 400 naming both):
   top level              regex, ebnf, json_schema (SGLang), guided_json, guided_regex, guided_choice,
                          guided_grammar (vLLM's older names)
 Errors in the constraint's content (an invalid schema, an unsupported keyword, a bad regex or
-grammar, a compile timeout) come from the engine as ValueErrors that start with the SamplingParams
-field; `request_param` turns that field back into the request field the client used.
+grammar, a compile timeout) come from the engine as GrammarErrors carrying the SamplingParams
+field; ParamNames (params.py) turns that field back into the request field the client used.
 """
 from __future__ import annotations
 
@@ -64,11 +64,3 @@ def one_constraint(found: list[Constraint]) -> Constraint | None:
 
 def sampling_fields(c: Constraint | None) -> dict[str, Any]:
     return {} if c is None else {c.field: c.value}
-
-
-def request_param(c: Constraint | None, message: str) -> str | None:
-    """The request field an engine error about the constraint is about (its message starts with
-    the SamplingParams field's name), or None if it is about something else."""
-    if c is not None and message.startswith(c.field):
-        return c.param
-    return None

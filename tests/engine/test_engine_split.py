@@ -13,6 +13,7 @@ from radixserve import Engine, SamplingParams
 from radixserve.engine import wire
 from radixserve.engine.client import EngineClient
 from radixserve.engine.errors import EngineDeadError
+from radixserve.engine.interface import ChatTokenizer, EngineHandle
 from radixserve.grammar.errors import GrammarError
 
 OPTIONS = dict(max_total_tokens=4096, max_context_len=1024)
@@ -152,6 +153,23 @@ def test_errors_arrive_as_the_in_process_exceptions(split):
     (ok,) = split.generate(prompts=["Name a colour:"], sampling_params=SamplingParams(
         max_new_tokens=4, temperature=0.0, choice=["red", "blue"]))
     assert ok.text in ("red", "blue")
+    assert_no_leak(split)
+
+
+def test_both_layouts_are_engine_handles_and_take_a_prepared_request(local, split):
+    assert isinstance(local, EngineHandle) and isinstance(split, EngineHandle)
+    assert isinstance(local, ChatTokenizer) and isinstance(split, ChatTokenizer)
+    ids = split.apply_chat_template(MSG)
+    assert ids == local.apply_chat_template(MSG)
+    # over the context: the Python API lowers max_new_tokens, the same way on both sides
+    sp = SamplingParams(max_new_tokens=5000, temperature=0.0)
+    prepared = split.prepare(ids, sp)
+    assert prepared == local.prepare(ids, sp)
+    assert prepared.params.max_new_tokens == OPTIONS["max_context_len"] - len(ids)
+    short = split.prepare(ids, SamplingParams(max_new_tokens=6, temperature=0.0))
+    (a,), (b,) = asyncio.run(split.agenerate(short)), asyncio.run(local.agenerate(short))
+    same(a, b)
+    assert len(a.token_ids) <= 6
     assert_no_leak(split)
 
 

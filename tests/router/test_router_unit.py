@@ -90,7 +90,7 @@ def test_round_robin_takes_turns_and_skips_replicas_that_are_down():
 class FakeFrontend:
     tools_native = False
 
-    def apply_chat_template(self, messages):
+    def apply_chat_template(self, messages, tools=None):
         return [1, 2, 3]
 
 

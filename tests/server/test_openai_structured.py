@@ -197,11 +197,8 @@ class _ForcedText:
         import dataclasses
         return dataclasses.replace(sp, regex=self._regex)
 
-    async def agenerate(self, ids, sp, **kw):
-        return await self._engine.agenerate(ids, self._forced(sp), **kw)
-
-    def generate_stream(self, ids, sp, **kw):
-        return self._engine.generate_stream(ids, self._forced(sp), **kw)
+    def prepare(self, ids, sp, over_context="clamp"):  # the routes prepare every request through this
+        return self._engine.prepare(ids, self._forced(sp), over_context)
 
 
 def test_auto_reads_the_calls_the_model_writes(engine):

@@ -10,6 +10,8 @@ import pytest
 
 from radixserve.config import EngineConfig
 from radixserve.engine.errors import QueueFullError
+from radixserve.engine.prepare import PreparedRequest
+from radixserve.errors import FieldError
 from radixserve.server import ServerConfig, build_app
 from radixserve.server.streaming import merge
 from radixserve.server.testing import ServerThread
@@ -40,14 +42,15 @@ class StubEngine:
     def is_alive(self):
         return self.alive
 
-    def check_request(self, ids, sp):
+    def prepare(self, ids, sp, over_context="clamp"):
         if not ids:
-            raise ValueError("the prompt is empty; give at least one token")
+            raise FieldError("input_ids", "the prompt is empty; give at least one token")
+        return PreparedRequest(tuple(ids), sp, None)
 
-    async def agenerate(self, ids, sp, request_id=None, cache_salt=None):
+    async def agenerate(self, ids, sp=None, request_id=None, cache_salt=None):
         raise self.fail_with
 
-    async def generate_stream(self, ids, sp, request_id=None, cache_salt=None):
+    async def generate_stream(self, ids, sp=None, request_id=None, cache_salt=None):
         raise self.fail_with
         yield  # an async generator
 

@@ -6,6 +6,7 @@ import threading
 from typing import Any, Sequence
 
 from radixserve.lang.backend.base import Aborted, Backend, GenOutput, OnChunk, ScoreOutput, ScoreRequest
+from radixserve.engine.interface import EngineHandle
 from radixserve.sampling_params import SamplingParams
 
 
@@ -17,7 +18,7 @@ class LocalBackend(Backend):
     Calls go through the engine's asyncio API on one event-loop thread owned by the backend, so
     every request has an id the language can abort."""
 
-    def __init__(self, engine: Any = None, **engine_options: Any) -> None:
+    def __init__(self, engine: EngineHandle | None = None, **engine_options: Any) -> None:
         super().__init__()
         if engine is not None and engine_options:
             raise ValueError("give either an engine or engine options, not both")
