@@ -25,7 +25,7 @@ from radixserve.router.config import RouterConfig
 from radixserve.router.metrics import RouterMetrics
 from radixserve.router.prompts import route_key
 from radixserve.router.router import Answer, Passthrough, ReplicaLost, Router, Upstream
-from radixserve.server import params
+from radixserve.server.openai import params
 from radixserve.server.engine_io import JSONResponse
 from radixserve.server.errors import APIError, error_body, error_response, install_handlers
 from radixserve.server.middleware import GuardMiddleware

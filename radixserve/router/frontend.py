@@ -29,11 +29,11 @@ def load_router_tokenizer(model: str | None, tokenizer: str | None = None) -> Pr
 
 class Frontend:
     """A ChatTokenizer (radixserve/engine/interface.py): what the server's prompt builders
-    (radixserve.server.params, .tools, .conversation) need from an engine: the tokenizer and the
+    (radixserve.server.openai.params, .tools, .conversation) need from an engine: the tokenizer and the
     chat template, and whether the template renders tools. It serves nothing."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        from radixserve.server.tools import template_renders_tools
+        from radixserve.server.openai.tools import template_renders_tools
 
         self.tokenizer = tokenizer
         self.tools_native = template_renders_tools(tokenizer)  # as the server probes it

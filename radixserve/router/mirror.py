@@ -134,7 +134,7 @@ class CacheMirror:
             self._release(handle)
 
 
-# ---- the wire format of GET /cache/events (radixserve/server/cache_routes.py) ----------------
+# ---- the wire format of GET /cache/events (radixserve/server/routes/cache.py) ----------------
 def decode_events(wire: list[dict]) -> list[dict]:
     """Expand each event's path (the previous event's path cut to `shared`, then `tail`)."""
     out, prev = [], []

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
 
-from radixserve.server import conversation, params, responses_input, tools
+from radixserve.server.openai import params, tools
+from radixserve.server.responses_api import conversation, input_items
 from radixserve.server.errors import APIError
-from radixserve.server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
-from radixserve.server.responses_protocol import ResponsesRequest
+from radixserve.server.openai.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
+from radixserve.server.responses_api.protocol import ResponsesRequest
 
 if TYPE_CHECKING:
     from radixserve.router.frontend import Frontend
@@ -84,5 +85,5 @@ def _responses_key(frontend: Frontend, body: dict, salt: str | None) -> RouteKey
         return RouteKey([], salt, 1, req.previous_response_id)
     # NOTE: the server's own first-turn rendering (instructions, tools, input items), so the key is
     # the replica's prompt token for token
-    rendering = conversation.Rendering(req.instructions, responses_input.tool_plan(req, frontend.tools_native))
-    return RouteKey([conversation.first_turn(frontend, rendering, responses_input.messages(req, ())).ids], salt, 1)
+    rendering = conversation.Rendering(req.instructions, input_items.tool_plan(req, frontend.tools_native))
+    return RouteKey([conversation.first_turn(frontend, rendering, input_items.messages(req, ())).ids], salt, 1)

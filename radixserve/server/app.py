@@ -9,8 +9,8 @@ from radixserve.engine.interface import EngineHandle
 from radixserve.server.errors import install_handlers
 from radixserve.server.metrics import ServerMetrics
 from radixserve.server.middleware import GuardMiddleware
-from radixserve.server.response_store import ResponseStore
-from radixserve.server.tools import template_renders_tools
+from radixserve.server.responses_api.store import ResponseStore
+from radixserve.server.openai.tools import template_renders_tools
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ServerConfig:
 
 def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
-    from radixserve.server import cache_routes, completion_routes, native_routes, openai_routes, responses_routes
+    from radixserve.server.routes import cache, chat, completions, native, responses
 
     config = config or ServerConfig()
     app = FastAPI(title="radixserve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -68,10 +68,10 @@ def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastA
     app.state.responses = ResponseStore(config.responses_max_stored, config.responses_max_stored_tokens)
     app.state.tools_native = template_renders_tools(engine.tokenizer)  # else tools go in the system prompt
     install_handlers(app)
-    app.include_router(openai_routes.router)
-    app.include_router(completion_routes.router)
-    app.include_router(responses_routes.router)
-    app.include_router(native_routes.router)
-    app.include_router(cache_routes.router)
+    app.include_router(chat.router)
+    app.include_router(completions.router)
+    app.include_router(responses.router)
+    app.include_router(native.router)
+    app.include_router(cache.router)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app

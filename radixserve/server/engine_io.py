@@ -19,7 +19,7 @@ from radixserve.engine.prepare import PreparedRequest
 from radixserve.outputs import RequestOutput, StreamDelta
 from radixserve.server.errors import error_body, user_errors
 from radixserve.server.metrics import RequestClock
-from radixserve.server.params import ParamNames
+from radixserve.server.openai.params import ParamNames
 from radixserve.server.streaming import DONE, merge, prime, sse, until_disconnect
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class UsageTracker:
         self.completion += len(d.token_ids)
 
     def usage(self) -> dict:
-        from radixserve.server.responses import usage
+        from radixserve.server.openai.bodies import usage
 
         return usage(sum(self.prompt.values()), self.completion, sum(self.cached.values()))
 

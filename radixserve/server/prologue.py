@@ -17,9 +17,10 @@ from radixserve.engine.errors import ContextLengthError, VocabularyError
 from radixserve.engine.prepare import PreparedRequest
 from radixserve.errors import FieldError
 from radixserve.sampling_params import SamplingParams
-from radixserve.server import limits, openai_fields, params
+from radixserve.server import limits
+from radixserve.server.openai import field_policy, params
 from radixserve.server.errors import APIError, parse_body
-from radixserve.server.params import ParamNames
+from radixserve.server.openai.params import ParamNames
 
 M = TypeVar("M")
 
@@ -31,7 +32,7 @@ async def read_openai(request: Request, model: type[M], refused: dict[str, tuple
     req = await parse_body(request, model)
     params.check_model(req.model, st.model_name)
     params.check_stream_options(req)
-    openai_fields.refuse(req, extra=refused)
+    field_policy.refuse(req, extra=refused)
     return st, req
 
 

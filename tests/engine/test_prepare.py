@@ -12,9 +12,9 @@ from radixserve.errors import FieldError
 from radixserve.grammar.errors import GrammarError
 from radixserve.grammar.spec import GrammarSpec
 from radixserve.sampling_params import SamplingParams
-from radixserve.server.params import ParamNames, make_sampling
+from radixserve.server.openai.params import ParamNames, make_sampling
 from radixserve.server.errors import APIError
-from radixserve.server.structured import Constraint
+from radixserve.server.openai.structured import Constraint
 
 # context 64, pool of 200 slots in pages of 16: a request holds at most min(64, 200 - 16) = 64 tokens
 LIMITS = RequestLimits(vocab_size=100, max_context_len=64, kv_capacity=200, page_size=16)

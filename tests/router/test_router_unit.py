@@ -18,7 +18,7 @@ from radixserve.router.replica import PROBE_MESSAGES, Replica
 from radixserve.router.prompts import RouteKey, route_key
 from radixserve.router.router import Answer, Passthrough, ResponseHomes, Router
 from radixserve.router.token_tree import TokenTree
-from radixserve.server import params
+from radixserve.server.openai import params
 from radixserve.server.errors import APIError
 
 SYSTEM = list(range(100, 160))  # a 60-token cached prefix

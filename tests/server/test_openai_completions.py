@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from radixserve import SamplingParams
-from radixserve.server import openai_fields
+from radixserve.server.openai import field_policy
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
     assert_no_leak, client, engine, greedy, http, local_engine, server)
 
@@ -225,7 +225,7 @@ REFUSED_VALUES = {"prediction": {"type": "content", "content": "the answer"}, "a
 
 @pytest.mark.parametrize("field", sorted(REFUSED_VALUES))
 def test_refused_fields_name_the_field(http, field):
-    assert field in openai_fields.REFUSED
+    assert field in field_policy.REFUSED
     resp = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
                                                    field: REFUSED_VALUES[field]})
     assert resp.status_code == 400, resp.text
@@ -238,10 +238,10 @@ def test_readme_lists_the_field_policy():
     text = README.read_text()
     section = text[text.index("### Accepted and ignored"):]
     section = section[:section.index("\n## ")]
-    for field in openai_fields.IGNORED:
+    for field in field_policy.IGNORED:
         assert f"`{field.split(' ')[0]}`" in section, field
     refused = text[text.index("### Refused"):]
-    for field in list(openai_fields.REFUSED) + list(openai_fields.RESPONSES_REFUSED):
+    for field in list(field_policy.REFUSED) + list(field_policy.RESPONSES_REFUSED):
         assert re.search(rf"`{field}[`:]", refused), field
 
 

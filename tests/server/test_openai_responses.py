@@ -14,7 +14,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from radixserve.server import ServerConfig, build_app
-from radixserve.server.response_store import ResponseStore, StoredResponse
+from radixserve.server.responses_api.store import ResponseStore, StoredResponse
 from radixserve.server.testing import ServerThread
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
     assert_no_leak, client, engine, greedy, http, server)

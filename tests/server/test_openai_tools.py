@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from radixserve.server import tools
+from radixserve.server.openai import tools
 from radixserve.server.errors import APIError
-from radixserve.server.protocol import ChatCompletionRequest
-from radixserve.server.tool_stream import ToolReader, assemble
+from radixserve.server.openai.protocol import ChatCompletionRequest
+from radixserve.server.openai.tool_stream import ToolReader, assemble
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
     assert_no_leak, client, engine, greedy, http, server)
 

@@ -28,10 +28,10 @@ from typing import Any, NamedTuple, Sequence
 import orjson
 
 from radixserve.engine.interface import ChatTokenizer, EngineHandle
-from radixserve.server import params, tools
+from radixserve.server.openai import params, tools
 from radixserve.server.errors import APIError, user_errors
-from radixserve.server.protocol import ChatMessage
-from radixserve.server.response_store import StoredResponse
+from radixserve.server.openai.protocol import ChatMessage
+from radixserve.server.responses_api.store import StoredResponse
 
 logger = logging.getLogger(__name__)
 

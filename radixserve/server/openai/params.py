@@ -11,8 +11,8 @@ from radixserve.errors import FieldError
 from radixserve.grammar.errors import GrammarError
 from radixserve.sampling_params import SamplingParams
 from radixserve.server.errors import APIError, user_errors
-from radixserve.server.structured import Constraint, sampling_fields
-from radixserve.server.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest,
+from radixserve.server.openai.structured import Constraint, sampling_fields
+from radixserve.server.openai.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest,
                                         GenerateRequest, _OpenAIRequest)
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
@@ -71,7 +71,7 @@ def check_stream_options(req: _OpenAIRequest) -> None:
 
 def chat_messages(messages: list[ChatMessage]) -> list[dict]:
     """Messages as the chat template takes them, with no tools offered."""
-    from radixserve.server import tools
+    from radixserve.server.openai import tools
 
     return tools.template_messages(messages, tools.ToolPlan("none", [], None, True, False))
 

@@ -9,12 +9,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import limits, params, responses
+from radixserve.server import limits
+from radixserve.server.openai import bodies, params
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError, error_response, parse_body, user_errors
 from radixserve.server.metrics import RequestClock
 from radixserve.server.prologue import prepare_all
-from radixserve.server.protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
+from radixserve.server.openai.protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
 from radixserve.server.streaming import DONE, sse
 
 router = APIRouter()
@@ -93,12 +94,12 @@ async def generate(request: Request) -> Response:
     prepared = prepare_all(st, prompts, sp, names)
     rid = f"gen-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
-    texts = responses.TokenTexts(st.engine.tokenizer)
+    texts = bodies.TokenTexts(st.engine.tokenizer)
     if req.stream:
         stream, ids = await stream_all(request, prepared, rid, req.cache_salt)
         return sse_response(request, _native_events(stream, sp.n, clock), ids)
     groups = await generate_all(request, prepared, rid, req.cache_salt, clock)
-    outs = [responses.native(o, texts, req.return_logprob) for g in groups for o in g]
+    outs = [bodies.native(o, texts, req.return_logprob) for g in groups for o in g]
     for i, out in enumerate(outs):
         out["index"] = i
     return JSONResponse(outs if batched or sp.n > 1 else outs[0])

@@ -3,7 +3,7 @@
 Strict types (a string is not a number, 2.0 is not an integer), unknown fields rejected, NaN and
 infinity rejected. Range checks live in SamplingParams so that HTTP and Python users get the same
 messages. OpenAI fields the server accepts but ignores, or refuses with a reason, are declared
-here and decided in `openai_fields.py`. Responses are plain dicts built in `responses.py` and
+here and decided in `openai/field_policy.py`. Responses are plain dicts built in `openai/bodies.py` and
 serialised with orjson.
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ class StreamOptions(_Strict):
 
 class _IgnoredFields(_Strict):
     """OpenAI fields with no meaning for a self-hosted server: accepted and ignored (the list and
-    the reasons are in `openai_fields.IGNORED`)."""
+    the reasons are in `field_policy.IGNORED`)."""
 
     store: bool | None = None
     metadata: dict[str, str] | None = None
@@ -155,7 +155,7 @@ class _IgnoredFields(_Strict):
 
 class _ChatFields(_IgnoredFields):
     """Chat/completions fields whose meaning the server cannot honour, typed loosely here:
-    `openai_fields.refuse` answers 400 naming them unless their value asks for nothing."""
+    `field_policy.refuse` answers 400 naming them unless their value asks for nothing."""
 
     prediction: Any = None
     audio: Any = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from radixserve.server.tools import CLOSE, OPEN, Call, ToolPlan, call_from_json, new_call
+from radixserve.server.openai.tools import CLOSE, OPEN, Call, ToolPlan, call_from_json, new_call
 
 
 class Piece(NamedTuple):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, NamedTuple
 
-from radixserve.server.tool_stream import Piece
+from radixserve.server.openai.tool_stream import Piece
 
 Event = tuple[str, dict]  # (event type, its fields without type and sequence_number)
 

@@ -10,9 +10,9 @@ response.completed (or response.incomplete when max_output_tokens ended the answ
 
 Function tools go through the machinery of /v1/chat/completions (tools.py, tool_stream.py): the
 same prompt, the same constraints for a required or named tool_choice, the same reading of calls
-out of the text; calls come out as `function_call` items (responses_output.py), streamed with
+out of the text; calls come out as `function_call` items (responses_api/output_items.py), streamed with
 response.function_call_arguments.delta / .done, and come back as `function_call_output` input
-items (responses_input.py), on a follow-up that continues from the stored tokens.
+items (input_items.py), on a follow-up that continues from the stored tokens.
 """
 from __future__ import annotations
 
@@ -28,17 +28,18 @@ from starlette.responses import Response
 
 from radixserve.outputs import TokenLogprob
 from radixserve.sampling_params import SamplingParams
-from radixserve.server import conversation, openai_fields, params, responses, responses_input, structured
+from radixserve.server.openai import bodies, field_policy, params, structured
+from radixserve.server.responses_api import conversation, input_items
 from radixserve.engine.interface import EngineHandle
 from radixserve.server.engine_io import JSONResponse, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError
 from radixserve.server.metrics import RequestClock
 from radixserve.server.prologue import prepare_all, read_openai
-from radixserve.server.response_store import ResponseStore, StoredResponse
-from radixserve.server.responses_output import Event, OutputItems
-from radixserve.server.responses_protocol import ResponsesRequest
-from radixserve.server.tool_stream import Piece, ToolReader
-from radixserve.server.tools import ToolPlan
+from radixserve.server.responses_api.store import ResponseStore, StoredResponse
+from radixserve.server.responses_api.output_items import Event, OutputItems
+from radixserve.server.responses_api.protocol import ResponsesRequest
+from radixserve.server.openai.tool_stream import Piece, ToolReader
+from radixserve.server.openai.tools import ToolPlan
 
 router = APIRouter()
 
@@ -47,11 +48,11 @@ LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
-    st, req = await read_openai(request, ResponsesRequest, openai_fields.RESPONSES_REFUSED)
+    st, req = await read_openai(request, ResponsesRequest, field_policy.RESPONSES_REFUSED)
     if req.text is not None:
-        openai_fields.refuse(req.text, "text.")
+        field_policy.refuse(req.text, "text.")
     want_logprobs = _check_include(req)
-    plan = responses_input.tool_plan(req, st.tools_native)
+    plan = input_items.tool_plan(req, st.tools_native)
     constraint = _constraint(req, plan, want_logprobs)
     turn = _turn_prompt(st.engine, st.responses, req, plan)
     names = params.ParamNames({"max_new_tokens": "max_output_tokens", "logprobs": "top_logprobs"}, prompt="input",
@@ -107,9 +108,9 @@ def _check_include(req: ResponsesRequest) -> bool:
 def _turn_prompt(engine: EngineHandle, store: ResponseStore, req: ResponsesRequest, plan: ToolPlan) -> conversation.TurnPrompt:
     rendering = conversation.Rendering(req.instructions, plan)
     if req.previous_response_id is None:
-        return conversation.first_turn(engine, rendering, responses_input.messages(req, ()))
+        return conversation.first_turn(engine, rendering, input_items.messages(req, ()))
     prev = _stored(store, req.previous_response_id, "previous_response_id", (req.cache_salt,))
-    return conversation.follow_up(engine, prev, rendering, responses_input.messages(req, prev.messages))
+    return conversation.follow_up(engine, prev, rendering, input_items.messages(req, prev.messages))
 
 
 def _constraint(req: ResponsesRequest, plan: ToolPlan, want_logprobs: bool) -> structured.Constraint | None:
@@ -122,7 +123,7 @@ def _constraint(req: ResponsesRequest, plan: ToolPlan, want_logprobs: bool) -> s
         raise APIError(400, f"include {LOGPROBS_INCLUDE!r} is not available with tools (unless tool_choice is "
                        "'none'): the answer's tokens are split between text and function calls.", param="include",
                        code="unsupported_parameter")
-    return text if text is not None else responses_input.tool_constraint(plan)
+    return text if text is not None else input_items.tool_constraint(plan)
 
 
 def _text_format(req: ResponsesRequest) -> structured.Constraint | None:
@@ -158,7 +159,7 @@ class _Turn:
     def __init__(self, req: ResponsesRequest, turn: conversation.TurnPrompt, sp: SamplingParams, model: str,
                  tokenizer: Any, want_logprobs: bool, plan: ToolPlan) -> None:
         self.req, self.turn, self.sp, self.model, self.plan = req, turn, sp, model, plan
-        self.texts = responses.TokenTexts(tokenizer)
+        self.texts = bodies.TokenTexts(tokenizer)
         self.want_logprobs = want_logprobs
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -179,7 +180,7 @@ class _Turn:
             "previous_response_id": req.previous_response_id, "reasoning": {"effort": None, "summary": None},
             "service_tier": "default", "store": req.store is not False,
             "temperature": self.sp.temperature, "text": self.text_config(),
-            "tool_choice": self.tool_choice(), "tools": responses_input.tool_dicts(req),
+            "tool_choice": self.tool_choice(), "tools": input_items.tool_dicts(req),
             "top_logprobs": req.top_logprobs or 0, "top_p": self.sp.top_p,
             "truncation": "disabled", "usage": usage, "user": req.user,
         }

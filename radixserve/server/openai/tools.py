@@ -24,8 +24,8 @@ import uuid
 from typing import Any, NamedTuple
 
 from radixserve.server.errors import APIError
-from radixserve.server.protocol import ChatMessage, ToolDef
-from radixserve.server.structured import Constraint
+from radixserve.server.openai.protocol import ChatMessage, ToolDef
+from radixserve.server.openai.structured import Constraint
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PROBE_NAME = "rs_probe_tool_0f3a"

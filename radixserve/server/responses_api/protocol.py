@@ -1,7 +1,7 @@
 """Request body of POST /v1/responses (the OpenAI Responses API: text, structured output and
 function calling).
 
-`input` items and `tools` are validated one by one in responses_input.py, so that an error names
+`input` items and `tools` are validated one by one in responses_api/input_items.py, so that an error names
 the item (`input[2].call_id`, `tools[0].type`) rather than the whole union."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from radixserve.server.protocol import StreamOptions, _IgnoredFields, _Strict
+from radixserve.server.openai.protocol import StreamOptions, _IgnoredFields, _Strict
 
 
 class InputText(_Strict):
@@ -108,7 +108,7 @@ TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSch
 
 class TextConfig(_Strict):
     format: TextFormat | None = None
-    verbosity: Any = None  # refused unless empty (openai_fields.REFUSED)
+    verbosity: Any = None  # refused unless empty (field_policy.REFUSED)
 
 
 class ResponsesRequest(_IgnoredFields):
@@ -132,7 +132,7 @@ class ResponsesRequest(_IgnoredFields):
     parallel_tool_calls: bool | None = None
     max_tool_calls: int | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    # refused unless empty or harmless (openai_fields.REFUSED)
+    # refused unless empty or harmless (field_policy.REFUSED)
     reasoning: Any = None
     background: Any = None
     conversation: Any = None

@@ -18,12 +18,12 @@ from typing import Any, NamedTuple, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from radixserve.server import tools
+from radixserve.server.openai import tools
 from radixserve.server.errors import APIError, validation_error
-from radixserve.server.protocol import FunctionDef, NamedFunction, NamedToolChoice, ToolDef
-from radixserve.server.responses_protocol import (
+from radixserve.server.openai.protocol import FunctionDef, NamedFunction, NamedToolChoice, ToolDef
+from radixserve.server.responses_api.protocol import (
     FunctionCallItem, FunctionCallOutputItem, FunctionTool, InputMessage, ResponsesRequest, ToolChoiceFunction)
-from radixserve.server.structured import Constraint
+from radixserve.server.openai.structured import Constraint
 
 M = TypeVar("M", bound=BaseModel)
 CHOICES = ("none", "auto", "required")

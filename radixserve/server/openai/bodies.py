@@ -157,7 +157,7 @@ def chat_message(o: RequestOutput, reader: Any) -> dict:
     """The assistant message of one choice; with tools, calls are read out of its text."""
     if reader is None:
         return {"role": "assistant", "content": o.text}
-    from radixserve.server.tool_stream import assemble
+    from radixserve.server.openai.tool_stream import assemble
 
     a = assemble(reader.feed(o.text) + reader.finish())
     if not a.tool_calls:

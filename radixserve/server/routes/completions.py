@@ -16,11 +16,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import limits, params, responses, structured
+from radixserve.server import limits
+from radixserve.server.openai import bodies, params, structured
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
 from radixserve.server.metrics import RequestClock
 from radixserve.server.prologue import prepare_all, read_openai
-from radixserve.server.protocol import CompletionRequest
+from radixserve.server.openai.protocol import CompletionRequest
 from radixserve.server.streaming import DONE, sse
 
 router = APIRouter()
@@ -39,27 +40,27 @@ async def completions(request: Request) -> Response:
     rid = f"cmpl-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
     tok = st.engine.tokenizer
-    texts = responses.TokenTexts(tok)
-    echoed = [responses.echoed_prompt(tok, p, sp.skip_special_tokens) for p in prompts] if req.echo else None
+    texts = bodies.TokenTexts(tok)
+    echoed = [bodies.echoed_prompt(tok, p, sp.skip_special_tokens) for p in prompts] if req.echo else None
     if req.stream:
         stream, ids = await stream_all(request, prepared, rid, req.cache_salt, names)
         usage = req.stream_options is not None and req.stream_options.include_usage
         events = _events(stream, rid, st.model_name, req.n, usage, texts, echoed, req.logprobs is not None, clock)
         return sse_response(request, events, ids)
     groups = await generate_all(request, prepared, rid, req.cache_salt, clock, names)
-    usage = responses.usage_of(groups)  # every best_of candidate was generated, so every one counts
+    usage = bodies.usage_of(groups)  # every best_of candidate was generated, so every one counts
     choices = []
     for p, group in enumerate(groups):
-        kept = responses.best_of(group, req.n) if len(group) > req.n else group
+        kept = bodies.best_of(group, req.n) if len(group) > req.n else group
         for i, o in enumerate(kept):
-            choices.append(responses.completion_choice(
+            choices.append(bodies.completion_choice(
                 p * req.n + i, o, prompts[p], echoed[p] if echoed else None, req.logprobs is not None,
                 tok, texts, sp.skip_special_tokens))
-    return JSONResponse(responses.completion(rid, st.model_name, choices, usage))
+    return JSONResponse(bodies.completion(rid, st.model_name, choices, usage))
 
 
 async def _events(stream: AsyncIterator[tuple[int, StreamDelta]], rid: str, model: str, n: int,
-                  include_usage: bool, texts: responses.TokenTexts, echoed: list[responses.EchoedPrompt] | None,
+                  include_usage: bool, texts: bodies.TokenTexts, echoed: list[bodies.EchoedPrompt] | None,
                   want_logprobs: bool, clock: RequestClock) -> AsyncIterator[bytes]:
     base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
     tracker, offsets = UsageTracker(), {}
@@ -78,10 +79,10 @@ async def _events(stream: AsyncIterator[tuple[int, StreamDelta]], rid: str, mode
             offsets[index] = 0
             if echoed is not None:  # the prompt goes first, in a chunk of its own
                 prompt = echoed[p]
-                lps = responses.prompt_logprobs_part(prompt, d.prompt_logprobs, texts) if want_logprobs else None
+                lps = bodies.prompt_logprobs_part(prompt, d.prompt_logprobs, texts) if want_logprobs else None
                 yield chunk(index, prompt.text, lps, None)
                 offsets[index] = len(prompt.text)
-        lps = responses.completion_logprobs(d.logprobs or [], texts, offset=offsets[index]) if want_logprobs else None
+        lps = bodies.completion_logprobs(d.logprobs or [], texts, offset=offsets[index]) if want_logprobs else None
         offsets[index] += len(d.text)
         yield chunk(index, d.text, lps, d.finish_reason)
     clock.done()

@@ -9,14 +9,15 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from radixserve.outputs import StreamDelta
-from radixserve.server import limits, params, responses, structured, tools
+from radixserve.server import limits
+from radixserve.server.openai import bodies, params, structured, tools
 from radixserve.server.engine_io import JSONResponse, UsageTracker, generate_all, sse_response, stream_all
 from radixserve.server.errors import APIError
 from radixserve.server.metrics import RequestClock
 from radixserve.server.prologue import prepare_all, read_openai
-from radixserve.server.protocol import ChatCompletionRequest
+from radixserve.server.openai.protocol import ChatCompletionRequest
 from radixserve.server.streaming import DONE, sse
-from radixserve.server.tool_stream import ToolReader
+from radixserve.server.openai.tool_stream import ToolReader
 
 router = APIRouter()
 
@@ -58,7 +59,7 @@ async def chat_completions(request: Request) -> Response:
     prepared = prepare_all(st, [prompt], sp, names)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
-    texts = responses.TokenTexts(st.engine.tokenizer)
+    texts = bodies.TokenTexts(st.engine.tokenizer)
     reader = (lambda: ToolReader(plan)) if plan.parses else None
     if req.stream:
         stream, ids = await stream_all(request, prepared, rid, req.cache_salt, names)
@@ -66,11 +67,11 @@ async def chat_completions(request: Request) -> Response:
         events = _chat_events(stream, rid, st.model_name, usage, req.logprobs, texts, clock, reader)
         return sse_response(request, events, ids)
     groups = await generate_all(request, prepared, rid, req.cache_salt, clock, names)
-    return JSONResponse(responses.chat_completion(rid, st.model_name, groups[0], texts, reader))
+    return JSONResponse(bodies.chat_completion(rid, st.model_name, groups[0], texts, reader))
 
 
 async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool, logprobs: bool,
-                       texts: responses.TokenTexts, clock: RequestClock,
+                       texts: bodies.TokenTexts, clock: RequestClock,
                        reader: Callable[[], ToolReader] | None = None) -> AsyncIterator[bytes]:
     base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
     tracker, readers = UsageTracker(), {}
@@ -87,7 +88,7 @@ async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool
         if d.index not in readers:
             readers[d.index] = reader() if reader is not None else None
             yield chunk(d.index, {"role": "assistant", "content": ""})
-        lps = responses.chat_logprobs(d.logprobs, texts) if logprobs and d.token_ids else None
+        lps = bodies.chat_logprobs(d.logprobs, texts) if logprobs and d.token_ids else None
         tr = readers[d.index]
         if tr is None:
             if d.text or d.token_ids:
@@ -99,7 +100,7 @@ async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool
             if lps is not None:
                 yield chunk(d.index, {}, lps=lps)
         if d.finish_reason is not None:
-            yield chunk(d.index, {}, finish=responses.finish_reason(d.finish_reason, tr))
+            yield chunk(d.index, {}, finish=bodies.finish_reason(d.finish_reason, tr))
     clock.done()
     if include_usage:
         yield sse({**base, "choices": [], "usage": tracker.usage()})

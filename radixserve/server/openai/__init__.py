@@ -1,0 +1,1 @@
+"""The OpenAI protocol: request models, response bodies, field policy, parameters, structured output and tools."""
