@@ -116,10 +116,12 @@ class Int4Method:
         n, k, g = layer.out_features, layer.in_features, self.group(layer)
         if k % 2:
             raise ValueError(f"int4 needs an even number of input features, this layer has {k}")
-        if not self.act_order and k % g:
-            raise ValueError(f"int4 group_size {g} does not divide this layer's {k} input features (under tensor "
-                             "parallelism: per rank); use a tp whose shards end on group boundaries")
-        groups = -(-in_total // g) if self.act_order else k // g  # act-order: every rank keeps every group
+        if not self.act_order and k % g and k != in_total:
+            raise ValueError(f"int4 group_size {g} does not divide this layer's {k} input features per rank "
+                             f"(of {in_total}); use a tp whose shards end on group boundaries")
+        # NOTE: the last group may be partial (K not a multiple of G), as GPTQ writes it; act-order: every
+        # rank keeps every group's scales
+        groups = -(-(in_total if self.act_order else k) // g)
         _drop_dense_weight(layer)
         layer.qweight = _param(torch.empty(n, k // 2, dtype=torch.uint8, device=device))
         layer.scales = _param(torch.empty(n, groups, dtype=self.scale_dtype or dtype, device=device))
@@ -159,13 +161,14 @@ class Int4Method:
 def rtn_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense [N, K] -> (q [N, K] uint8 in 0..15, scales [N, K/G] float32, zeros [N, K/G] uint8)."""
     n, k = weight.shape
-    w = weight.float().reshape(n, k // group, group)  # [N, groups, G]
+    pad = -k % group  # a partial last group: padded with zeros, which every group's range holds anyway
+    w = F.pad(weight.float(), (0, pad)).reshape(n, (k + pad) // group, group)  # [N, groups, G]
     lo = w.amin(dim=-1).clamp(max=0.0)  # the range always holds 0, so 0 stays exact
     hi = w.amax(dim=-1).clamp(min=0.0)
     scales = ((hi - lo) / 15).clamp(min=1e-10)  # [N, groups]
     zeros = torch.round(-lo / scales).clamp(0, 15)
     q = (torch.round(w / scales[..., None]) + zeros[..., None]).clamp(0, 15)
-    return q.reshape(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)
+    return q.reshape(n, k + pad)[:, :k].to(torch.uint8), scales, zeros.to(torch.uint8)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
