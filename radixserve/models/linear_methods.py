@@ -222,3 +222,5 @@ def quantize_model(model: nn.Module, method) -> None:
         method.quantize(layer, dense)
         layer.method = method
         del dense
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand the dense weights' memory back before the KV pool is sized from what is free
