@@ -7,8 +7,9 @@ radixserve/models/quant_formats.py):
   g_idx   [K] int32 or None: the group of each input column (act-order checkpoints); None: k // G.
   dequant(W)[n, k] = (q[n, k] - zeros[n, g]) * scales[n, g], rounded to x's dtype.
 
-One program owns a BLOCK_M x BLOCK_N tile of y and streams K in BLOCK_K steps, reading each packed
-byte once per nibble (the second read hits the cache). BLOCK_M == 1 (batch-1 decode) multiplies
+One program owns a BLOCK_M x BLOCK_N tile of y and streams K in BLOCK_K steps (BLOCK_K even), reading
+each packed byte once and interleaving its two nibbles; when a K block lies inside one group (no
+g_idx, BLOCK_K divides G) it reads one scale and zero per row, else one per element. BLOCK_M == 1 (batch-1 decode) multiplies
 elementwise and reduces (no tensor cores at M = 1); BLOCK_M >= 16 dequantises a [BLOCK_N, BLOCK_K]
 tile and feeds tl.dot.
 """
@@ -34,7 +35,7 @@ class Int4Config(NamedTuple):
 def choose_int4_config(m: int, n: int, k: int) -> Int4Config:
     """Batch 1: the GEMV shape (many programs, wide K loads); otherwise a tensor-core tile."""
     if m == 1:
-        return Int4Config(1, 16, 256, 4, 3)
+        return Int4Config(1, 16, 128, 4, 3)
     if m <= 16:
         return Int4Config(16, 64, 64, 4, 3)
     return Int4Config(64, 64, 64, 4, 3)
@@ -42,7 +43,8 @@ def choose_int4_config(m: int, n: int, k: int) -> Int4Config:
 
 @triton.jit
 def _int4_matmul_kernel(x_ptr, q_ptr, s_ptr, z_ptr, g_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_qn, stride_sn,
-                        stride_ym, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        stride_ym, GROUP: tl.constexpr, HAS_GIDX: tl.constexpr, GROUP_ALIGNED: tl.constexpr,
+                        HAS_BIAS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
@@ -55,15 +57,21 @@ def _int4_matmul_kernel(x_ptr, q_ptr, s_ptr, z_ptr, g_ptr, b_ptr, y_ptr, M, N, K
         wmask = n_mask[:, None] & k_mask[None, :]
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
                     other=0.0)  # [BM, BK]
-        byte = tl.load(q_ptr + offs_n[:, None] * stride_qn + (k // 2)[None, :], mask=wmask, other=0)  # [BN, BK]
-        nib = ((byte.to(tl.int32) >> ((k & 1) * 4)[None, :]) & 0xF).to(tl.float32)
-        if HAS_GIDX:
-            g = tl.load(g_ptr + k, mask=k_mask, other=0)
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # [BK/2] bytes
+        byte = tl.load(q_ptr + offs_n[:, None] * stride_qn + kb[None, :],
+                       mask=n_mask[:, None] & (kb < K // 2)[None, :], other=0).to(tl.int32)  # [BN, BK/2]
+        nib = tl.reshape(tl.join(byte & 0xF, byte >> 4), (BLOCK_N, BLOCK_K)).to(tl.float32)  # [BN, BK], k = 2j, 2j+1
+        if GROUP_ALIGNED:  # the block lies in one group: one scale and zero per row
+            s = tl.load(s_ptr + offs_n * stride_sn + k0 // GROUP, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+            z = tl.load(z_ptr + offs_n * stride_sn + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)[:, None]
         else:
-            g = k // GROUP
-        sz = offs_n[:, None] * stride_sn + g[None, :]  # [BN, BK]
-        s = tl.load(s_ptr + sz, mask=wmask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + sz, mask=wmask, other=0).to(tl.float32)
+            if HAS_GIDX:
+                g = tl.load(g_ptr + k, mask=k_mask, other=0)
+            else:
+                g = k // GROUP
+            sz = offs_n[:, None] * stride_sn + g[None, :]  # [BN, BK]
+            s = tl.load(s_ptr + sz, mask=wmask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sz, mask=wmask, other=0).to(tl.float32)
         w = ((nib - z) * s).to(x_ptr.dtype.element_ty)  # [BN, BK], rounded like the reference's weight
         if BLOCK_M == 1:
             acc += tl.sum(w.to(tl.float32) * x.to(tl.float32), 1)[None, :]
@@ -109,7 +117,8 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     _int4_matmul_kernel[grid](
         x, qweight, scales, zeros, g_idx if g_idx is not None else qweight, bias if bias is not None else scales, y,
         m, n, k, x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0),
-        GROUP=group_size, HAS_GIDX=g_idx is not None, HAS_BIAS=bias is not None, BLOCK_M=config.block_m,
+        GROUP=group_size, HAS_GIDX=g_idx is not None, GROUP_ALIGNED=g_idx is None and group_size % config.block_k == 0,
+        HAS_BIAS=bias is not None, BLOCK_M=config.block_m,
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, PRECISION=dot_precision(x.dtype),
         UPCAST=dot_upcast(x.dtype), num_warps=config.num_warps, num_stages=config.num_stages)
     return y

@@ -46,7 +46,9 @@ def test_int4_dequantize_is_the_definition(n, k, group, act_order):
     (1, 40, 96, 32, False, False),  # GEMV, N over blocks of 16 masked, K over blocks of 64 masked
     (3, 24, 64, 32, True, True),  # odd batch, act-order
     (17, 48, 128, 64, False, True),  # M over a tile of 16 masked
-    (5, 20, 80, 16, True, False)])
+    (5, 20, 80, 16, True, False),
+    (2, 24, 192, 64, False, False),  # BLOCK_K 64 divides the group: one scale per row per block
+    (1, 16, 160, 64, False, True)])  # K = 160: the last group partial
 def test_int4_matmul_matches_reference(dtype, m, n, k, group, act_order, bias):
     packed, scales, zeros, g_idx, dense = _to(DEVICE, *_int4_weight(n, k, group, act_order, seed=m))
     gen = torch.Generator().manual_seed(m + 1)
