@@ -129,6 +129,9 @@ def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     """Torch reference: the dense weight [N, K] in `dtype`."""
     n, k = qweight.shape[0], qweight.shape[1] * 2
     q = torch.stack((qweight & 0xF, qweight >> 4), dim=-1).reshape(n, k).float()  # [N, K], even k = low nibble
+    if g_idx is None and k % group_size == 0:  # contiguous groups: broadcast, no gather
+        q = q.view(n, k // group_size, group_size)
+        return ((q - zeros.float()[..., None]) * scales.float()[..., None]).view(n, k).to(dtype)
     g = (torch.arange(k, device=qweight.device) // group_size) if g_idx is None else g_idx.long()
     return ((q - zeros.float()[:, g]) * scales.float()[:, g]).to(dtype)
 

@@ -15,17 +15,33 @@ Checkpoint formats are decoded into these layouts by quant_formats.py.
 """
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+logger = logging.getLogger(__name__)
 
 class LeafLayout(NamedTuple):
     row_dim: int | None  # dim indexed by output features (split by stacking / column parallelism), or None
     col_dim: int | None  # dim indexed by input features (split by row parallelism), or None: replicated
     cols_per_index: int = 1  # input features per index along col_dim (2 for packed nibbles, G for group scales)
+
+
+def _warn_if_reference(model: nn.Module, method) -> None:
+    """Say once per load when a quantized method runs its torch reference instead of a kernel."""
+    device = next(model.parameters()).device
+    if method.name == "int4" and device.type == "cuda":
+        return
+    if method.name == "fp8":
+        from radixserve.kernels.fp8_matmul import scaled_mm_supported
+        if scaled_mm_supported(device):
+            return
+    logger.warning("%s weights on %s run through the torch reference (dequantised at every forward): correct, "
+                   "but slower than unquantized weights there; the %s kernels need %s", method.name, device,
+                   method.name, "CUDA" if method.name == "int4" else "a GPU of compute capability >= 8.9")
 
 
 def _param(t: torch.Tensor) -> nn.Parameter:
@@ -208,6 +224,7 @@ def _in_total(layer: nn.Module) -> int:
 def set_linear_method(model: nn.Module, method) -> None:
     """Give every projection of a freshly built model `method`, with empty parameters for a checkpoint's
     quantized tensors (the dense weights are dropped)."""
+    _warn_if_reference(model, method)
     for _, layer in quantized_linears(model):
         method.create_weights(layer, _in_total(layer))
         layer.method = method
@@ -216,6 +233,7 @@ def set_linear_method(model: nn.Module, method) -> None:
 @torch.no_grad()
 def quantize_model(model: nn.Module, method) -> None:
     """Quantize every projection's loaded dense weight in place, one layer at a time (on-the-fly)."""
+    _warn_if_reference(model, method)
     for _, layer in quantized_linears(model):
         dense = layer.weight.data
         method.create_weights(layer, _in_total(layer))
