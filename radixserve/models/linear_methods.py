@@ -30,7 +30,7 @@ class LeafLayout(NamedTuple):
     cols_per_index: int = 1  # input features per index along col_dim (2 for packed nibbles, G for group scales)
 
 
-def _warn_if_reference(model: nn.Module, method) -> None:
+def warn_if_reference(model: nn.Module, method) -> None:
     """Say once per load when a quantized method runs its torch reference instead of a kernel."""
     device = next(model.parameters()).device
     if method.name == "int4" and device.type == "cuda":
@@ -224,7 +224,6 @@ def _in_total(layer: nn.Module) -> int:
 def set_linear_method(model: nn.Module, method) -> None:
     """Give every projection of a freshly built model `method`, with empty parameters for a checkpoint's
     quantized tensors (the dense weights are dropped)."""
-    _warn_if_reference(model, method)
     for _, layer in quantized_linears(model):
         method.create_weights(layer, _in_total(layer))
         layer.method = method
@@ -233,7 +232,7 @@ def set_linear_method(model: nn.Module, method) -> None:
 @torch.no_grad()
 def quantize_model(model: nn.Module, method) -> None:
     """Quantize every projection's loaded dense weight in place, one layer at a time (on-the-fly)."""
-    _warn_if_reference(model, method)
+    warn_if_reference(model, method)
     for _, layer in quantized_linears(model):
         dense = layer.weight.data
         method.create_weights(layer, _in_total(layer))

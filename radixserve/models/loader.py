@@ -13,7 +13,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.models import dummy, gguf_file
-from radixserve.models.linear_methods import quantize_model, set_linear_method
+from radixserve.models.linear_methods import quantize_model, set_linear_method, warn_if_reference
 from radixserve.models.quant_config import resolve_quantization
 from radixserve.models.quant_formats import decode_checkpoint
 from radixserve.models.registry import model_class
@@ -104,12 +104,19 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         source, tok_path = model, spec if has_tokenizer else (tokenizer or embedded_model_path())
     elif os.path.isdir(model):
         config = _hf_config(model)
-        net = _build(config, dtype, device, tp)
         plan = resolve_quantization(quantization, config, dtype)
         weights = safetensors_weights(model)
         if plan is not None and plan.fmt is not None:  # a quantized checkpoint: its tensors, decoded
+            # NOTE: built on the CPU first, where the dense projections' torch.empty pages are never touched
+            # (so never committed), then moved with the quantized parameters: the device never holds the
+            # dense size.
+            net = _build(config, dtype, torch.device("cpu"), tp)
             set_linear_method(net, plan.method)
+            net = net.to(device)
+            warn_if_reference(net, plan.method)
             weights = decode_checkpoint(weights, plan)
+        else:
+            net = _build(config, dtype, device, tp)
         net.load_weights(weights)
         source, tok_path = f"hf:{model}", model
     else:
