@@ -115,10 +115,12 @@ def test_dummy_weights_quantize_at_load(method):
     assert torch.equal(quant.lm_head.weight, dense.lm_head.weight)
 
 
-def test_tp2_quantized_shards_match_the_oracle(tmp_path, tokenizer):
-    """GPTQ act-order (q/k/v and gate/up sharing one g_idx) with group 32: o_proj (K 128) and down_proj
-    (K 256) are cut on group boundaries; each rank keeps every group's scales for act-order."""
-    oracle = write_int4_checkpoint("gptq", str(tmp_path), tokenizer, group=32, act_order=True, seed=4)
+@pytest.mark.parametrize("act_order", [False, True])
+def test_tp2_quantized_shards_match_the_oracle(tmp_path, tokenizer, act_order):
+    """GPTQ with group 32: o_proj (K 128) and down_proj (K 256) are cut on group boundaries (their
+    scales and zeros by group); with act-order (q/k/v and gate/up sharing one g_idx) each rank keeps
+    every group's scales and its columns' g_idx."""
+    oracle = write_int4_checkpoint("gptq", str(tmp_path), tokenizer, group=32, act_order=act_order, seed=4)
     engine = make_engine(model=str(tmp_path), tp=2, cuda_graph=False, max_total_tokens=2048)
     try:
         prompts = _prompts()
