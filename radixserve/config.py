@@ -6,6 +6,10 @@ from dataclasses import dataclass
 POLICIES = ("fcfs", "lpm", "dfs-weight")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "torch-ref", "triton")
+# fp8 / int4: quantize a float checkpoint or dummy weights at load; gptq / awq / compressed-tensors: assert the
+# checkpoint's own method (detected from its quantization_config without the option). Kept in step with
+# radixserve.models.quant_config.QUANTIZATIONS (a test checks).
+QUANTIZATIONS = ("fp8", "int4", "gptq", "awq", "compressed-tensors")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class EngineConfig:
     cascade_min_group_size: int = 2
     tp: int = 1  # tensor parallelism: ranks the model is split over (one process and device each)
     fused_ops: bool = True  # fused elementwise ops (RMSNorm + residual, rotary, SiLU*mul): Triton on CUDA, CPU ops on CPU
+    # weights: None = as the checkpoint has them (its quantization_config, if any); fp8 (per-channel weights, per-token
+    # dynamic activations) or int4 (round-to-nearest, group 128) quantize at load; see QUANTIZATIONS
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.page_size < 1 or self.page_size & (self.page_size - 1):
@@ -74,5 +81,8 @@ class EngineConfig:
             raise ValueError(f"grammar_compile_timeout_s must be > 0, got {self.grammar_compile_timeout_s}")
         if self.grammar_compile_threads < 1:
             raise ValueError(f"grammar_compile_threads must be >= 1, got {self.grammar_compile_threads}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS} (or None: as the checkpoint is), "
+                             f"got {self.quantization!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")

@@ -11,9 +11,10 @@ import argparse
 import dataclasses
 from typing import Any
 
-from radixserve.config import DTYPES, POLICIES, EngineConfig
+from radixserve.config import DTYPES, POLICIES, QUANTIZATIONS, EngineConfig
 
-_CHOICES = {"dtype": DTYPES, "schedule_policy": POLICIES, "attention_backend": ("auto", "torch", "triton")}
+_CHOICES = {"dtype": DTYPES, "schedule_policy": POLICIES, "attention_backend": ("auto", "torch", "triton"),
+            "quantization": QUANTIZATIONS}
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:

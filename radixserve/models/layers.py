@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.models import cpu_ops
+from radixserve.models.linear_methods import UNQUANTIZED
 
 
 # NOTE: with fused ops (EngineConfig.fused_ops, set on a loaded model by set_fused_ops), RMSNorm
@@ -37,11 +38,14 @@ def single_row(x: torch.Tensor, fused_ops: bool) -> bool:
 
 
 class Linear(nn.Module):
-    """y = x W^T (+ b); weight [out, in], uninitialised until loaded."""
+    """y = x W^T (+ b); weight [out, in], uninitialised until loaded. `method` (linear_methods.py)
+    says how the weight is stored and applied: dense by default, fp8 or int4 once quantized."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
                  device: torch.device | str) -> None:
         super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.method = UNQUANTIZED
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device),
                                    requires_grad=False)
         self.bias = (nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
@@ -49,10 +53,7 @@ class Linear(nn.Module):
         self.fused_ops = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if single_row(x, self.fused_ops):
-            from radixserve.kernels.gemv import gemv
-            return gemv(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return self.method.apply(self, x, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -102,7 +103,7 @@ class GatedMLP(nn.Module):
         return Linear(hidden, 2 * intermediate, bias, dtype, device), Linear(intermediate, hidden, bias, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if single_row(x, self.fused_ops):  # one kernel for gate|up and SiLU-mul: [1, hidden] -> [1, I]
+        if single_row(x, self.fused_ops) and self.gate_up_proj.method.dense:  # one kernel for gate|up and SiLU-mul
             from radixserve.kernels.gemv import gemv
             return self.down_proj(gemv(x, self.gate_up_proj.weight, self.gate_up_proj.bias, gated=True))
         if self.fused_ops and x.is_cuda:

@@ -13,6 +13,9 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.models import dummy, gguf_file
+from radixserve.models.linear_methods import quantize_model, set_linear_method, warn_if_reference
+from radixserve.models.quant_config import resolve_quantization
+from radixserve.models.quant_formats import decode_checkpoint
 from radixserve.models.registry import model_class
 from radixserve.models.tokenizer import load_tokenizer
 
@@ -71,13 +74,14 @@ def _build(config: PretrainedConfig, dtype: torch.dtype, device: torch.device, t
 
 def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device | str, seed: int = 0,
                tokenizer: str | None = None, tp: TensorParallel | None = None,
-               with_tokenizer: bool = True) -> LoadedModel:
+               with_tokenizer: bool = True, quantization: str | None = None) -> LoadedModel:
     """Load weights, config and tokenizer. `model`: None (embedded GGUF), a .gguf file, a HF model
     directory, or dummy:<built-in name | config path>. `tokenizer` overrides the model's own.
 
     With `tp` of several ranks, builds this rank's shard and copies only its slice of each
     checkpoint tensor (one tensor read at a time). `with_tokenizer=False` (ranks > 0) leaves
-    `tokenizer` None."""
+    `tokenizer` None. `quantization` (quant_config.QUANTIZATIONS): fp8 / int4 quantize the weights
+    at load; a checkpoint's own `quantization_config` is used when present."""
     dtype, device = _resolve_dtype(dtype), torch.device(device)
     tp = tp or single_rank()
     if model is None or (model.endswith(".gguf") and os.path.isfile(model)):
@@ -85,12 +89,14 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         reader = gguf_file.open_gguf(path)
         config = gguf_file.gguf_config(reader, path)
         net = _build(config, dtype, device, tp)
+        plan = resolve_quantization(quantization, config, dtype)
         net.load_weights(gguf_file.gguf_weights(reader, config))
         source, tok_path = f"gguf:{path}", path
     elif model.startswith("dummy:"):
         spec = model.removeprefix("dummy:")
         config = dummy.dummy_config(spec)
         net = _build(config, dtype, device, tp)
+        plan = resolve_quantization(quantization, config, dtype)
         dummy.init_dummy_weights(net, seed + 1_000_003 * tp.rank)  # each rank's slice its own draw
         has_tokenizer = os.path.isdir(spec) and any(
             os.path.exists(os.path.join(spec, f)) for f in ("tokenizer.json", "tokenizer.model"))
@@ -98,14 +104,29 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         source, tok_path = model, spec if has_tokenizer else (tokenizer or embedded_model_path())
     elif os.path.isdir(model):
         config = _hf_config(model)
-        net = _build(config, dtype, device, tp)
-        net.load_weights(safetensors_weights(model))
+        plan = resolve_quantization(quantization, config, dtype)
+        weights = safetensors_weights(model)
+        if plan is not None and plan.fmt is not None:  # a quantized checkpoint: its tensors, decoded
+            # NOTE: built on the CPU first, where the dense projections' torch.empty pages are never touched
+            # (so never committed), then moved with the quantized parameters: the device never holds the
+            # dense size.
+            net = _build(config, dtype, torch.device("cpu"), tp)
+            set_linear_method(net, plan.method)
+            net = net.to(device)
+            warn_if_reference(net, plan.method)
+            weights = decode_checkpoint(weights, plan)
+        else:
+            net = _build(config, dtype, device, tp)
+        net.load_weights(weights)
         source, tok_path = f"hf:{model}", model
     else:
         raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
                          "directory, a .gguf file, dummy:<name>, or None for the embedded model")
+    if plan is not None and plan.fmt is None:
+        quantize_model(net, plan.method)  # on the fly, layer by layer
     tok = load_tokenizer(tokenizer or tok_path) if with_tokenizer else None
-    logger.info("loaded %s (%s, %s)", source, type(net).__name__, dtype)
+    logger.info("loaded %s (%s, %s%s)", source, type(net).__name__, dtype,
+                f", {plan.method.name} weights ({plan.fmt or 'quantized at load'})" if plan else "")
     return LoadedModel(net, config, tok, _context_len(config), source, _short_name(model))
 
 

@@ -87,10 +87,10 @@ class ColumnParallelLinear(Linear):
 
     def shard_checkpoint(self, leaf: str, tensor: torch.Tensor) -> torch.Tensor:
         """This rank's rows; the padded vocabulary of an LM head may leave the last rank short."""
-        rows = self.weight.shape[0]
-        if self.tp.size == 1 or not (rows * (self.tp.size - 1) < tensor.shape[0] <= rows * self.tp.size):
+        rows, dim = self.out_features, self.method.layout(leaf).row_dim
+        if self.tp.size == 1 or dim is None or not (rows * (self.tp.size - 1) < tensor.shape[dim] <= rows * self.tp.size):
             return tensor  # one rank, or a wrong size that the loader's shape check reports
-        return take_rows(tensor, 0, self.tp.rank * rows, rows)
+        return take_rows(tensor, dim, self.tp.rank * rows, rows)
 
 
 class RowParallelLinear(Linear):
@@ -105,18 +105,19 @@ class RowParallelLinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if self.tp.rank == 0 else None
-        if single_row(x, self.fused_ops):  # the GEMV over this rank's slice: [1, in_local] -> [1, out]
-            from radixserve.kernels.gemv import gemv
-            y = gemv(x, self.weight, bias)
-        else:
-            y = F.linear(x, self.weight, bias)  # [T, out] partial sums
+        y = self.method.apply(self, x, bias)  # [T, out] partial sums (the GEMV at batch 1 when dense)
         return self.tp.all_reduce(y)
 
     def shard_checkpoint(self, leaf: str, tensor: torch.Tensor) -> torch.Tensor:
-        cols = self.weight.shape[1]
-        if leaf == "bias" or tensor.dim() != 2 or tensor.shape[1] != cols * self.tp.size:
+        """This rank's input columns; quantized parameters are cut in their own units (packed pairs,
+        groups), and what is indexed by no input column (bias, act-order scales) stays whole."""
+        layout = self.method.layout(leaf)
+        if layout.col_dim is None or tensor.dim() <= layout.col_dim:
             return tensor  # the bias is whole on every rank; a wrong size is reported by the loader
-        return take_rows(tensor, 1, self.tp.rank * cols, cols)
+        per = self.in_features // layout.cols_per_index
+        if tensor.shape[layout.col_dim] != per * self.tp.size:
+            return tensor
+        return take_rows(tensor, layout.col_dim, self.tp.rank * per, per)
 
 
 class ParallelGatedMLP(GatedMLP):

@@ -33,6 +33,13 @@ def _shard_range(module: nn.Module, fused: str, shard: int) -> tuple[int, int]:
     return sum(sizes[:shard]), sizes[shard]
 
 
+def _whole_in_stack(model: nn.Module, parts: list[str]) -> bool:
+    """Whether parameter `parts[-1]` of the stacked projection is indexed by no output row (one copy
+    serves every component), per the layer's linear method."""
+    method = getattr(model.get_submodule(".".join(parts[:-1])), "method", None)
+    return method is not None and method.layout(parts[-1]).row_dim is None
+
+
 def _fmt(names: Iterable[str], limit: int = 8) -> str:
     names = sorted(names)
     more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
@@ -75,7 +82,12 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
                 unexpected.append(hf_name)
                 continue
             target = param.data
-            if shard is not None:
+            if shard is not None and _whole_in_stack(model, parts):
+                # NOTE: e.g. act-order g_idx: q/k/v (gate/up) share their input, so one serves all
+                if any((name, s) in loaded for s in range(3)) and not torch.equal(target, tensor.to(target.dtype)):
+                    mismatched.append(f"{hf_name}: differs from the projections stacked with it in {parts[-2]}")
+                    continue
+            elif shard is not None:
                 owner = model.get_submodule(".".join(parts[:-2]))
                 start, size = _shard_range(owner, parts[-2], shard)
                 target = target[start:start + size]

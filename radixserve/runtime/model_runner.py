@@ -65,7 +65,7 @@ class ModelRunner:
         self.device = device
         self.dtype = resolve_dtype(config.dtype, self.device)
         loaded = load_model(config.model, self.dtype, self.device, seed=config.seed, tokenizer=config.tokenizer,
-                            tp=tp, with_tokenizer=root)
+                            tp=tp, with_tokenizer=root, quantization=config.quantization)
         self.model, self.hf_config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
         set_fused_ops(self.model, config.fused_ops)
         self.source, self.name = loaded.source, loaded.name
