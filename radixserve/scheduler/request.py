@@ -27,7 +27,7 @@ class Request:
     request. len(slots) is a multiple of the page size (whole pages are allocated).
     """
 
-    rid: str
+    rid: str  # the request's id, shared by its n samples: a sample is (rid, index), see radixserve/sample_id.py
     prompt_ids: list[int]
     params: SamplingParams
     seed: int
