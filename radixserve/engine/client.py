@@ -26,68 +26,19 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Union
 
 from radixserve.engine import wire
 from radixserve.engine.checks import check_request
+from radixserve.engine.client_group import ClientGroup, GroupMessage, deliver
 from radixserve.engine.errors import EngineDeadError, QueueFullError
-from radixserve.engine.text import RequestText
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.errors import GrammarError
 from radixserve.outputs import RequestOutput, StreamDelta
-from radixserve.sample_id import SampleId
 from radixserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
-_ForGroup = Union[wire.Tokens, wire.Finished, wire.Failed, wire.EngineDead]  # what a request's caller is handed
 STARTUP_TIMEOUT_S = 1800.0  # loading a large model from disk can take minutes
 CALL_TIMEOUT_S = 60.0
-
-
-class _Sample:
-    """One sample (rid, index) as its caller sees it."""
-
-    __slots__ = ("text_state", "text", "token_ids", "logprobs", "prompt_logprobs", "finish_reason", "matched_stop",
-                 "prompt_len", "cached", "done", "index", "name")
-
-    def __init__(self, sample: SampleId, n: int, text_state: RequestText) -> None:
-        self.index = sample.index
-        self.name = sample.name(n)  # the request_id its caller sees
-        self.text_state = text_state
-        self.text = ""
-        self.token_ids: list[int] = []
-        self.logprobs: list = []
-        self.prompt_logprobs = None
-        self.finish_reason: str | None = None
-        self.matched_stop: str | int | None = None
-        self.prompt_len = 0
-        self.cached = 0
-        self.done = False  # finished for the caller (the engine may still be computing: see tokens_after_stop)
-
-
-class _Group:
-    """All samples of one submitted prompt, and the queue its caller reads deltas from."""
-
-    def __init__(self, rid: str, n: int, params: SamplingParams, prompt_ids: list[int], tokenizer: Any,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.rid = rid
-        self.params = params
-        self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.samples = [_Sample(SampleId(rid, i), n,
-                                RequestText(tokenizer, prompt_ids, params.skip_special_tokens, params.stop))
-                        for i in range(n)]
-        self.engine_open = n  # samples the engine has not reported finished yet
-        self.caller_open = n
-        self.detached = False  # the caller is gone: what still comes is accounted, not queued
-        self.orphan: Callable[[_Group, list[_ForGroup]], None] | None = None
-
-    def receive(self, msgs: list[_ForGroup]) -> None:
-        """On the caller's event loop (so `detached` needs no lock)."""
-        if self.detached:
-            self.orphan(self, msgs)
-        else:
-            self.queue.put_nowait(msgs)
 
 
 class EngineClient:
@@ -106,7 +57,7 @@ class EngineClient:
         self._recv = self._ctx.socket(zmq.PULL)
         self._recv.bind(from_engine)
         self._send_lock = threading.Lock()
-        self._groups: dict[str, _Group] = {}  # by request id
+        self._groups: dict[str, ClientGroup] = {}  # by request id
         self._calls: dict[int, list] = {}  # call id -> [threading.Event, ok, value]
         self._call_ids = itertools.count()
         self._lock = threading.Lock()
@@ -188,14 +139,14 @@ class EngineClient:
             groups = list(self._groups.values())
             calls = list(self._calls.values())
         for g in groups:
-            _deliver(g, [wire.EngineDead()])
+            deliver(g, [wire.EngineDead()])
         for c in calls:
             c[2] = "the engine process is gone"
             c[0].set()
 
     def _dispatch(self, batch: list[wire.FromEngine]) -> None:
         """On the receiver thread: route one batch; one hand-over per request concerned."""
-        per_group: dict[str, tuple[_Group, list[_ForGroup]]] = {}
+        per_group: dict[str, tuple[ClientGroup, list[GroupMessage]]] = {}
         for msg in batch:
             if isinstance(msg, wire.Reply):
                 with self._lock:
@@ -216,7 +167,7 @@ class EngineClient:
                 entry = per_group[msg.rid] = (g, [])
             entry[1].append(msg)
         for g, msgs in per_group.values():
-            _deliver(g, msgs)
+            deliver(g, msgs)
 
     # ---- requests --------------------------------------------------------------------------------
     def _post(self, items: list[wire.ToEngine]) -> None:
@@ -236,14 +187,14 @@ class EngineClient:
         return apply_chat_template(self.tokenizer, messages)
 
     def _open(self, input_ids: Sequence[int], params: SamplingParams | None, request_id: str | None,
-              cache_salt: str | None, prompt: str | None) -> _Group:
+              cache_salt: str | None, prompt: str | None) -> ClientGroup:
         if (prompt is None) == (input_ids is None):
             raise ValueError("give exactly one of prompt (text) or input_ids (token ids)")
         ids = list(self.tokenizer.encode(prompt)) if prompt is not None else list(input_ids)
         params = params or SamplingParams()
         self.check_request(ids, params)
         rid = request_id or uuid.uuid4().hex
-        g = _Group(rid, params.n, params, ids, self.tokenizer, asyncio.get_running_loop())
+        g = ClientGroup(rid, params.n, params, ids, self.tokenizer, asyncio.get_running_loop())
         g.orphan = self._orphan
         with self._lock:
             if rid in self._groups:
@@ -256,12 +207,12 @@ class EngineClient:
             raise
         return g
 
-    def _close(self, g: _Group) -> None:
+    def _close(self, g: ClientGroup) -> None:
         with self._lock:
             if self._groups.get(g.rid) is g:
                 del self._groups[g.rid]
 
-    async def _deltas(self, g: _Group) -> AsyncIterator[StreamDelta]:
+    async def _deltas(self, g: ClientGroup) -> AsyncIterator[StreamDelta]:
         """The group's deltas until every sample finished for the caller; leaving early aborts."""
         try:
             while g.caller_open:
@@ -278,7 +229,7 @@ class EngineClient:
             if not g.engine_open or self._dead:
                 self._close(g)
 
-    def _orphan(self, g: _Group, msgs: list[_ForGroup]) -> None:
+    def _orphan(self, g: ClientGroup, msgs: list[GroupMessage]) -> None:
         """Messages for a group whose caller has left: count tokens computed after a stop string,
         forget the group once the engine has finished all its samples."""
         for msg in msgs:
@@ -294,7 +245,7 @@ class EngineClient:
         if g.engine_open <= 0:
             self._close(g)
 
-    def _apply(self, g: _Group, msg: _ForGroup) -> list[StreamDelta]:
+    def _apply(self, g: ClientGroup, msg: GroupMessage) -> list[StreamDelta]:
         """One engine message for this group -> the deltas its caller sees (on the caller's loop)."""
         if isinstance(msg, wire.Tokens):
             return self._apply_tokens(g, msg)
@@ -310,7 +261,7 @@ class EngineClient:
             raise QueueFullError(msg.message)
         raise ValueError(msg.message)
 
-    def _apply_finished(self, g: _Group, msg: wire.Finished) -> list[StreamDelta]:
+    def _apply_finished(self, g: ClientGroup, msg: wire.Finished) -> list[StreamDelta]:
         s = g.samples[msg.index]
         g.engine_open -= 1
         if s.done:  # already finished for the caller (a stop string matched here)
@@ -326,7 +277,7 @@ class EngineClient:
         return [StreamDelta(s.name, s.index, "", [], None, s.finish_reason, s.prompt_len, s.cached,
                             len(s.token_ids), plp_out)]
 
-    def _apply_tokens(self, g: _Group, msg: wire.Tokens) -> list[StreamDelta]:
+    def _apply_tokens(self, g: ClientGroup, msg: wire.Tokens) -> list[StreamDelta]:
         s = g.samples[msg.index]
         tokens = msg.token_ids
         if s.done:  # computed after a stop string matched, before the engine saw the abort
@@ -488,11 +439,3 @@ class EngineClient:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
-
-
-def _deliver(g: _Group, msgs: list[_ForGroup]) -> None:
-    try:
-        g.loop.call_soon_threadsafe(g.receive, msgs)
-    except RuntimeError:  # the caller's event loop closed: nobody is listening any more
-        g.orphan(g, msgs)
-
