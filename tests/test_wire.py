@@ -50,8 +50,8 @@ def kinds(union) -> set[type]:
 def test_every_declared_kind_round_trips_through_the_real_encoding():
     assert {type(m) for m in TO_ENGINE} == kinds(wire.ToEngine)
     assert {type(m) for m in FROM_ENGINE} | {wire.Ready} == kinds(wire.FromEngine)
-    got = wire.decode_to_engine(wire.encode(TO_ENGINE))
-    assert got == TO_ENGINE and [type(m) for m in got] == [type(m) for m in TO_ENGINE]
+    got, refused = wire.decode_to_engine(wire.encode(TO_ENGINE))
+    assert refused == [] and got == TO_ENGINE and [type(m) for m in got] == [type(m) for m in TO_ENGINE]
     assert got[0].params == FULL_PARAMS and isinstance(got[0].params, SamplingParams)
     got = wire.decode_from_engine(wire.encode(FROM_ENGINE))
     assert got == FROM_ENGINE and [type(m) for m in got] == [type(m) for m in FROM_ENGINE]
@@ -76,11 +76,14 @@ def test_each_direction_decodes_only_its_own_messages():
         wire.decode_from_engine(msgspec.msgpack.encode([["tokens", "r", 0, [1], None, None, 1, 0, None]]))
 
 
-def test_sampling_params_are_checked_again_when_decoded():
-    bad = msgspec.msgpack.encode([["Add", "r", [1], {"max_new_tokens": 2, "min_new_tokens": 3}, None]])
-    with pytest.raises(msgspec.ValidationError, match="min_new_tokens"):
-        wire.decode_to_engine(bad)
-    p = wire.decode_to_engine(wire.encode([wire.Add("r", [1], SamplingParams(stop="x"), None)]))[0].params
+def test_sampling_params_are_checked_again_when_decoded_and_refused_alone():
+    ok = wire.Add("good", [2], SamplingParams(max_new_tokens=3), None)
+    bad = msgspec.msgpack.encode([["Add", "bad", [1], {"max_new_tokens": 2, "min_new_tokens": 3}, None],
+                                  ["Add", "good", [2], {"max_new_tokens": 3}, None]])
+    got, refused = wire.decode_to_engine(bad)
+    assert got == [ok]
+    assert refused == [wire.Failed("bad", "invalid", None, "min_new_tokens (3) must not exceed max_new_tokens (2)")]
+    p = wire.decode_to_engine(wire.encode([wire.Add("r", [1], SamplingParams(stop="x"), None)]))[0][0].params
     assert p.stop == ["x"] and dataclasses.asdict(p) == dataclasses.asdict(SamplingParams(stop="x"))
 
 

@@ -105,7 +105,10 @@ class _EngineServer:
                     logger.error("the scheduler loop stopped; exiting")
                     raise SystemExit(1)
                 continue
-            for msg in wire.decode_to_engine(recv.recv(copy=False).buffer):
+            msgs, refused = wire.decode_to_engine(recv.recv(copy=False).buffer)
+            for failed in refused:
+                self.outbox.put(failed)
+            for msg in msgs:
                 self._handle(msg)
             self.engine.loop.submit(_noop)  # wake an idle loop: it sends the replies queued above
 

@@ -159,6 +159,8 @@ FromEngine = Union[Ready, StartupFailed, Tokens, Finished, Failed, Reply]
 
 _encoder = msgspec.msgpack.Encoder()
 _to_engine = msgspec.msgpack.Decoder(list[ToEngine])
+_one_to_engine = msgspec.msgpack.Decoder(ToEngine)
+_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _from_engine = msgspec.msgpack.Decoder(list[FromEngine])
 
 
@@ -168,8 +170,25 @@ def encode(batch: list[ToEngine] | list[FromEngine]) -> bytes:
     return _encoder.encode(batch)
 
 
-def decode_to_engine(data: bytes | memoryview) -> list[ToEngine]:
-    return _to_engine.decode(data)
+def decode_to_engine(data: bytes | memoryview) -> tuple[list[ToEngine], list[Failed]]:
+    """The front end's batch, and a Failed ("invalid") for each Add that does not decode (its
+    parameters' checks refused them); the rest of the batch is served."""
+    try:
+        return _to_engine.decode(data), []
+    except msgspec.ValidationError:
+        pass
+    msgs: list[ToEngine] = []
+    failed: list[Failed] = []
+    for raw in _raw_list.decode(data):
+        try:
+            msgs.append(_one_to_engine.decode(raw))
+        except msgspec.ValidationError as exc:
+            plain = msgspec.msgpack.decode(raw)
+            if isinstance(plain, list) and len(plain) > 1 and plain[0] == "Add" and isinstance(plain[1], str):
+                failed.append(Failed(plain[1], "invalid", None, str(exc).split(" - at `", 1)[0]))
+            else:
+                raise
+    return msgs, failed
 
 
 def decode_from_engine(data: bytes | memoryview) -> list[FromEngine]:
