@@ -27,14 +27,13 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
 
 from radixserve.engine import wire
 from radixserve.engine.chat_template import apply_chat_template
+from radixserve.engine.client_group import ClientGroup, GroupMessage, deliver
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.prepare import (OverContext, PreparedRequest, RequestLimits, per_prompt, prepare,
                                        prompts_to_ids)
-from radixserve.engine.text import RequestText
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.errors import GrammarError
 from radixserve.outputs import RequestOutput, StreamDelta
@@ -43,50 +42,6 @@ from radixserve.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 1800.0  # loading a large model from disk can take minutes
 CALL_TIMEOUT_S = 60.0
-
-
-class _Sample:
-    """One sample ("<rid>" or "<rid>#<i>") as its caller sees it."""
-
-    __slots__ = ("text_state", "text", "token_ids", "logprobs", "prompt_logprobs", "finish_reason", "matched_stop",
-                 "prompt_len", "cached", "done", "index")
-
-    def __init__(self, index: int, text_state: RequestText) -> None:
-        self.index = index
-        self.text_state = text_state
-        self.text = ""
-        self.token_ids: list[int] = []
-        self.logprobs: list = []
-        self.prompt_logprobs = None
-        self.finish_reason: str | None = None
-        self.matched_stop: str | int | None = None
-        self.prompt_len = 0
-        self.cached = 0
-        self.done = False  # finished for the caller (the engine may still be computing: see tokens_after_stop)
-
-
-class _Group:
-    """All samples of one submitted prompt, and the queue its caller reads deltas from."""
-
-    def __init__(self, rid: str, n: int, params: SamplingParams, prompt_ids: list[int], tokenizer: Any,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.rid = rid
-        self.params = params
-        self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.samples = [_Sample(i, RequestText(tokenizer, prompt_ids, params.skip_special_tokens, params.stop))
-                        for i in range(n)]
-        self.engine_open = n  # samples the engine has not reported finished yet
-        self.caller_open = n
-        self.detached = False  # the caller is gone: what still comes is accounted, not queued
-        self.orphan: Callable[[_Group, list[tuple]], None] | None = None
-
-    def receive(self, msgs: list[tuple]) -> None:
-        """On the caller's event loop (so `detached` needs no lock)."""
-        if self.detached:
-            self.orphan(self, msgs)
-        else:
-            self.queue.put_nowait(msgs)
 
 
 class EngineClient:
@@ -105,8 +60,7 @@ class EngineClient:
         self._recv = self._ctx.socket(zmq.PULL)
         self._recv.bind(from_engine)
         self._send_lock = threading.Lock()
-        self._groups: dict[str, _Group] = {}  # by group rid
-        self._owner: dict[str, _Group] = {}  # sample rid -> its group
+        self._groups: dict[str, ClientGroup] = {}  # by request id
         self._calls: dict[int, list] = {}  # call id -> [threading.Event, ok, value]
         self._call_ids = itertools.count()
         self._lock = threading.Lock()
@@ -143,11 +97,13 @@ class EngineClient:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if self._recv.poll(200):
-                (msg,) = wire.loads(self._recv.recv())[:1]
-                if msg[0] == wire.READY:
-                    self.info: wire.EngineInfo = msg[1]
+                msg = wire.decode_from_engine(self._recv.recv())[0]
+                if isinstance(msg, wire.Ready):
+                    self.info: wire.EngineInfo = msg.info
                     return
-                raise RuntimeError(f"the engine process failed to start: {msg[4]}")
+                if isinstance(msg, wire.StartupFailed):
+                    raise RuntimeError(f"the engine process failed to start: {msg.message}")
+                raise RuntimeError(f"the engine process sent {type(msg).__name__} before Ready")
             if not self.process.is_alive():
                 raise RuntimeError(f"the engine process exited with code {self.process.exitcode} while starting; "
                                    "see the log above")
@@ -161,7 +117,7 @@ class EngineClient:
         while True:
             if self._recv.poll(250):
                 try:
-                    batch = wire.loads(self._recv.recv(copy=False).buffer)
+                    batch = wire.decode_from_engine(self._recv.recv(copy=False).buffer)
                 except Exception:  # noqa: BLE001 - the context closed at shutdown
                     if self._closing:
                         return
@@ -177,42 +133,52 @@ class EngineClient:
     def _died(self) -> None:
         self._dead = True
         logger.error("the engine process exited (code %s); failing every request in flight", self.process.exitcode)
+        # NOTE: on_death first: a caller that got EngineDeadError can count on it having run.
+        if self.on_death is not None and not self._closing:
+            try:
+                self.on_death()
+            except Exception:  # noqa: BLE001 - the callers must still be failed
+                logger.exception("on_death failed")
         with self._lock:
             groups = list(self._groups.values())
             calls = list(self._calls.values())
         for g in groups:
-            _deliver(g, [("dead",)])
+            deliver(g, [wire.EngineDead()])
         for c in calls:
             c[2] = "the engine process is gone"
             c[0].set()
-        if self.on_death is not None and not self._closing:
-            self.on_death()
 
-    def _dispatch(self, batch: list[tuple]) -> None:
-        """On the receiver thread: route one batch; one hand-over per event loop concerned."""
-        per_group: dict[str, list[tuple]] = {}
+    def _dispatch(self, batch: list[wire.FromEngine]) -> None:
+        """On the receiver thread: route one batch; one hand-over per request concerned."""
+        per_group: dict[str, tuple[ClientGroup, list[GroupMessage]]] = {}
         for msg in batch:
-            kind = msg[0]
-            if kind == wire.REPLY:
+            if isinstance(msg, wire.Reply):
                 with self._lock:
-                    call = self._calls.pop(msg[1], None)
+                    call = self._calls.pop(msg.call_id, None)
                 if call is not None:
-                    call[1], call[2] = msg[2], msg[3]
+                    call[1], call[2] = msg.ok, msg.value
                     call[0].set()
                 continue
-            with self._lock:
-                g = self._owner.get(msg[1]) if kind != wire.ERROR else self._groups.get(msg[1])
-            if g is not None:
-                per_group.setdefault(g.rid, []).append(msg)
-        for rid, msgs in per_group.items():
-            _deliver(self._groups[rid], msgs)
+            if not isinstance(msg, (wire.Tokens, wire.Finished, wire.Failed)):
+                logger.error("unexpected %s from the engine process", type(msg).__name__)
+                continue
+            entry = per_group.get(msg.rid)
+            if entry is None:
+                with self._lock:
+                    g = self._groups.get(msg.rid)
+                if g is None:  # the caller has gone and the group was forgotten
+                    continue
+                entry = per_group[msg.rid] = (g, [])
+            entry[1].append(msg)
+        for g, msgs in per_group.values():
+            deliver(g, msgs)
 
     # ---- requests --------------------------------------------------------------------------------
-    def _post(self, items: list[tuple]) -> None:
+    def _post(self, items: list[wire.ToEngine]) -> None:
         if self._dead:
             raise EngineDeadError("the engine process is gone; the server is shutting down")
         with self._send_lock:
-            self._send.send(wire.dumps(items))
+            self._send.send(wire.encode(items))
 
     def prepare(self, input_ids: Sequence[int], params: SamplingParams,
                 over_context: OverContext = "clamp") -> PreparedRequest:
@@ -226,7 +192,7 @@ class EngineClient:
         return apply_chat_template(self.tokenizer, messages, tools)
 
     def _open(self, input_ids: Sequence[int] | PreparedRequest | None, params: SamplingParams | None,
-              request_id: str | None, cache_salt: str | None, prompt: str | None) -> _Group:
+              request_id: str | None, cache_salt: str | None, prompt: str | None) -> ClientGroup:
         if isinstance(input_ids, PreparedRequest):
             if params is not None or prompt is not None:
                 raise ValueError("a PreparedRequest carries its own prompt and sampling_params; give nothing else")
@@ -236,28 +202,25 @@ class EngineClient:
             prepared = self.prepare(ids, params or SamplingParams())
         params = prepared.params
         rid = request_id or uuid.uuid4().hex
-        g = _Group(rid, params.n, params, list(prepared.input_ids), self.tokenizer, asyncio.get_running_loop())
+        g = ClientGroup(rid, params.n, params, list(prepared.input_ids), self.tokenizer, asyncio.get_running_loop())
         g.orphan = self._orphan
         with self._lock:
             if rid in self._groups:
                 raise ValueError(f"request id {rid!r} is already in use")
             self._groups[rid] = g
-            for i in range(params.n):
-                self._owner[rid if params.n == 1 else f"{rid}#{i}"] = g
         try:
-            self._post([(wire.ADD, rid, prepared, cache_salt)])
+            self._post([wire.Add.of(rid, prepared, cache_salt)])
         except BaseException:
             self._close(g)
             raise
         return g
 
-    def _close(self, g: _Group) -> None:
+    def _close(self, g: ClientGroup) -> None:
         with self._lock:
-            self._groups.pop(g.rid, None)
-            for i in range(len(g.samples)):
-                self._owner.pop(g.rid if len(g.samples) == 1 else f"{g.rid}#{i}", None)
+            if self._groups.get(g.rid) is g:
+                del self._groups[g.rid]
 
-    async def _deltas(self, g: _Group) -> AsyncIterator[StreamDelta]:
+    async def _deltas(self, g: ClientGroup) -> AsyncIterator[StreamDelta]:
         """The group's deltas until every sample finished for the caller; leaving early aborts."""
         try:
             while g.caller_open:
@@ -274,71 +237,76 @@ class EngineClient:
             if not g.engine_open or self._dead:
                 self._close(g)
 
-    def _orphan(self, g: _Group, msgs: list[tuple]) -> None:
+    def _orphan(self, g: ClientGroup, msgs: list[GroupMessage]) -> None:
         """Messages for a group whose caller has left: count tokens computed after a stop string,
         forget the group once the engine has finished all its samples."""
         for msg in msgs:
-            if msg[0] == wire.TOKENS:
-                s = g.samples[0] if len(g.samples) == 1 else g.samples[int(msg[1].rsplit("#", 1)[1])]
+            if isinstance(msg, wire.Tokens):
+                s = g.samples[msg.index]
                 if s.done and s.finish_reason == "stop":
                     with self._lock:
-                        self.tokens_after_stop += len(msg[3])
-            elif msg[0] == wire.FINISHED:
+                        self.tokens_after_stop += len(msg.token_ids)
+            elif isinstance(msg, wire.Finished):
                 g.engine_open -= 1
-            elif msg[0] in (wire.ERROR, "dead"):
+            else:  # Failed, EngineDead
                 g.engine_open = 0
         if g.engine_open <= 0:
             self._close(g)
 
-    def _apply(self, g: _Group, msg: tuple) -> list[StreamDelta]:
+    def _apply(self, g: ClientGroup, msg: GroupMessage) -> list[StreamDelta]:
         """One engine message for this group -> the deltas its caller sees (on the caller's loop)."""
-        kind = msg[0]
-        if kind == "dead":
+        if isinstance(msg, wire.Tokens):
+            return self._apply_tokens(g, msg)
+        if isinstance(msg, wire.Finished):
+            return self._apply_finished(g, msg)
+        if isinstance(msg, wire.EngineDead):
             raise EngineDeadError("the engine process exited; see the server log")
-        if kind == wire.ERROR:
-            _, _, what, field, message = msg
-            g.engine_open = 0
-            self._close(g)
-            if what == "grammar":
-                raise GrammarError(field, message)
-            if what == "queue_full":
-                raise QueueFullError(message)
-            raise ValueError(message)
-        s = g.samples[0] if len(g.samples) == 1 else g.samples[int(msg[1].rsplit("#", 1)[1])]
-        if kind == wire.FINISHED:
-            g.engine_open -= 1
-            if s.done:  # already finished for the caller (a stop string matched here)
-                return []
-            s.done = True
-            g.caller_open -= 1
-            _, srid, s.finish_reason, matched, s.prompt_len, s.cached, plp = msg
-            if s.matched_stop is None:
-                s.matched_stop = matched
-            plp_out = None
-            if plp is not None:
-                s.prompt_logprobs = plp_out = wire.logprobs_from_wire(plp)
-            return [StreamDelta(srid, s.index, "", [], None, s.finish_reason, s.prompt_len, s.cached,
-                                len(s.token_ids), plp_out)]
-        _, srid, index, tokens, lps, reason, prompt_len, cached, plp = msg
+        g.engine_open = 0  # Failed
+        self._close(g)
+        if msg.kind == "grammar":
+            raise GrammarError(msg.field, msg.message)
+        if msg.kind == "queue_full":
+            raise QueueFullError(msg.message)
+        raise ValueError(msg.message)
+
+    def _apply_finished(self, g: ClientGroup, msg: wire.Finished) -> list[StreamDelta]:
+        s = g.samples[msg.index]
+        g.engine_open -= 1
+        if s.done:  # already finished for the caller (a stop string matched here)
+            return []
+        s.done = True
+        g.caller_open -= 1
+        s.finish_reason, s.prompt_len, s.cached = msg.reason, msg.prompt_len, msg.cached
+        if s.matched_stop is None:
+            s.matched_stop = msg.matched_stop
+        plp_out = None
+        if msg.prompt_logprobs is not None:
+            s.prompt_logprobs = plp_out = wire.logprobs_from_wire(msg.prompt_logprobs)
+        return [StreamDelta(s.name, s.index, "", [], None, s.finish_reason, s.prompt_len, s.cached,
+                            len(s.token_ids), plp_out)]
+
+    def _apply_tokens(self, g: ClientGroup, msg: wire.Tokens) -> list[StreamDelta]:
+        s = g.samples[msg.index]
+        tokens = msg.token_ids
         if s.done:  # computed after a stop string matched, before the engine saw the abort
             with self._lock:
                 self.tokens_after_stop += len(tokens)
             return []
-        s.prompt_len, s.cached = prompt_len, cached
-        lps = wire.logprobs_from_wire(lps)
-        plp_out = wire.logprobs_from_wire(plp) if plp is not None else None
-        if plp is not None:
+        s.prompt_len, s.cached = msg.prompt_len, msg.cached
+        lps = wire.logprobs_from_wire(msg.logprobs)
+        plp_out = wire.logprobs_from_wire(msg.prompt_logprobs) if msg.prompt_logprobs is not None else None
+        if plp_out is not None:
             s.prompt_logprobs = plp_out
         # NOTE: stop strings are decided by the text side (RequestText.feed), as in process.
-        text, kept, matched = s.text_state.feed(tokens, reason)
+        text, kept, matched = s.text_state.feed(tokens, msg.reason)
         stopped = matched is not None
         if stopped:
             s.matched_stop = matched
         s.text += text
         s.token_ids += tokens[:kept]
         s.logprobs += lps[:kept]
-        deltas = [StreamDelta(srid, s.index, text, list(tokens[:kept]),
-                              lps[:kept] or None, None, prompt_len, cached, len(s.token_ids), plp_out)]
+        deltas = [StreamDelta(s.name, s.index, text, list(tokens[:kept]),
+                              lps[:kept] or None, None, msg.prompt_len, msg.cached, len(s.token_ids), plp_out)]
         if stopped:
             with self._lock:
                 self.tokens_after_stop += len(tokens) - kept
@@ -347,7 +315,7 @@ class EngineClient:
             g.caller_open -= 1
             deltas[0].finish_reason = "stop"
             try:
-                self._post([(wire.ABORT, srid, "stop")])
+                self._post([wire.Abort(g.rid, s.index, "stop")])
             except EngineDeadError:
                 pass
         return deltas
@@ -369,7 +337,7 @@ class EngineClient:
             pass
         want_lp = g.params.logprobs is not None
         want_plp = g.params.prompt_logprobs_start is not None
-        return [RequestOutput(request_id=g.rid if len(g.samples) == 1 else f"{g.rid}#{s.index}", text=s.text,
+        return [RequestOutput(request_id=s.name, text=s.text,
                               token_ids=list(s.token_ids), finish_reason=s.finish_reason, prompt_tokens=s.prompt_len,
                               cached_tokens=s.cached, logprobs=list(s.logprobs) if want_lp else None,
                               prompt_logprobs=list(s.prompt_logprobs or []) if want_plp else None, index=s.index,
@@ -391,20 +359,21 @@ class EngineClient:
         out = self.generate(input_ids=[self.apply_chat_template(messages)], sampling_params=sampling_params)
         return out if len(out) > 1 else out[0]
 
-    def abort(self, request_id: str, reason: str = "abort") -> None:
+    def abort(self, request_id: str, reason: str = "abort", index: int | None = None) -> None:
+        """Finish the request at the engine's next step: every sample, or only sample `index`."""
         try:
-            self._post([(wire.ABORT, request_id, reason)])
+            self._post([wire.Abort(request_id, index, reason)])
         except EngineDeadError:
             pass
 
     # ---- calls -----------------------------------------------------------------------------------
-    def _call(self, name: str, *args, timeout: float = CALL_TIMEOUT_S):
+    def _call(self, name: wire.CallName, *args, timeout: float = CALL_TIMEOUT_S):
         call = [threading.Event(), False, None]
         call_id = next(self._call_ids)
         with self._lock:
             self._calls[call_id] = call
         try:
-            self._post([(wire.CALL, call_id, name, args)])
+            self._post([wire.Call(call_id, name, args)])
             if not call[0].wait(timeout):
                 raise TimeoutError(f"the engine did not answer {name} within {timeout:.0f} s")
         finally:
@@ -416,7 +385,7 @@ class EngineClient:
             raise RuntimeError(f"the engine's {name} failed: {call[2]}")
         return call[2]
 
-    async def _acall(self, name: str, *args, timeout: float = CALL_TIMEOUT_S):
+    async def _acall(self, name: wire.CallName, *args, timeout: float = CALL_TIMEOUT_S):
         return await asyncio.to_thread(self._call, name, *args, timeout=timeout)
 
     def stats(self) -> dict:
@@ -463,11 +432,3 @@ class EngineClient:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
-
-
-def _deliver(g: _Group, msgs: list[tuple]) -> None:
-    try:
-        g.loop.call_soon_threadsafe(g.receive, msgs)
-    except RuntimeError:  # the caller's event loop closed: nobody is listening any more
-        g.orphan(g, msgs)
-

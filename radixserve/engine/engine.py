@@ -28,6 +28,7 @@ from radixserve.engine.text import text_factory
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.matcher import RequestGrammar
 from radixserve.outputs import RequestOutput, StreamDelta
+from radixserve.sample_id import SampleId
 from radixserve.runtime.model_runner import ModelRunner
 from radixserve.runtime.rank_worker import serve_as_worker_if_launched
 from radixserve.sampling_params import SamplingParams
@@ -108,7 +109,7 @@ class Engine:
                 self.wait_grammar(g)
         except ValueError:
             for g in groups:
-                self.abort(_group_id(g))
+                self.abort(g[0].rid)
             raise
         while not done.wait(0.5):
             if not self.loop.is_alive():
@@ -138,7 +139,7 @@ class Engine:
             first = r.index not in started
             started.add(r.index)
             plp = list(r.prompt_logprobs) if first and r.params.prompt_logprobs_start is not None else None
-            yield StreamDelta(r.rid, r.index, ev.text, ev.token_ids, ev.logprobs or None,
+            yield StreamDelta(SampleId(r.rid, r.index).name(r.params.n), r.index, ev.text, ev.token_ids, ev.logprobs or None,
                               r.finish_reason if ev.finished else None, len(r.prompt_ids),
                               r.cached_tokens or 0, len(r.output_ids), plp)
 
@@ -181,8 +182,9 @@ class Engine:
             if remaining:
                 self.abort(rid)
 
-    def abort(self, request_id: str, reason: str = "abort") -> None:
-        self.loop.submit(lambda s: s.abort(request_id, reason))
+    def abort(self, request_id: str, reason: str = "abort", index: int | None = None) -> None:
+        """Finish the request at its next step: every sample, or only sample `index`."""
+        self.loop.submit(lambda s: s.abort(request_id, reason, index))
 
     # ---- state ---------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -255,7 +257,7 @@ class Engine:
             compiled.add_done_callback(lambda _: self.loop.submit(_noop))
         group: list[Request] = []
         for i in range(params.n):
-            req = Request(rid=rid if params.n == 1 else f"{rid}#{i}", prompt_ids=list(ids), params=params,
+            req = Request(rid=rid, prompt_ids=list(ids), params=params,
                           seed=(base_seed + 1_000_003 * i) % (1 << 62), namespace=namespace, index=i,
                           arrival=next(self._arrival),
                           grammar=None if spec is None else RequestGrammar(spec, compiled, deadline))
@@ -314,7 +316,7 @@ class Engine:
 
     @staticmethod
     def _output(r: Request) -> RequestOutput:
-        return RequestOutput(request_id=r.rid, text=r.text, token_ids=list(r.output_ids),
+        return RequestOutput(request_id=SampleId(r.rid, r.index).name(r.params.n), text=r.text, token_ids=list(r.output_ids),
                              finish_reason=r.finish_reason, prompt_tokens=len(r.prompt_ids),
                              cached_tokens=r.cached_tokens or 0,
                              logprobs=list(r.logprobs) if r.params.logprobs is not None else None,
@@ -340,9 +342,6 @@ def _noop(_scheduler: Scheduler) -> None:
     return None
 
 
-def _group_id(group: list[Request]) -> str:
-    """The request id given to the n samples of one prompt (each sample's rid is "<id>#<i>")."""
-    return group[0].rid if len(group) == 1 else group[0].rid.rsplit("#", 1)[0]
 
 
 def _eos_ids(hf_config, tokenizer) -> set[int]:

@@ -31,10 +31,10 @@ class _Outbox:
 
     def __init__(self, sock) -> None:
         self._sock = sock
-        self._items: list[tuple] = []
+        self._items: list[wire.FromEngine] = []
         self._lock = threading.Lock()
 
-    def put(self, item: tuple) -> None:
+    def put(self, item: wire.FromEngine) -> None:
         with self._lock:
             self._items.append(item)
 
@@ -42,7 +42,7 @@ class _Outbox:
         with self._lock:
             items, self._items = self._items, []
         if items:
-            self._sock.send(wire.dumps(items), copy=False)
+            self._sock.send(wire.encode(items), copy=False)
 
 
 def engine_main(options: dict[str, Any], recv_addr: str, send_addr: str, log_level: str = "INFO") -> None:
@@ -65,7 +65,7 @@ def engine_main(options: dict[str, Any], recv_addr: str, send_addr: str, log_lev
         engine = Engine(detokenize=False, **options)
     except Exception as exc:  # noqa: BLE001 - said to the front end, which exits with it
         logger.exception("the engine failed to start")
-        send.send(wire.dumps([(wire.ERROR, None, "startup", None, f"{type(exc).__name__}: {exc}")]))
+        send.send(wire.encode([wire.StartupFailed(f"{type(exc).__name__}: {exc}")]))
         send.close()
         ctx.term()
         raise SystemExit(1) from None
@@ -91,7 +91,7 @@ class _EngineServer:
         info = wire.EngineInfo(engine.model_name, engine.max_context_len, engine.vocab_size,
                                tuple(sorted(engine.eos_ids)), engine.kv.allocator.capacity, engine.config,
                                engine.tokenizer, os.getpid())
-        send_sock.send(wire.dumps([(wire.READY, info)]))
+        send_sock.send(wire.encode([wire.Ready.of(info)]))
 
     def run(self, recv, parent: int) -> None:
         import zmq
@@ -105,24 +105,23 @@ class _EngineServer:
                     logger.error("the scheduler loop stopped; exiting")
                     raise SystemExit(1)
                 continue
-            for msg in wire.loads(recv.recv(copy=False).buffer):
+            for msg in wire.decode_to_engine(recv.recv(copy=False).buffer):
                 self._handle(msg)
             self.engine.loop.submit(_noop)  # wake an idle loop: it sends the replies queued above
 
-    def _handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == wire.ADD:
-            self._add(*msg[1:])
-        elif kind == wire.ABORT:
-            self.engine.abort(msg[1], msg[2])
-        elif kind == wire.CALL:
-            self._call(*msg[1:])
-        else:
-            logger.error("unknown message %r", kind)
+    def _handle(self, msg: wire.ToEngine) -> None:
+        if isinstance(msg, wire.Add):
+            self._add(msg)
+        elif isinstance(msg, wire.Abort):
+            self.engine.abort(msg.rid, msg.reason, msg.index)
+        elif isinstance(msg, wire.Call):
+            self._call(msg)
+        else:  # NOTE: cannot happen: decoding admits the declared types only
+            logger.error("unknown message %r", msg)
 
-    def _add(self, rid: str, prepared, namespace: str | None) -> None:
+    def _add(self, msg: wire.Add) -> None:
         """Submit a PreparedRequest: prepared (checked) in the front end, so trusted here."""
-        engine, out = self.engine, self.outbox
+        engine, out, rid = self.engine, self.outbox, msg.rid
         try:
             started: set[int] = set()
 
@@ -134,21 +133,21 @@ class _EngineServer:
                     if r.params.prompt_logprobs_start is not None:
                         plp = wire.logprobs_to_wire(r.prompt_logprobs) or []
                 if ev.finished:
-                    out.put((wire.FINISHED, r.rid, r.finish_reason, r.matched_stop, len(r.prompt_ids),
-                             r.cached_tokens or 0, plp))
+                    out.put(wire.Finished(rid, r.index, r.finish_reason, r.matched_stop, len(r.prompt_ids),
+                                          r.cached_tokens or 0, plp))
                     return
-                out.put((wire.TOKENS, r.rid, r.index, ev.token_ids, wire.logprobs_to_wire(ev.logprobs),
-                         r.finish_reason, len(r.prompt_ids), r.cached_tokens or 0, plp))
+                out.put(wire.Tokens(rid, r.index, ev.token_ids, wire.logprobs_to_wire(ev.logprobs),
+                                    r.finish_reason, len(r.prompt_ids), r.cached_tokens or 0, plp))
 
-            group = engine.submit(prepared, rid, namespace, sink)
+            group = engine.submit(msg.prepared, rid, msg.namespace, sink)
         except QueueFullError as exc:
-            out.put((wire.ERROR, rid, "queue_full", None, str(exc)))
+            out.put(wire.Failed(rid, "queue_full", None, str(exc)))
             return
         except GrammarError as exc:
-            out.put((wire.ERROR, rid, "grammar", exc.field, str(exc)))
+            out.put(wire.Failed(rid, "grammar", exc.field, str(exc)))
             return
         except ValueError as exc:
-            out.put((wire.ERROR, rid, "invalid", None, str(exc)))
+            out.put(wire.Failed(rid, "invalid", None, str(exc)))
             return
         if group[0].grammar is not None:
             self._grammar_waits.submit(self._watch_grammar, rid, group)
@@ -158,31 +157,31 @@ class _EngineServer:
             self.engine.wait_grammar(group)
         except GrammarError as exc:
             self.engine.abort(rid)
-            self.outbox.put((wire.ERROR, rid, "grammar", exc.field, str(exc)))
+            self.outbox.put(wire.Failed(rid, "grammar", exc.field, str(exc)))
             self.engine.loop.submit(_noop)
 
-    def _call(self, call_id: int, name: str, args: tuple) -> None:
-        engine, out = self.engine, self.outbox
+    def _call(self, msg: wire.Call) -> None:
+        engine, out, call_id, name = self.engine, self.outbox, msg.call_id, msg.name
 
         def reply(fut) -> None:  # on the loop thread, or here for answers that need no loop
             exc = fut.exception()
-            out.put((wire.REPLY, call_id, exc is None, repr(exc) if exc is not None else fut.result()))
+            out.put(wire.Reply.of(call_id, exc is None, repr(exc) if exc is not None else fut.result()))
 
         if name == "stats":
-            out.put((wire.REPLY, call_id, True, engine.stats()))
+            out.put(wire.Reply.of(call_id, True, engine.stats()))
         elif name == "flush_cache":
             engine.loop.submit(lambda s: s.flush_cache()).add_done_callback(reply)
         elif name == "check_integrity":
             engine.loop.submit(lambda s: s.check_integrity()).add_done_callback(reply)
         elif name == "cache_events":
-            # NOTE: the events travel as plain tuples (pickled off the loop by the send); the front end encodes them.
-            engine.read_cache_events(*args).add_done_callback(reply)
+            # NOTE: the events travel as CacheEvent tuples, pickled; the front end encodes them as JSON.
+            engine.read_cache_events(*msg.args).add_done_callback(reply)
         elif name == "shutdown":
             engine.loop.call(lambda s: s.abort_all(), timeout=30)
-            out.put((wire.REPLY, call_id, True, None))
+            out.put(wire.Reply.of(call_id, True, None))
             self._stop = True
-        else:
-            out.put((wire.REPLY, call_id, False, f"unknown call {name!r}"))
+        else:  # NOTE: cannot happen: Call.name is a Literal checked when decoded
+            out.put(wire.Reply.of(call_id, False, f"unknown call {name!r}"))
 
 
 def _noop(_scheduler) -> None:

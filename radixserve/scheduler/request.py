@@ -79,7 +79,7 @@ class Request:
     (`kv`) and decode state (`decode`) are composed in."""
 
     # ---- identity: what was asked
-    rid: str
+    rid: str  # the request's id, shared by its n samples: a sample is (rid, index), see radixserve/sample_id.py
     prompt_ids: list[int]
     params: SamplingParams
     seed: int

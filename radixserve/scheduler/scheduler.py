@@ -56,11 +56,11 @@ class Scheduler:
         req.enqueue_step = self.step_count
         self.waiting.append(req)
 
-    def abort(self, rid: str, reason: str = "abort") -> None:
-        """Finish the request (or every sample "<rid>#<i>" of it) at the next step with `reason`
+    def abort(self, rid: str, reason: str = "abort", index: int | None = None) -> None:
+        """Finish every sample of request `rid` (or only sample `index`) at the next step with `reason`
         ("stop" when a stop string matched where the text is made, outside the scheduler)."""
         for req in self.waiting + self.running:
-            if req.rid == rid or req.rid.startswith(rid + "#"):
+            if req.rid == rid and (index is None or req.index == index):
                 req.abort_reason = reason
 
     # ---- one step ----------------------------------------------------------------------------

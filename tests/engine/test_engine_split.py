@@ -1,7 +1,7 @@
 """The split layout (EngineClient + engine process) against the in-process Engine as the oracle:
 same tokens, same text, same stops (stop strings are found in the front end here, in the
 scheduler's result handling there), same logprobs; aborts and stops free every slot; errors
-arrive as the same exceptions; the wire format round-trips."""
+arrive as the same exceptions. The messages themselves: tests/test_wire.py."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,6 @@ import time
 import pytest
 
 from radixserve import Engine, SamplingParams
-from radixserve.engine import wire
 from radixserve.engine.client import EngineClient
 from radixserve.engine.errors import EngineDeadError
 from radixserve.engine.interface import ChatTokenizer, EngineHandle
@@ -186,13 +185,35 @@ def test_cache_events_and_flush_go_through_the_engine_process(split):
     assert split.stats()["kv_used_tokens"] == 0
 
 
-def test_wire_round_trips_sampling_params_and_logprobs():
-    sp = SamplingParams(max_new_tokens=5, stop=["a", "b"], logit_bias={3: -100.0}, json_schema={"type": "object"},
-                        seed=3, n=2)
-    assert wire.params_from_wire(wire.params_to_wire(sp)) == sp
-    from radixserve.outputs import TokenLogprob
-    lps = [TokenLogprob(1, -0.5, [(1, -0.5), (2, -1.0)])]
-    assert wire.logprobs_from_wire(wire.loads(wire.dumps([wire.logprobs_to_wire(lps)]))[0]) == lps
+@pytest.mark.parametrize("layout", ["local", "split"])
+def test_samples_keep_their_public_ids_and_abort_one_at_a_time(local, split, layout):
+    engine = local if layout == "local" else split
+    ids = engine.tokenizer.encode("Tell me everything about the history of Rome.")
+    sp = SamplingParams(max_new_tokens=120, temperature=0.0, ignore_eos=True, n=2)
+
+    async def run():
+        names, tokens, reasons = {}, {0: [], 1: []}, {}
+        async for d in engine.generate_stream(ids, sp, request_id="two"):
+            names.setdefault(d.index, d.request_id)
+            tokens[d.index] += d.token_ids
+            if d.finish_reason is not None:
+                reasons[d.index] = d.finish_reason
+            if d.index == 1 and len(tokens[1]) >= 3 and 1 not in reasons:
+                engine.abort("two", index=1)  # sample 1 only
+        return names, tokens, reasons
+    names, tokens, reasons = asyncio.run(run())
+    assert names == {0: "two#0", 1: "two#1"}
+    assert reasons == {0: "length", 1: "abort"}
+    (alone,) = local.generate(input_ids=[ids], sampling_params=SamplingParams(max_new_tokens=120, temperature=0.0,
+                                                                              ignore_eos=True))
+    assert tokens[0] == alone.token_ids  # the other sample ran on, untouched
+    assert len(tokens[1]) < 120 and tokens[1] == alone.token_ids[:len(tokens[1])]
+    outs = asyncio.run(engine.agenerate(ids, SamplingParams(max_new_tokens=2, n=2), request_id="pair"))
+    assert sorted(o.request_id for o in outs) == ["pair#0", "pair#1"]
+    (one,) = asyncio.run(engine.agenerate(ids, SamplingParams(max_new_tokens=2), request_id="single"))
+    assert one.request_id == "single"
+    if layout == "split":
+        assert_no_leak(split)
 
 
 def test_a_dead_engine_fails_callers_fast():

@@ -32,8 +32,8 @@ class LocalBackend(Backend):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="radixserve-lang-local", daemon=True)
         self._thread.start()
-        # NOTE: both sets are touched on the loop thread only.
-        self._active: set[str] = set()
+        # NOTE: both are touched on the loop thread only.
+        self._active: dict[str, list[str]] = {}  # a call's rid -> the engine request ids it runs as
         self._aborted_early: set[str] = set()
         self._closed = False
 
@@ -72,18 +72,19 @@ class LocalBackend(Backend):
 
     def _abort_on_loop(self, rid: str) -> None:
         if rid in self._active:
-            self.engine.abort(rid)
+            for request_id in self._active[rid]:
+                self.engine.abort(request_id)
         else:  # not submitted yet: refuse it when it comes
             self._aborted_early.add(rid)
 
-    def _start(self, rid: str) -> None:
+    def _start(self, rid: str, request_ids: list[str]) -> None:
         if rid in self._aborted_early:
             self._aborted_early.discard(rid)
             raise Aborted(rid)
-        self._active.add(rid)
+        self._active[rid] = request_ids
 
     async def _generate(self, ids: list[int], params: SamplingParams, rid: str, on_chunk: OnChunk | None) -> GenOutput:
-        self._start(rid)
+        self._start(rid, [rid])
         try:
             if on_chunk is None:
                 o = (await self.engine.agenerate(ids, params, request_id=rid))[0]
@@ -105,19 +106,21 @@ class LocalBackend(Backend):
             return GenOutput(token_ids, "".join(pieces), last.finish_reason or "abort", last.prompt_tokens,
                              last.cached_tokens, lps if params.logprobs is not None else None)
         finally:
-            self._active.discard(rid)
+            self._active.pop(rid, None)
 
     async def _score(self, requests: list[ScoreRequest], rid: str) -> list[ScoreOutput]:
-        self._start(rid)
+        request_ids = [f"{rid}-{i}" for i in range(len(requests))]  # one engine request per scored prompt
+        self._start(rid, request_ids)
         try:
             coros = [self.engine.agenerate(r.input_ids, SamplingParams(max_new_tokens=0, temperature=0.0,
                                                                        prompt_logprobs_start=r.start),
-                                           request_id=f"{rid}#{i}")  # NOTE: abort(rid) reaches every "rid#i"
-                     for i, r in enumerate(requests)]
+                                           request_id=request_id)
+                     for request_id, r in zip(request_ids, requests)]
             try:
                 outs = await asyncio.gather(*coros)
             except BaseException:
-                self.engine.abort(rid)
+                for request_id in request_ids:
+                    self.engine.abort(request_id)
                 raise
             results = []
             for (o,) in outs:
@@ -127,7 +130,7 @@ class LocalBackend(Backend):
                                            o.cached_tokens))
             return results
         finally:
-            self._active.discard(rid)
+            self._active.pop(rid, None)
 
 
 def _pairs(logprobs) -> list[tuple[float, int]]:
