@@ -1,4 +1,4 @@
-"""The floors of radixserve/ (README, "How it is built"): every import, at module level or inside a
+"""The floors of radixserve/ (docs/architecture.md): every import, at module level or inside a
 function, runs from a folder (or top-level module) to one below it in FLOORS, so no import runs back
 up and no circle crosses folders. Read from the source with ast; nothing is imported."""
 from __future__ import annotations
