@@ -97,16 +97,16 @@ def bench_batch1(engine: Engine, res: dict, bw: float, gen: torch.Generator) -> 
     graphs, runner.graphs = runner.graphs, None
     eager_ms = cuda_ms(lambda: runner.forward(fb), iters=20)
     # the same graph step with cuBLAS for the linear layers instead of the Triton GEMV
-    from radixserve.models import layers, llama
+    from radixserve.models import layers, linear_methods, parallel
     from radixserve.runtime.cuda_graph import CudaGraphDecoder
-    single_row = layers.single_row
+    single_row = linear_methods.single_row
     try:
-        layers.single_row = llama.single_row = lambda x: False
+        layers.single_row = linear_methods.single_row = parallel.single_row = lambda x, fused_ops: False
         runner.graphs = CudaGraphDecoder(runner.model, graphs.attn, runner.req_table, 1, runner.device)
         runner.graphs.capture()
         cublas_graph_ms = cuda_ms(lambda: runner.forward(fb), iters=50)
     finally:
-        layers.single_row = llama.single_row = single_row
+        layers.single_row = linear_methods.single_row = parallel.single_row = single_row
         runner.graphs = graphs
     release(engine, rows, slots)
     res["batch1_decode"] = dict(

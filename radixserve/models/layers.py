@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.models import cpu_ops
-from radixserve.models.linear_methods import UNQUANTIZED
+from radixserve.models.linear_methods import UNQUANTIZED, single_row
 
 
 # NOTE: with fused ops (EngineConfig.fused_ops, set on a loaded model by set_fused_ops), RMSNorm
@@ -28,13 +28,6 @@ def set_fused_ops(model: nn.Module, enabled: bool) -> None:
     for module in model.modules():
         if hasattr(module, "fused_ops"):
             module.fused_ops = enabled
-
-
-def single_row(x: torch.Tensor, fused_ops: bool) -> bool:
-    """Batch-1 decode on CUDA with fused ops: linear layers go through the Triton GEMV
-    (kernels/gemv.py), which streams the weights faster than cuBLAS does at M = 1 on the
-    projections of an 8B model."""
-    return fused_ops and x.is_cuda and x.dim() == 2 and x.shape[0] == 1
 
 
 class Linear(nn.Module):

@@ -30,6 +30,13 @@ class LeafLayout(NamedTuple):
     cols_per_index: int = 1  # input features per index along col_dim (2 for packed nibbles, G for group scales)
 
 
+def single_row(x: torch.Tensor, fused_ops: bool) -> bool:
+    """Batch-1 decode on CUDA with fused ops: linear layers go through the Triton GEMV
+    (kernels/gemv.py), which streams the weights faster than cuBLAS does at M = 1 on the
+    projections of an 8B model."""
+    return fused_ops and x.is_cuda and x.dim() == 2 and x.shape[0] == 1
+
+
 def warn_if_reference(model: nn.Module, method) -> None:
     """Say once per load when a quantized method runs its torch reference instead of a kernel."""
     device = next(model.parameters()).device
@@ -61,7 +68,6 @@ class UnquantizedMethod:
         return LeafLayout(0, 1 if leaf == "weight" else None)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        from radixserve.models.layers import single_row
         if single_row(x, layer.fused_ops):
             from radixserve.kernels.gemv import gemv
             return gemv(x, layer.weight, bias)
@@ -208,36 +214,3 @@ def make_method(kind: str, group_size: int | None = 128, act_order: bool = False
     if kind == "int4":
         return Int4Method(group_size, act_order, scale_dtype)
     raise ValueError(f"linear method {kind!r} is unknown; supported: none, fp8, int4")
-
-
-def quantized_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The linear layers that take a quantized method: every projection, never the LM head."""
-    from radixserve.models.layers import Linear
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, Linear) and name != "lm_head"]
-
-
-def _in_total(layer: nn.Module) -> int:
-    from radixserve.models.parallel import RowParallelLinear
-    return layer.in_features * (layer.tp.size if isinstance(layer, RowParallelLinear) else 1)
-
-
-def set_linear_method(model: nn.Module, method) -> None:
-    """Give every projection of a freshly built model `method`, with empty parameters for a checkpoint's
-    quantized tensors (the dense weights are dropped)."""
-    for _, layer in quantized_linears(model):
-        method.create_weights(layer, _in_total(layer))
-        layer.method = method
-
-
-@torch.no_grad()
-def quantize_model(model: nn.Module, method) -> None:
-    """Quantize every projection's loaded dense weight in place, one layer at a time (on-the-fly)."""
-    warn_if_reference(model, method)
-    for _, layer in quantized_linears(model):
-        dense = layer.weight.data
-        method.create_weights(layer, _in_total(layer))
-        method.quantize(layer, dense)
-        layer.method = method
-        del dense
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # hand the dense weights' memory back before the KV pool is sized from what is free

@@ -13,7 +13,8 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.models import dummy, gguf_file
-from radixserve.models.linear_methods import quantize_model, set_linear_method, warn_if_reference
+from radixserve.models.linear_methods import warn_if_reference
+from radixserve.models.quantize import quantize_model, set_linear_method
 from radixserve.models.quant_config import resolve_quantization
 from radixserve.models.quant_formats import decode_checkpoint
 from radixserve.models.registry import model_class

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from radixserve.distributed.group import TensorParallel
-from radixserve.models.layers import GatedMLP, Linear, single_row
+from radixserve.models.layers import GatedMLP, Linear
+from radixserve.models.linear_methods import single_row
 
 
 def split_evenly(total: int, tp: TensorParallel, what: str) -> int:
