@@ -29,7 +29,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import radixserve.lang as sgl
 from radixserve.bench import report
@@ -38,6 +38,9 @@ from radixserve.bench.step_trace import StepTrace
 from radixserve.bench.workloads import optimal_hit_rate
 from radixserve.lang.backend.base import Backend, GenOutput, ScoreOutput, ScoreRequest
 from radixserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from radixserve.engine.engine import Engine  # reaches the in-process engine's runner and loop
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +214,7 @@ def call_phases(calls: Sequence[Call], t0: float) -> dict:
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
-def run_mode(engine: Any, cfg: BranchingConfig, few_shot: str, qs: list[str], radix: bool,
+def run_mode(engine: Engine, cfg: BranchingConfig, few_shot: str, qs: list[str], radix: bool,
              progress_bar: bool = True) -> tuple[dict, list]:
     reconfigure(engine, schedule_policy=engine.config.schedule_policy, disable_radix_cache=not radix)
     backend = RecordingBackend(sgl.LocalBackend(engine))

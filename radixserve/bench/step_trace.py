@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from radixserve.engine.engine import Engine  # reaches the in-process engine's runner and loop
 
 
 class StepRecord(NamedTuple):
@@ -22,7 +25,7 @@ class StepRecord(NamedTuple):
 
 
 class StepTrace:
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.scheduler = engine.scheduler
         self.records: list[StepRecord] = []

@@ -14,9 +14,12 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from radixserve.engine.engine import Engine  # reaches the in-process engine's runner and loop
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class _ForwardHook:
     """Routes an idle engine's model forwards (its scheduler's `forward`) through `_timed` while the
     context is open (benchmark-only, like `offline.reconfigure`)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.scheduler = engine.scheduler
         self._inner = self.scheduler.forward
 
@@ -77,7 +80,7 @@ class _ForwardHook:
 class CpuStepTimer(_ForwardHook):
     """Times the engine's forward of full-batch decode steps (CPU forwards are synchronous)."""
 
-    def __init__(self, engine: Any, batch_size: int) -> None:
+    def __init__(self, engine: Engine, batch_size: int) -> None:
         super().__init__(engine)
         self.batch_size = batch_size
         self.times: list[float] = []  # wall seconds per step
@@ -96,7 +99,7 @@ class CpuStepTimer(_ForwardHook):
 class DecodeStepTimer(_ForwardHook):
     """Records a CUDA event as the engine launches each decode step (the scheduler's forward)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self.events: list[tuple[int, torch.cuda.Event]] = []
 
