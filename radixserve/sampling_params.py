@@ -1,12 +1,35 @@
 """User-facing sampling parameters, validated when constructed (a bad value raises FieldError
-naming the field)."""
+naming the field).
+
+vLLM's spelling is accepted too, so `SamplingParams(max_tokens=32, min_tokens=4)` works as vLLM
+users write it: `max_tokens` and `min_tokens` are init-only aliases of `max_new_tokens` and
+`min_new_tokens` (never stored, so nothing downstream sees two names), and vLLM's names we cannot
+honour are refused with a FieldError naming them and saying what to use instead.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from radixserve.errors import FieldError
 
 CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "choice", "structural_tag")
+# vLLM SamplingParams fields we do not serve -> what to do instead
+UNSUPPORTED = {
+    "best_of": "use n and rank the samples yourself (request logprobs to score them)",
+    "use_beam_search": "beam search is not supported; use temperature=0 for greedy decoding",
+    "length_penalty": "beam search is not supported",
+    "early_stopping": "beam search is not supported",
+    "prompt_logprobs": "use prompt_logprobs_start=0 and prompt_top_logprobs=k",
+    "include_stop_str_in_output": "the matched stop string is in RequestOutput.matched_stop; append it yourself",
+    "guided_decoding": "use json_schema, regex, ebnf, choice or structural_tag",
+    "structured_outputs": "use json_schema, regex, ebnf, choice or structural_tag",
+    "allowed_token_ids": "use logit_bias to favour or ban tokens",
+    "bad_words": "use logit_bias with -100 on the words' token ids",
+    "logits_processors": "custom logits processors are not supported",
+    "truncate_prompt_tokens": "truncate the prompt's token ids before generating",
+    "detokenize": "text is always made; read token_ids and ignore text",
+    "output_kind": "use Engine.generate_stream for incremental output",
+}
 
 
 @dataclass
@@ -39,8 +62,23 @@ class SamplingParams:
     ebnf: str | None = None  # an EBNF grammar (GBNF dialect) with a `root` rule
     choice: list[str] | None = None  # the output is exactly one of these strings
     structural_tag: dict | str | None = None  # xgrammar's structural tag (free text with constrained tags)
+    # vLLM's names for max_new_tokens / min_new_tokens: read in __post_init__, never stored.
+    # NOTE: None means "not given" here (vLLM's max_tokens=None, "up to the context", is not offered).
+    max_tokens: InitVar[int | None] = None
+    min_tokens: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __new__(cls, *args, **kwargs):
+        # NOTE: runs before the generated __init__, so a name it does not know is refused with a
+        # FieldError that says what to use, not a bare TypeError.
+        for name in kwargs:
+            if name not in _INIT_NAMES:
+                hint = UNSUPPORTED.get(name, "see radixserve.SamplingParams for the fields it takes")
+                raise FieldError(name, f"SamplingParams does not support {name!r}: {hint}")
+        return super().__new__(cls)
+
+    def __post_init__(self, max_tokens: int | None = None, min_tokens: int | None = None) -> None:
+        self._alias("max_tokens", max_tokens, "max_new_tokens")
+        self._alias("min_tokens", min_tokens, "min_new_tokens")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
@@ -86,6 +124,17 @@ class SamplingParams:
             self.logit_bias = {tok: float(bias) for tok, bias in self.logit_bias.items()} or None
         self._check_constraint()
 
+    def _alias(self, alias: str, value: int | None, field: str) -> None:
+        """Set `field` from vLLM's `alias` (checked here, under the alias' name)."""
+        if value is None:
+            return
+        _check(alias, isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+               f"{alias} must be an integer >= 0, got {value!r}")
+        current = getattr(self, field)
+        _check(alias, current in (_DEFAULTS[field], value),
+               f"{alias} ({value}) and {field} ({current}) are the same setting; give only one of them")
+        setattr(self, field, value)
+
     def _check_constraint(self) -> None:
         """Types and combinations only; the content (schema, regex, grammar) is checked by the Engine."""
         if isinstance(self.choice, tuple):
@@ -121,6 +170,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+
+_DEFAULTS = {"max_new_tokens": SamplingParams.max_new_tokens, "min_new_tokens": SamplingParams.min_new_tokens}
+_INIT_NAMES = frozenset(SamplingParams.__dataclass_fields__)  # the fields and the init-only aliases
 
 
 def _is_num(x: object) -> bool:
