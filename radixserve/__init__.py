@@ -9,13 +9,16 @@ from radixserve.config import EngineConfig  # noqa: E402
 from radixserve.outputs import RequestOutput, StreamDelta, TokenLogprob  # noqa: E402
 from radixserve.sampling_params import SamplingParams  # noqa: E402
 
-__all__ = ["Engine", "EngineConfig", "RequestOutput", "SamplingParams", "StreamDelta", "TokenLogprob"]
+__all__ = ["Engine", "EngineConfig", "LLM", "RequestOutput", "SamplingParams", "StreamDelta", "TokenLogprob"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Engine pulls in torch and the model code; import it only when asked for.
+    # Engine and LLM pull in torch and the model code; import it only when asked for.
     if name == "Engine":
         from radixserve.engine.engine import Engine
         return Engine
+    if name == "LLM":  # vLLM's offline API over an Engine (radixserve/offline/)
+        from radixserve.offline.llm import LLM
+        return LLM
     raise AttributeError(f"module 'radixserve' has no attribute {name!r}")
