@@ -86,3 +86,17 @@ def test_python_engine_example():
     proc = subprocess.run([sys.executable, "-c", code[0]], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "cached_tokens" in proc.stdout  # the stats dict was printed
+
+
+def test_python_llm_example():
+    code = [b for b in _blocks("python") if "from radixserve import LLM" in b]
+    assert len(code) == 1
+    proc = subprocess.run([sys.executable, "-c", code[0]], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("0 ") and lines[1].startswith("1 ")
+    assert "Paris" in lines[0] and "Rome" in lines[1]
+    texts = eval(lines[2])  # noqa: S307 - the list of two chat answers the block printed
+    assert len(texts) == 2 and all(texts)
+    samples = eval(lines[3])  # noqa: S307
+    assert [i for i, _ in samples] == [0, 1] and all(lp < 0 for _, lp in samples)
