@@ -59,7 +59,7 @@ class LLM:
 
     def chat(self, messages: Conversation | Sequence[Conversation],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-             use_tqdm: bool = True, chat_template_kwargs: dict[str, Any] | None = None,
+             use_tqdm: bool = True, *, chat_template_kwargs: dict[str, Any] | None = None,
              tools: list[dict] | None = None) -> list[LLMOutput]:
         """One LLMOutput per conversation (a list of {"role", "content"} messages; a single
         conversation gives a list of one), through the model's chat template with the generation
@@ -91,6 +91,10 @@ class LLM:
     def _parse(self, prompt: Prompt, i: int) -> tuple[str | None, list[int]]:
         """(text or None, token ids) of one prompt; text is tokenised as Engine.generate does."""
         if isinstance(prompt, Mapping):
+            extra = sorted(set(prompt) - {"prompt", "prompt_token_ids"})
+            if extra:  # e.g. multi_modal_data: refused, never silently dropped
+                raise ValueError(f"prompts[{i}] has keys radixserve does not support: {extra}; give only "
+                                 "'prompt' or 'prompt_token_ids'")
             if prompt.get("prompt_token_ids") is not None:
                 return prompt.get("prompt"), list(prompt["prompt_token_ids"])
             if isinstance(prompt.get("prompt"), str):

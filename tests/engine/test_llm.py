@@ -163,6 +163,8 @@ def test_bad_prompts_and_engine_options(llm):
         llm.generate(["ok", 3.5], _greedy(1))
     with pytest.raises(ValueError, match="prompt_token_ids"):
         llm.generate([{"text": "x"}], _greedy(1))
+    with pytest.raises(ValueError, match="multi_modal_data"):
+        llm.generate([{"prompt": "x", "multi_modal_data": {}}], _greedy(1))
     with pytest.raises(ValueError, match="conversation"):
         llm.chat([], _greedy(1))
     with pytest.raises(ValueError, match="same setting"):
