@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from engine_fixtures import make_engine, mixed_prompts
+from engine_fixtures import mixed_prompts
 from radixserve import LLM, SamplingParams
 from radixserve.errors import FieldError
 from radixserve.offline.llm import VLLM_DEFAULT_MAX_TOKENS
