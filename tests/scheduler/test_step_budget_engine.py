@@ -186,10 +186,13 @@ def test_slots_return_after_budgeted_runs(engines):
 
 def test_retraction_under_the_budget_keeps_outputs():
     """A pool too small for every request at once: requests are retracted and re-admitted, and the
-    tokens are those of a roomy engine without the budget."""
+    tokens are those of a roomy engine without the budget. The short requests alone outgrow the pool
+    (24 x (24 + 120) tokens > LONG + 400) while admission reserves only part of their output, so
+    retraction happens in every admission order, whatever the timing of the submissions."""
     rng = random.Random(5)
     prompts = [[rng.randrange(100, 30000) for _ in range(n)] for n in [LONG] + [SHORT] * 24]
-    params = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+    params = [SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)] + \
+        [SamplingParams(max_new_tokens=120, temperature=0, ignore_eos=True)] * 24
     small = _engine(BUDGET_MS, max_total_tokens=LONG + 400)
     roomy = _engine(None)
     try:
