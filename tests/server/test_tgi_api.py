@@ -64,6 +64,10 @@ def test_finish_reasons(hf, engine):
     eos = hf.text_generation("Say hi.", max_new_tokens=CONTEXT // 2, details=True,
                              grammar={"type": "regex", "value": "(hi|hello)"})
     assert eos.generated_text in ("hi", "hello") and eos.details.finish_reason == "eos_token"
+    tokens = eos.details.tokens
+    assert eos.details.generated_tokens == len(tokens)
+    assert "".join(t.text for t in tokens if not t.special) == eos.generated_text
+    assert all(t.special == (t.id in engine.eos_ids) for t in tokens)
 
 
 def test_stream_tokens_join_to_text(hf):
@@ -113,6 +117,16 @@ def test_chat_completion_json_schema(hf):
     tgi = hf.chat_completion([{"role": "user", "content": "A city?"}], max_tokens=96,
                              response_format={"type": "json", "value": CITY})
     jsonschema.validate(json.loads(tgi.choices[0].message.content), CITY)
+
+
+def test_chat_regex_and_unknown_model(hf):
+    out = hf.chat_completion([{"role": "user", "content": "Yes or no?"}], max_tokens=16,
+                             response_format={"type": "regex", "value": "(yes|no)"})
+    assert out.choices[0].message.content in ("yes", "no")
+    with pytest.raises(HfHubHTTPError) as info:  # a real model id that is not ours is still refused
+        hf.chat_completion([{"role": "user", "content": "Hi"}], model="meta-llama/Llama-3.1-8B", max_tokens=4)
+    assert info.value.response.status_code == 404
+    assert info.value.response.json()["error"]["param"] == "model"
 
 
 def test_info(hf, http, engine):
