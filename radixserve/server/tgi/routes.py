@@ -38,7 +38,8 @@ async def info(request: Request) -> Response:
         "model_id": st.model_name, "model_sha": None, "model_pipeline_tag": "text-generation",
         "model_dtype": None, "model_device_type": None,
         "max_input_tokens": total - 1, "max_input_length": total - 1, "max_total_tokens": total,
-        "max_batch_total_tokens": st.engine.limits.kv_capacity, "max_best_of": 1, "max_stop_sequences": st.config.max_stop_strings, "max_client_batch_size": 1,
+        "max_batch_total_tokens": st.engine.limits.kv_capacity, "max_best_of": 1,
+        "max_stop_sequences": st.config.max_stop_strings, "max_client_batch_size": 1,
         "router": "radixserve", "version": radixserve.__version__, "sha": None, "docker_label": None,
     })
 
