@@ -100,3 +100,17 @@ def test_python_llm_example():
     assert len(texts) == 2 and all(texts)
     samples = eval(lines[3])  # noqa: S307
     assert [i for i, _ in samples] == [0, 1] and all(lp < 0 for _, lp in samples)
+
+
+def test_tgi_client_example(server):
+    code = [b for b in _blocks("python") if "from huggingface_hub import InferenceClient" in b]
+    assert len(code) == 1
+    proc = subprocess.run([sys.executable, "-c", code[0].replace(DEFAULT_URL, server.url)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5 and lines[0] == lines[2] and lines[0] != "''"  # streamed tokens join to the text
+    assert lines[1] == "length 12"
+    for line in lines[3:]:
+        city = eval(line)  # noqa: S307 - the dict the block printed
+        assert set(city) == {"name", "population"} and isinstance(city["population"], int)

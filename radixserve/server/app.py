@@ -58,6 +58,7 @@ class ServerConfig:
 def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
     from radixserve.server.routes import cache, chat, completions, native, responses
+    from radixserve.server.tgi import routes as tgi
 
     config = config or ServerConfig()
     app = FastAPI(title="radixserve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -73,5 +74,6 @@ def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastA
     app.include_router(responses.router)
     app.include_router(native.router)
     app.include_router(cache.router)
+    app.include_router(tgi.router)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app

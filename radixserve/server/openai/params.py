@@ -50,8 +50,13 @@ class ParamNames:
         return self.context or self.of("max_new_tokens")
 
 
+# Model ids clients send when they were given no model: huggingface_hub's InferenceClient sends
+# "dummy" (chat_completion with a base_url), TGI's own docs "tgi"; TGI serves any of them.
+PLACEHOLDER_MODELS = frozenset({"tgi", "dummy", ""})
+
+
 def check_model(requested: str | None, served: str) -> None:
-    if requested is not None and requested != served:
+    if requested is not None and requested != served and requested not in PLACEHOLDER_MODELS:
         raise APIError(404, f"The model '{requested}' does not exist; this server serves '{served}'.",
                        param="model", code="model_not_found")
 

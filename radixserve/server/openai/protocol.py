@@ -93,6 +93,7 @@ class ResponseFormatText(_Strict):
 
 class ResponseFormatJSONObject(_Strict):
     type: Literal["json_object"]
+    value: dict[str, Any] | str | None = None  # TGI's spelling: a JSON Schema (huggingface_hub sends it)
 
 
 class ResponseFormatJSONSchema(_Strict):
@@ -100,8 +101,22 @@ class ResponseFormatJSONSchema(_Strict):
     json_schema: JSONSchemaSpec
 
 
-ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema,
-                           Field(discriminator="type")]
+class ResponseFormatTGIJSON(_Strict):
+    """TGI's {"type": "json", "value": schema}."""
+
+    type: Literal["json"]
+    value: dict[str, Any] | str
+
+
+class ResponseFormatTGIRegex(_Strict):
+    """TGI's {"type": "regex", "value": pattern}."""
+
+    type: Literal["regex"]
+    value: str
+
+
+ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema
+                           | ResponseFormatTGIJSON | ResponseFormatTGIRegex, Field(discriminator="type")]
 
 
 class StructuredOutputs(_Strict):

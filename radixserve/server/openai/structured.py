@@ -4,6 +4,7 @@ constraint field (json_schema, regex, ebnf, choice or structural_tag).
 Spellings accepted (at most one per request; two at once is a 400 naming both):
   response_format        {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}
                          {"type": "json_object"}  (any JSON object)   {"type": "text"}  (no constraint)
+                         {"type": "json_object" | "json", "value": schema}, {"type": "regex", "value": ...} (TGI)
   structured_outputs     {"json" | "regex" | "choice" | "grammar" | "json_object" | "structural_tag"}  (vLLM)
   top level              regex, ebnf, json_schema (SGLang), guided_json, guided_regex, guided_choice,
                          guided_grammar (vLLM's older names)
@@ -30,7 +31,11 @@ def constraints_of(req: Any) -> list[Constraint]:
     """Every constraint the request asks for, in the order the fields are checked."""
     found: list[Constraint] = []
     rf = getattr(req, "response_format", None)
-    if rf is not None and rf.type == "json_object":
+    if rf is not None and rf.type in ("json", "json_object") and rf.value is not None:  # TGI's spelling
+        found.append(Constraint("json_schema", rf.value, "response_format.value"))
+    elif rf is not None and rf.type == "regex":
+        found.append(Constraint("regex", rf.value, "response_format.value"))
+    elif rf is not None and rf.type == "json_object":
         found.append(Constraint("json_schema", JSON_OBJECT, "response_format"))
     elif rf is not None and rf.type == "json_schema":
         schema = rf.json_schema.schema_

@@ -17,6 +17,8 @@ from radixserve.server.metrics import RequestClock
 from radixserve.server.prologue import prepare_all
 from radixserve.server.openai.protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
 from radixserve.server.streaming import DONE, sse
+from radixserve.server.tgi import routes as tgi
+from radixserve.server.tgi.protocol import is_tgi_body
 
 router = APIRouter()
 
@@ -82,6 +84,10 @@ async def detokenize(request: Request) -> Response:
 
 @router.post("/generate")
 async def generate(request: Request) -> Response:
+    """SGLang's body (`text` / `input_ids`, `sampling_params`), or TGI's (`inputs`, `parameters`),
+    told apart by their keys; each is validated once, by its own model."""
+    if is_tgi_body(await request.body()):
+        return await tgi.respond(request)
     st = request.app.state
     req = await parse_body(request, GenerateRequest)
     for field in ("text", "input_ids"):

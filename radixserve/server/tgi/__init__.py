@@ -1,0 +1,1 @@
+"""Hugging Face text-generation-inference's API (POST /, /generate with an `inputs` body, /generate_stream, /info)."""
