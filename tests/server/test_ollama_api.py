@@ -7,11 +7,16 @@ import json
 import os
 from datetime import datetime
 
+import asyncio
+
 import jsonschema
 import ollama
 import pytest
 
 from radixserve.models.loader import embedded_model_path
+from radixserve.outputs import StreamDelta
+from radixserve.server.ollama import ndjson, tools
+from radixserve.server.openai.bodies import TokenTexts
 from server_fixtures import (  # noqa: F401 - fixtures are used by name
     API_KEY, assert_no_leak, engine, greedy, http, server)
 
@@ -20,6 +25,11 @@ GREEDY = {"temperature": 0, "num_predict": 8}
 CITY = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
                                          "population": {"type": "integer", "minimum": 0}},
         "required": ["name", "population"], "additionalProperties": False}
+# NOTE: in the key order the ollama client's Tool model sends, so the OpenAI route renders the same prompt
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                            "parameters": {"type": "object", "required": ["city"], "properties": {
+                                                "city": {"type": "string", "description": "the city"}}}}}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +98,57 @@ def test_chat_logprobs(client):
     assert len(resp.logprobs) == resp.eval_count
     assert "".join(lp.token for lp in resp.logprobs) == resp.message.content
     assert all(len(lp.top_logprobs) == 2 and lp.top_logprobs[0].logprob >= lp.logprob - 1e-4 for lp in resp.logprobs)
+
+
+def test_chat_tools_render_as_on_the_openai_route(client, http):
+    history = ASK_WEATHER + [
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather",
+                                                                         "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": '{"temp_c": 21}', "tool_name": "get_weather"}]
+    openai_history = ASK_WEATHER + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 21}'}]
+    for ours, theirs in ((ASK_WEATHER, ASK_WEATHER), (history, openai_history)):
+        resp = client.chat(model="smollm2", messages=ours, tools=[WEATHER], options=GREEDY)
+        ref = http.post("/v1/chat/completions", json={"messages": theirs, "tools": [WEATHER], "max_tokens": 8,
+                                                      "temperature": 0}).json()
+        assert resp.prompt_eval_count == ref["usage"]["prompt_tokens"]
+        assert resp.message.content == (ref["choices"][0]["message"]["content"] or "")
+        assert resp.eval_count == ref["usage"]["completion_tokens"]
+
+
+class _Clock:
+    def tokens(self, index: int, count: int) -> None: ...
+
+    def done(self) -> None: ...
+
+
+def test_tool_calls_are_read_out_of_the_stream(engine):
+    """The model here does not call tools unprompted, so the reading is driven with the text a
+    calling model writes, split at awkward places, through the route's own streaming path."""
+    text = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    cuts = [0, 5, 16, 20, 41, 70, len(text)]
+    deltas = [StreamDelta("r", 0, text[a:b], [1], None, "stop" if b == len(text) else None, 3, 0, i + 1)
+              for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+
+    async def stream():
+        for d in deltas:
+            yield 0, d
+
+    plan = tools.plan([WEATHER], False)
+    gen = ndjson.Generation(TokenTexts(engine.tokenizer), False, _Clock(), tools.reader_of(plan))
+    lines = asyncio.run(_lines(ndjson.stream_lines(stream(), gen, lambda p: {"part": p}, {}, lambda g: g.done())))
+    parts = [x["part"] for x in lines]
+    assert "".join(p["text"] for p in parts) == "Let me check."
+    assert [c for p in parts for c in p["tool_calls"]] == [{"function": {"name": "get_weather",
+                                                                         "arguments": {"city": "Paris"}}}]
+    assert lines[-1]["done"] and lines[-1]["eval_count"] == len(deltas) and lines[-1]["prompt_eval_count"] == 3
+    assert gen.whole()["tool_calls"] == [c for p in parts for c in p["tool_calls"]]
+
+
+async def _lines(it) -> list[dict]:
+    return [json.loads(x) async for x in it]
 
 
 # ---- /api/generate ----------------------------------------------------------------------------------
@@ -169,7 +230,9 @@ def error_of(call) -> ollama.ResponseError:
     ({"think": True}, "think"),
     ({"format": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}, "format"),
     ({"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "messages[0].images"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0]"),
+    ({"tools": [WEATHER], "format": "json"}, "format"),
+    ({"messages": [{"role": "tool", "content": "21", "tool_name": "get_weather"}]}, "messages[0]"),
 ])
 def test_chat_errors_name_the_field(client, kw, names):
     kw = {"model": "smollm2", "messages": ASK, **kw}

@@ -22,7 +22,9 @@ from starlette.responses import Response, StreamingResponse
 from radixserve.engine.interface import EngineHandle
 from radixserve.outputs import StreamDelta
 from radixserve.server.metrics import RequestClock
+from radixserve.server.ollama.tools import ollama_calls
 from radixserve.server.openai import bodies
+from radixserve.server.openai.tool_stream import ToolReader
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +44,18 @@ def error_response(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
-class Generation:
-    """What one request's deltas add up to: text, token ids, counts, timings, finish reason."""
+Part = dict  # {"text": str, "logprobs": list[dict], "tool_calls": list[dict]}
 
-    def __init__(self, texts: bodies.TokenTexts, want_logprobs: bool, clock: RequestClock) -> None:
+
+class Generation:
+    """What one request's deltas add up to: text, tool calls (read by `reader` when tools are
+    offered), token ids, counts, timings, finish reason."""
+
+    def __init__(self, texts: bodies.TokenTexts, want_logprobs: bool, clock: RequestClock,
+                 reader: ToolReader | None = None) -> None:
         self.clock = clock
+        self.reader = reader
+        self.tool_calls: list[dict] = []
         self.start_ns = time.monotonic_ns()
         self.first_ns: int | None = None
         self.last_ns = self.start_ns
@@ -58,30 +67,35 @@ class Generation:
         self.prompt_tokens = 0
         self.finish_reason: str | None = None
 
-    def add(self, d: StreamDelta) -> dict:
-        """Record one delta; returns its part of a streamed line (text and, if asked, logprobs)."""
+    def add(self, d: StreamDelta) -> Part:
+        """Record one delta; returns its part of a streamed line (text, tool calls, logprobs)."""
         now = time.monotonic_ns()
         if d.token_ids and self.first_ns is None:
             self.first_ns = now
         self.last_ns = now
         self.clock.tokens(d.index, len(d.token_ids))
-        self.pieces.append(d.text)
+        text, calls = d.text, []
+        if self.reader is not None:  # content is the text outside tool-call blocks
+            pieces = self.reader.feed(d.text) + (self.reader.finish() if d.finish_reason is not None else [])
+            text = "".join(p.content for p in pieces if p.content is not None)
+            calls = ollama_calls(pieces)
+            self.tool_calls.extend(calls)
+        self.pieces.append(text)
         self.token_ids.extend(d.token_ids)
         self.prompt_tokens = d.prompt_tokens
         if d.finish_reason is not None:
             self.finish_reason = d.finish_reason
         lps = self._logprobs(d)
         self.logprobs.extend(lps)
-        return {"text": d.text, "logprobs": lps}
+        return {"text": text, "logprobs": lps, "tool_calls": calls}
 
     def _logprobs(self, d: StreamDelta) -> list[dict]:
         if not self.want_logprobs or not d.token_ids:
             return []
         return (bodies.chat_logprobs(d.logprobs, self.texts) or {"content": []})["content"]
 
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
+    def whole(self) -> Part:
+        return {"text": "".join(self.pieces), "logprobs": self.logprobs, "tool_calls": self.tool_calls}
 
     def done(self) -> dict:
         """The fields of the final object (Ollama's `done: true` line)."""
@@ -124,12 +138,13 @@ def ndjson_response(engine: EngineHandle, lines: AsyncIterator[bytes], ids: list
 
 
 async def stream_lines(stream: AsyncIterator[tuple[int, StreamDelta]], gen: Generation,
-                       shape: Callable[[str, list[dict]], dict], base: dict,
+                       shape: Callable[[Part], dict], base: dict,
                        final: Callable[[Generation], dict]) -> AsyncIterator[bytes]:
-    """One line per delta with text (`shape(text, logprobs)` merged into `base`), then the done line."""
+    """One line per delta with something in it (`shape(part)` merged into `base`), then the done line."""
     async for _, d in stream:
         part = gen.add(d)
-        if part["text"] or part["logprobs"]:
-            yield line({**base, "created_at": created_at(), **shape(part["text"], part["logprobs"]), "done": False})
+        if part["text"] or part["logprobs"] or part["tool_calls"]:
+            yield line({**base, "created_at": created_at(), **shape(part), "done": False})
     gen.clock.done()
-    yield line({**base, "created_at": created_at(), **shape("", []), **final(gen)})
+    yield line({**base, "created_at": created_at(), **shape({"text": "", "logprobs": [], "tool_calls": []}),
+                **final(gen)})

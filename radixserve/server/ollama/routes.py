@@ -6,7 +6,9 @@ Per request field (README "Ollama API" lists the same):
 - format ("json" | a JSON Schema), options (options.py), stream, logprobs/top_logprobs: honoured.
 - keep_alive: accepted, nothing to do (the model stays loaded for the server's lifetime).
 - think: false is accepted; true or a level is a 400 (this engine has no thinking mode to switch).
-- images (top level or in a message), tools (non-empty), template, suffix, and the image
+- tools: offered as /v1/chat/completions offers them with tool_choice "auto" (tools.py); calls
+  come back as message.tool_calls; tool results go back as role "tool" messages.
+- images (top level or in a message), template, suffix, and the image
   generation fields (width, height, steps): a 400 saying why.
 - generate: `system` and the prompt are rendered with the model's chat template (as a system and
   a user message), `raw: true` sends the prompt's tokens as they are; `context` (token ids of an
@@ -26,12 +28,14 @@ from starlette.responses import Response
 
 from radixserve.server.engine_io import JSONResponse, stream_all
 from radixserve.server.errors import APIError, parse_body
-from radixserve.server.ollama import ndjson, options
+from radixserve.server.ollama import ndjson, options, tools
 from radixserve.server.ollama.errors import OllamaRoute
 from radixserve.server.ollama.model_facts import ModelFacts, read_facts
-from radixserve.server.ollama.protocol import ChatBody, GenerateBody, Message, ShowBody, GenerateCommon
+from radixserve.server.ollama.protocol import ChatBody, GenerateBody, GenerateCommon, ShowBody
 from radixserve.server.openai import bodies, params
+from radixserve.server.openai import tools as openai_tools
 from radixserve.server.openai.params import ParamNames
+from radixserve.server.openai.tool_stream import ToolReader
 from radixserve.server.prologue import prepare_all
 from radixserve.server.streaming import until_disconnect
 
@@ -52,28 +56,16 @@ def _check_common(body: GenerateCommon) -> None:
         raise _refuse("think", "this model has no thinking mode; leave think out or set it to false")
 
 
-def _chat_messages(messages: list[Message]) -> list[dict]:
-    out = []
-    for i, m in enumerate(messages):
-        if m.images:
-            raise _refuse(f"messages[{i}].images", "this server serves a text-only model")
-        if m.tool_calls:
-            raise _refuse(f"messages[{i}].tool_calls", "tools are not offered on /api/chat; use /v1/chat/completions")
-        # NOTE: `thinking` passed back from an earlier answer is dropped, as Ollama does for a
-        # template without thinking; `tool_name` has no place in the chat template either.
-        out.append({"role": m.role, "content": m.content})
-    return out
-
-
 async def _respond(request: Request, prompt: list[int], body: GenerateCommon, names: ParamNames, kind: str,
-                   shape: Any, extra_final: Any = None) -> Response:
-    """Run `prompt` with the body's options; stream NDJSON lines or answer one object.
-    `shape(text, logprobs)` is the route's content fields, `extra_final(gen)` more fields of the last object."""
+                   shape: Any, extra_final: Any = None, reader: ToolReader | None = None) -> Response:
+    """Run `prompt` with the body's options; stream NDJSON lines or answer one object. `shape(part)`
+    is the route's content fields, `extra_final(gen)` more fields of the last object, `reader`
+    reads tool calls out of the text."""
     st = request.app.state
     sp = options.sampling(body, len(prompt), st.engine.max_context_len, names)
     prepared = prepare_all(st, [prompt], sp, names)
     rid = f"ollama-{kind}-{uuid.uuid4().hex}"
-    gen = ndjson.Generation(bodies.TokenTexts(st.engine.tokenizer), bool(body.logprobs), st.metrics.clock())
+    gen = ndjson.Generation(bodies.TokenTexts(st.engine.tokenizer), bool(body.logprobs), st.metrics.clock(), reader)
     stream, ids = await stream_all(request, prepared, rid, None, names)
     base = {"model": st.model_name}
 
@@ -88,7 +80,7 @@ async def _respond(request: Request, prompt: list[int], body: GenerateCommon, na
             st.engine.abort(req_id)
 
     await until_disconnect(request, ndjson.collect(stream, gen), abort_all)
-    return JSONResponse({**base, "created_at": ndjson.created_at(), **shape(gen.text, gen.logprobs), **final(gen)})
+    return JSONResponse({**base, "created_at": ndjson.created_at(), **shape(gen.whole()), **final(gen)})
 
 
 def _loaded(request: Request, body: GenerateCommon, content: dict) -> Response:
@@ -103,17 +95,24 @@ async def chat(request: Request) -> Response:
     st = request.app.state
     body = await parse_body(request, ChatBody)
     _check_common(body)
-    if body.tools:
-        raise _refuse("tools", "tools are not offered on /api/chat yet; /v1/chat/completions serves them")
     if not body.messages:
         return _loaded(request, body, {"message": {"role": "assistant", "content": ""}})
-    prompt = params.chat_prompt(st.engine, _chat_messages(body.messages))
-    names = options.names(options.constraint(body.format), "messages")
+    plan = tools.plan(body.tools, st.tools_native)
+    constraint = options.constraint(body.format)
+    if plan.parses and constraint is not None:
+        raise APIError(400, "'format' cannot be combined with tools: constraining the answer's text would leave "
+                       "no way to call a tool.", param="format")
+    messages = openai_tools.template_messages(tools.chat_messages(body.messages), plan)
+    prompt = params.chat_prompt(st.engine, messages, openai_tools.template_tools(plan))
+    names = options.names(constraint, "messages")
 
-    def shape(text: str, lps: list[dict]) -> dict:
-        return {"message": {"role": "assistant", "content": text}, **({"logprobs": lps} if lps else {})}
+    def shape(part: ndjson.Part) -> dict:
+        message = {"role": "assistant", "content": part["text"]}
+        if part["tool_calls"]:
+            message["tool_calls"] = part["tool_calls"]
+        return {"message": message, **({"logprobs": part["logprobs"]} if part["logprobs"] else {})}
 
-    return await _respond(request, prompt, body, names, "chat", shape)
+    return await _respond(request, prompt, body, names, "chat", shape, reader=tools.reader_of(plan))
 
 
 @router.post("/api/generate")
@@ -146,8 +145,8 @@ async def generate(request: Request) -> Response:
     prompt = list(body.context or []) + ids
     names = options.names(options.constraint(body.format), "context" if body.context else "prompt")
 
-    def shape(text: str, lps: list[dict]) -> dict:
-        return {"response": text, **({"logprobs": lps} if lps else {})}
+    def shape(part: ndjson.Part) -> dict:
+        return {"response": part["text"], **({"logprobs": part["logprobs"]} if part["logprobs"] else {})}
 
     def context(g: ndjson.Generation) -> dict:
         return {} if body.raw else {"context": prompt + g.token_ids}
