@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -57,7 +58,9 @@ def _check_common(body: GenerateCommon) -> None:
 
 
 async def _respond(request: Request, prompt: list[int], body: GenerateCommon, names: ParamNames, kind: str,
-                   shape: Any, extra_final: Any = None, reader: ToolReader | None = None) -> Response:
+                   shape: Callable[[ndjson.Part], dict],
+                   extra_final: Callable[[ndjson.Generation], dict] | None = None,
+                   reader: ToolReader | None = None) -> Response:
     """Run `prompt` with the body's options; stream NDJSON lines or answer one object. `shape(part)`
     is the route's content fields, `extra_final(gen)` more fields of the last object, `reader`
     reads tool calls out of the text."""
