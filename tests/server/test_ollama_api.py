@@ -209,6 +209,7 @@ def test_list_show_ps_version(client, engine, http):
     assert shown.template == engine.tokenizer.chat_template
     (running,) = client.ps().models
     assert running.model == "smollm2" and running.size == size and running.context_length == engine.max_context_len
+    assert http.get("/").status_code == 200 and http.head("/").status_code == 200  # clients probe the root
     version = http.get("/api/version")
     assert version.status_code == 200 and version.json()["version"].count(".") == 2
 

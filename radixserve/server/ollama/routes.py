@@ -203,6 +203,12 @@ async def ps(request: Request) -> Response:
                                             "context_length": st.engine.max_context_len})]})
 
 
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root() -> Response:
+    """Ollama answers its root with a line of text; clients probe it to see a server is up."""
+    return Response("radixserve is running (Ollama API under /api, OpenAI API under /v1)\n", media_type="text/plain")
+
+
 @router.get("/api/version")
 async def version() -> Response:
     return JSONResponse({"version": OLLAMA_API_VERSION})
