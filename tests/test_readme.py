@@ -32,7 +32,7 @@ def server():
 
 def test_curl_examples(server):
     curls = [b for b in _blocks("bash") if b.lstrip().startswith("curl")]
-    assert len(curls) == 4
+    assert len(curls) == 5
     outputs = []
     for block in curls:
         assert DEFAULT_URL in block
@@ -50,6 +50,10 @@ def test_curl_examples(server):
     structured = json.loads(outputs[3])
     city = json.loads(structured["choices"][0]["message"]["content"])
     assert structured["choices"][0]["finish_reason"] == "stop" and set(city) == {"name", "population"}
+    lines = [json.loads(line) for line in outputs[4].splitlines()]  # Ollama's /api/chat: NDJSON
+    assert [x["done"] for x in lines] == [False] * (len(lines) - 1) + [True]
+    assert "".join(x["message"]["content"] for x in lines) and 0 < lines[-1]["eval_count"] <= 12
+    assert lines[-1]["done_reason"] in ("stop", "length") and lines[-1]["model"] == "SmolLM2-135M-Instruct"
 
 
 def _run_sdk_block(server, marker: str) -> str:
@@ -78,6 +82,18 @@ def test_responses_example(server):
     out = _run_sdk_block(server, "previous_response_id")
     turn1, cached = (int(x) for x in re.search(r"turn 1 tokens: (\d+) cached in turn 2: (\d+)", out).groups())
     assert cached >= turn1 - 1  # the whole first turn, input and output, came from the cache
+
+
+def test_ollama_example(server):
+    code = [b for b in _blocks("python") if "import ollama" in b]
+    assert len(code) == 1
+    proc = subprocess.run([sys.executable, "-c", code[0].replace(DEFAULT_URL, server.url)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    said, counts, counted, family = proc.stdout.splitlines()
+    assert said.startswith("SmolLM2-135M-Instruct says: ") and len(said) > len("SmolLM2-135M-Instruct says: ")
+    tokens_in, tokens_out = (int(x) for x in re.match(r"tokens in: (\d+) out: (\d+)$", counts).groups())
+    assert tokens_in > 5 and 0 < tokens_out <= 24 and counted and family == "family: llama"
 
 
 def test_python_engine_example():

@@ -57,6 +57,7 @@ class ServerConfig:
 
 def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving `engine`. The caller owns the engine (and shuts it down)."""
+    from radixserve.server.ollama import routes as ollama
     from radixserve.server.routes import cache, chat, completions, native, responses
     from radixserve.server.tgi import routes as tgi
 
@@ -75,5 +76,6 @@ def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastA
     app.include_router(native.router)
     app.include_router(cache.router)
     app.include_router(tgi.router)
+    app.include_router(ollama.router)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app
