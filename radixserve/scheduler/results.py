@@ -92,6 +92,7 @@ class ResultProcessor:
         self.generated_tokens = 0
         self.spec_drafted = 0  # draft tokens verified (speculative decoding)
         self.spec_accepted = 0  # of them, kept
+        self.spec_verifies = 0  # rows that verified a draft (each appends its kept tokens + 1)
         self.finished_by_reason: dict[str, int] = {}
 
     @staticmethod
@@ -146,19 +147,29 @@ class ResultProcessor:
         return Sampled(spans, done, reqs, host, ready, result.token_ids, verify, verify_tokens)
 
     def _verify_targets(self, rows: list[Row], plan: LogitsPlan, logits: torch.Tensor) -> tuple[list, torch.Tensor | None]:
-        """The model's greedy choice at every position of the rows verifying a draft (drafting
-        requests are greedy without penalties: see scheduler/speculation.py)."""
+        """The token plain decoding would sample at every position of the rows verifying a draft.
+
+        NOTE: position j of a draft is sampled as decode step len(output) + j would be: the same
+        processed distribution and the same counter-based noise of (seed, step, token). So a draft
+        token is kept exactly when plain decoding would have drawn it (probability p(token), what
+        rejection sampling of a one-token draft accepts too), and a seeded request's output is
+        token for token that of speculation off. Drafting requests have no penalties, logit bias
+        or min_new_tokens still to reach (scheduler/speculation.py), so nothing else depends on j."""
         if not plan.verify_rows:
             return [], None
-        verify, idx, blocked = [], [], []
+        verify, idx, srows = [], [], []
         for i, pos, count in plan.verify_rows:
             r = rows[i].req
             verify.append((r, len(idx)))
             idx.extend(range(pos, pos + count))
-            row = SamplingRow(r.params, r.seed, len(r.output_ids), r.prompt_ids, r.output_ids, self._eos_tuple, None, None)
-            blocked += [greedy_blocked_ids(row, self.vocab_size)] * count
+            n = len(r.output_ids)
+            srows += [SamplingRow(r.params, r.seed, n + j, r.prompt_ids, r.output_ids, self._eos_tuple, None, None)
+                      for j in range(count)]
         x = logits[tensor_on(idx, torch.int64, logits.device)]  # a copy
-        return verify, greedy_argmax(x, blocked).to("cpu", non_blocking=False)
+        blocked = [greedy_blocked_ids(row, self.vocab_size) for row in srows]
+        if all(b is not None for b in blocked):
+            return verify, greedy_argmax(x, blocked).cpu()
+        return verify, sample(x, build_sampling_tensors(srows, self.vocab_size, logits.device)).token_ids.cpu()
 
     def _bitmask(self, reqs: list[Request], device: torch.device) -> torch.Tensor | None:
         grammars = [r.grammar for r in reqs]
@@ -217,6 +228,7 @@ class ResultProcessor:
             kept = accept_greedy(draft, targets[off:off + len(draft) + 1])
             self.spec_drafted += len(draft)
             self.spec_accepted += len(kept) - 1
+            self.spec_verifies += 1
             req.decode.spec.kept = len(kept) - 1
             if req.state is State.FINISHED:
                 continue

@@ -331,4 +331,4 @@ class Scheduler:
                     kv_capacity=alloc.capacity, kv_free=alloc.num_free_slots, tree_tokens=tree.total_size,
                     finished=dict(self.results.finished_by_reason), query_tokens=tree.query_tokens,
                     hit_tokens=tree.hit_tokens, spec_draft_tokens=self.results.spec_drafted,
-                    spec_accepted_tokens=self.results.spec_accepted)
+                    spec_accepted_tokens=self.results.spec_accepted, spec_verify_rows=self.results.spec_verifies)

@@ -7,9 +7,10 @@ that, K/V is valid up to the last kept input, so kv_len falls back to seq_len - 
 past the next token go back to the allocator at once. Drafts only use slots that are free: they
 never evict cached prefixes, so the radix hit rate does not pay for speculation.
 
-Which requests draft: greedy ones without penalties, logit bias, logprobs, prompt logprobs or a
-grammar, past min_new_tokens, with at least two tokens left to generate (the others decode one
-token per step, unchanged)."""
+Which requests draft: those without penalties, logit bias, logprobs, prompt logprobs or a grammar,
+past min_new_tokens, with at least two tokens left to generate (the others decode one token per
+step, unchanged). Sampled requests draft too: verification draws each position as plain decoding
+would (results.py), so their output is that of speculation off with the same seed."""
 from __future__ import annotations
 
 from radixserve.config import SpeculativeConfig
@@ -22,7 +23,7 @@ from radixserve.speculative.verify import SpecState
 
 def can_draft(req: Request) -> bool:
     p = req.params
-    return (req.grammar is None and p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+    return (req.grammar is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
             and p.frequency_penalty == 0.0 and p.logprobs is None and not p.logit_bias
             and p.prompt_logprobs_start is None and len(req.output_ids) >= p.min_new_tokens
             and req.decode.pending == 0 and p.max_new_tokens - len(req.output_ids) >= 2)

@@ -12,9 +12,10 @@ from typing import Sequence
 
 
 def accept_greedy(draft: Sequence[int], targets: Sequence[int]) -> list[int]:
-    """The tokens greedy decoding appends: targets[j] is the model's argmax after draft[:j] (len(draft) + 1
-    of them). Keeps targets up to and including the first that differs from the draft; all k + 1
-    when the whole draft agrees. Token for token what k + 1 plain greedy steps give."""
+    """The tokens decoding appends: targets[j] is the token plain decoding picks after draft[:j] (its
+    argmax, or its seeded draw at that step; len(draft) + 1 of them). Keeps targets up to and
+    including the first that differs from the draft; all k + 1 when the whole draft agrees. Token
+    for token what k + 1 plain steps give."""
     assert len(targets) == len(draft) + 1, (len(draft), len(targets))
     out: list[int] = []
     for d, t in zip(draft, targets):

@@ -101,11 +101,11 @@ def test_stops_inside_a_draft(engines):
 def test_n_samples_and_mixed_sampled_requests(engines):
     prompts = _prompts(13, 3)
     greedy = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True, n=2)
-    sampled = SamplingParams(max_new_tokens=24, temperature=0.8, seed=5, ignore_eos=True)
+    sampled = SamplingParams(max_new_tokens=24, temperature=0.8, seed=5, ignore_eos=True, presence_penalty=0.5)
     params = [greedy, sampled, greedy]
     want = _run(engines[None], prompts, params)
     for m in METHODS:
-        assert _run(engines[m], prompts, params) == want  # seeded sampling decodes one token per step, unchanged
+        assert _run(engines[m], prompts, params) == want  # a penalised request decodes one token per step, unchanged
 
 
 def test_streaming_delivers_every_token_once(engines):
@@ -136,3 +136,18 @@ def test_retraction_with_speculation_keeps_outputs(engines, method):
         assert small.flush_cache() and small.stats()["kv_used_tokens"] == 0
     finally:
         small.shutdown()
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 1.0), (1.0, 0.9), (1.3, 1.0)])
+def test_seeded_sampling_equals_speculation_off(engines, temperature, top_p):
+    """Each draft position is drawn as the plain decode step would be (same distribution, same
+    seeded noise): the output is token for token that of speculation off, for every seed."""
+    prompts = _prompts(23, 4)
+    params = [SamplingParams(max_new_tokens=40, temperature=temperature, top_p=top_p, seed=s, ignore_eos=True)
+              for s in range(4)]
+    want = _run(engines[None], prompts, params)
+    for m in METHODS:
+        before = engines[m].stats()["spec_accepted_tokens"]
+        assert _run(engines[m], prompts, params) == want, m
+        assert _run(engines[m], prompts, params) == want, m  # radix: drafts the first run's samples from the tree
+    assert engines["radix"].stats()["spec_accepted_tokens"] > before  # sampled requests did draft, and kept
