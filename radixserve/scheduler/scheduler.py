@@ -118,7 +118,9 @@ class Scheduler:
     def _can_overlap(self) -> bool:
         """Sampling the next token before the host has appended the last one is exact unless
         the sampler needs the token history (penalties, the min_new_tokens count)."""
-        if not self.config.overlap_schedule or self.speculator is not None:
+        if not self.config.overlap_schedule:
+            return False
+        if self.speculator is not None and self.speculator.may_draft(len(self.running)):
             return False  # NOTE: a draft is made on the host from every token so far
         return all(r.params.repetition_penalty == 1.0 and r.params.presence_penalty == 0.0
                    and r.params.frequency_penalty == 0.0 and len(r.output_ids) >= r.params.min_new_tokens

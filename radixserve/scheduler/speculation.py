@@ -35,6 +35,10 @@ class Speculator:
         self.kv = kv
         self.proposer = Proposer(config, kv.tree)
 
+    def may_draft(self, running: int) -> bool:
+        """Whether a step with `running` requests may draft (else the scheduler keeps its overlap)."""
+        return running <= self.config.max_batch
+
     def draft(self, rows: list[Row]) -> list[Row]:
         """`rows` with each decoding row that gets a draft widened to 1 + len(draft) tokens."""
         decoding = [i for i, (req, ext) in enumerate(rows) if ext == 1 and req.todo == 1]

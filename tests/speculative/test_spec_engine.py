@@ -151,3 +151,20 @@ def test_seeded_sampling_equals_speculation_off(engines, temperature, top_p):
         assert _run(engines[m], prompts, params) == want, m
         assert _run(engines[m], prompts, params) == want, m  # radix: drafts the first run's samples from the tree
     assert engines["radix"].stats()["spec_accepted_tokens"] > before  # sampled requests did draft, and kept
+
+
+def test_large_batches_switch_drafting_off_and_back_on(engines):
+    """Above max_batch running requests no request drafts (and the overlapped schedule stays on); as
+    requests finish, the rest draft again. Outputs never change."""
+    prompts = _prompts(29, 6)
+    # prompt 2's output falls into a loop (drafts hit); it runs longest, alone at the end
+    params = [SamplingParams(max_new_tokens=60 if i == 2 else 8 + 2 * i, temperature=0, ignore_eos=True) for i in range(6)]
+    want = _run(engines[None], prompts, params)
+    e = Engine(MODEL, device="cpu", dtype="float32", max_total_tokens=8192, check_integrity=True,
+               speculative_config={"method": "ngram", "num_speculative_tokens": 4, "max_batch": 2})
+    try:
+        assert _run(e, prompts, params) == want
+        assert e.stats()["spec_accepted_tokens"] > 0  # the last request drafted
+        e.check_integrity()
+    finally:
+        e.shutdown()
