@@ -1,7 +1,7 @@
 """`radixserve bench spec`: speculative decoding on real text, against speculation off.
 
 Four workloads on the chosen model (default: the embedded SmolLM2-135M), each at batch 1 and batch 8,
-greedy, for speculation off, `ngram` and `radix` (separate engines, same options):
+greedy, for speculation off, `ngram` and `radix` (three engines, same options, taking turns):
 
 - rag: answer a question over a retrieved passage (answers quote it: prompt lookup finds drafts);
 - regenerate: a multi-turn chat whose last answer the user asks for again (the timed run repeats a
@@ -92,21 +92,24 @@ def _timed(engine, prompts, params) -> tuple[float, int, dict]:
 def run(model: str | None, device: str, out_dir: str, stem: str, batches=(1, 8), k: int = 4, **options) -> dict:
     from radixserve import Engine
 
-    runs, outputs = [], {}
-    for method in METHODS:
-        spec = {"method": method, "num_speculative_tokens": k} if method else None
-        engine = Engine(model, device=device, speculative_config=spec, **options)
-        try:
-            engine.generate(input_ids=[engine.tokenizer.encode("Warm up the kernels.")])
-            for batch in batches:
-                for name, (prompts, warm, params) in _workloads(engine, batch).items():
+    runs, outputs, engines = [], {}, {}
+    # NOTE: the three engines stay loaded and take turns on each workload, so a change in the
+    # machine's load hits all methods alike (on a shared machine it does)
+    try:
+        for method in METHODS:
+            spec = {"method": method, "num_speculative_tokens": k} if method else None
+            engines[method] = Engine(model, device=device, speculative_config=spec, **options)
+            engines[method].generate(input_ids=[engines[method].tokenizer.encode("Warm up the kernels.")])
+        for batch in batches:
+            for name in ("rag", "regenerate", "json", "rerun"):
+                for method, engine in engines.items():
+                    prompts, warm, params = _workloads(engine, batch)[name]
                     engine.flush_cache()
                     if warm:
                         engine.generate(input_ids=warm, sampling_params=params)
                     wall, tokens, info = _timed(engine, prompts, params)
                     d = info["delta"]
-                    key = (name, batch)
-                    same = outputs.setdefault(key, info["outputs"]) == info["outputs"]
+                    same = outputs.setdefault((name, batch), info["outputs"]) == info["outputs"]
                     runs.append({"workload": name, "batch": batch, "method": method or "off", "tokens": tokens,
                                  "seconds": round(wall, 3), "tok_s": round(tokens / wall, 2),
                                  "draft_tokens": d["spec_draft_tokens"], "accepted_tokens": d["spec_accepted_tokens"],
@@ -116,7 +119,8 @@ def run(model: str | None, device: str, out_dir: str, stem: str, batches=(1, 8),
                                  if d["spec_verify_rows"] else None,
                                  "same_output_as_off": same})
                     logger.info("%s", runs[-1])
-        finally:
+    finally:
+        for engine in engines.values():
             engine.shutdown()
     base = {(r["workload"], r["batch"]): r["tok_s"] for r in runs if r["method"] == "off"}
     for r in runs:
