@@ -10,6 +10,51 @@ ATTENTION_BACKENDS = ("auto", "torch", "torch-ref", "triton")
 # checkpoint's own method (detected from its quantization_config without the option). Kept in step with
 # radixserve.models.quant_config.QUANTIZATIONS (a test checks).
 QUANTIZATIONS = ("fp8", "int4", "gptq", "awq", "compressed-tensors")
+SPECULATIVE_METHODS = ("ngram", "radix")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding (vLLM's `speculative_config` shape): draft up to `num_speculative_tokens`
+    tokens per decoding request, verify them in one forward, keep the agreed prefix plus one token.
+
+    method "ngram": prompt lookup, the tokens that followed the latest earlier occurrence of the
+    request's last n tokens (n from prompt_lookup_max down to prompt_lookup_min) in its own prompt and
+    output; "radix": the continuation the radix tree already holds after the request's tokens (a
+    regenerated answer, a program run again), else prompt lookup.
+    """
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4  # most draft tokens per request per step (its draft length adapts below it)
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    # no drafts while more requests than this decode together: a verify step computes (1 + k) tokens per
+    # request, which pays while decode is bound by reading the weights, not at large batches
+    max_batch: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            raise ValueError(f"speculative_config.method must be one of {SPECULATIVE_METHODS}, got {self.method!r}")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError(f"speculative_config.num_speculative_tokens must be in [1, 16], got {self.num_speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("speculative_config needs 1 <= prompt_lookup_min <= prompt_lookup_max, got "
+                             f"{self.prompt_lookup_min} and {self.prompt_lookup_max}")
+        if self.max_batch < 1:
+            raise ValueError(f"speculative_config.max_batch must be >= 1, got {self.max_batch}")
+
+    @classmethod
+    def parse(cls, value: "SpeculativeConfig | dict | None") -> "SpeculativeConfig | None":
+        """From a dict (the JSON of --speculative-config); unknown keys are an error that names them."""
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"speculative_config must be a dict like {{'method': 'ngram', 'num_speculative_tokens': 4}}, "
+                             f"got {type(value).__name__}")
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"speculative_config: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -55,8 +100,11 @@ class EngineConfig:
     # weights: None = as the checkpoint has them (its quantization_config, if any); fp8 (per-channel weights, per-token
     # dynamic activations) or int4 (round-to-nearest, group 128) quantize at load; see QUANTIZATIONS
     quantization: str | None = None
+    # speculative decoding (greedy requests; see SpeculativeConfig); a dict is parsed. None: off
+    speculative_config: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "speculative_config", SpeculativeConfig.parse(self.speculative_config))
         if self.page_size < 1 or self.page_size & (self.page_size - 1):
             raise ValueError(f"page_size must be a power of two >= 1, got {self.page_size}")
         if self.dtype not in DTYPES:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from typing import Any
 
-from radixserve.config import DTYPES, POLICIES, QUANTIZATIONS, EngineConfig
+from radixserve.config import DTYPES, POLICIES, QUANTIZATIONS, EngineConfig, SpeculativeConfig
 
 _CHOICES = {"dtype": DTYPES, "schedule_policy": POLICIES, "attention_backend": ("auto", "torch", "triton"),
             "quantization": QUANTIZATIONS}
@@ -28,6 +29,9 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                                default=argparse.SUPPRESS, help=help_text)
             continue
         conv = int if kind.startswith("int") else float if kind.startswith("float") else str
+        if f.name == "speculative_config":
+            conv, help_text = _speculative_config, ('JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\' '
+                                                    '(methods: ngram, radix); default: off')
         group.add_argument(flag, dest=f.name, type=conv, default=argparse.SUPPRESS,
                            choices=_CHOICES.get(f.name), help=help_text)
 
@@ -39,6 +43,10 @@ def engine_argv(options: dict[str, Any]) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
+        elif dataclasses.is_dataclass(value):
+            argv += [flag, json.dumps(dataclasses.asdict(value))]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
         elif value is not None:
             argv += [flag, str(value)]
     return argv
@@ -47,3 +55,10 @@ def engine_argv(options: dict[str, Any]) -> list[str]:
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _speculative_config(text: str) -> SpeculativeConfig:
+    try:
+        return SpeculativeConfig.parse(json.loads(text))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -125,6 +125,12 @@ def add_bench_parser(sub, common: argparse.ArgumentParser) -> None:
                        ("max-prefill-tokens", int), ("warmup-len", int)):
         ls.add_argument("--" + flag, type=kind, default=None, help="overrides --scale")
 
+    spb = kinds.add_parser("spec", parents=[base], help="speculative decoding (off, ngram, radix) on real text: RAG, "
+                           "regenerate, JSON under a schema, a re-run program; batch 1 and 8")
+    spb.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    spb.add_argument("--batches", default="1,8")
+    spb.add_argument("--dtype", default="float32")
+
     gpu = kinds.add_parser("gpu", parents=[base], help="every GPU benchmark in one command (< 8 min on an H100)")
     gpu.add_argument("--budget", type=float, default=330.0, help="seconds of timed runs in all (model loads extra)")
     gpu.add_argument("--parts", default="shared-prefix,sharegpt,batch1,tree", help="which GPU runs, comma-separated")
@@ -223,6 +229,12 @@ def run_bench(args) -> int:
         scale = long_short.SCALES[args.scale]
         scale = scale._replace(**{k: getattr(args, k) for k in scale._fields if getattr(args, k) is not None})
         long_short.run(spec, scale, out, args.stem or f"long_short_{args.scale}", vocab, seed)
+    elif kind == "spec":
+        from radixserve.bench import spec as spec_bench
+
+        opts = {k: v for k, v in dict(spec.options).items()}
+        spec_bench.run(args.model, args.device, out, args.stem or "spec_decoding_cpu",
+                       tuple(int(b) for b in args.batches.split(",") if b), args.k, dtype=args.dtype, **opts)
     elif kind == "gpu":
         _gpu_all(args, spec, vocab)
     return 0

@@ -160,6 +160,29 @@ class RadixTree:
         self.hit_tokens += m
         return MatchResult(self._path_slots(path), node)
 
+    def continuation(self, tokens: Sequence[int], limit: int, namespace: str | None = None) -> list[int]:
+        """Up to `limit` tokens the tree holds right after the whole of `tokens` (the most recently used
+        branch where it forks); [] when `tokens` is not all cached. Read-only: no split, no access
+        refresh, no hit counts (a speculative draft is not a cache hit)."""
+        tokens = _as_list(tokens)
+        node = self._root(namespace, create=False)
+        if self.disable or limit <= 0:
+            return []
+        i, n = 0, len(tokens)
+        out: list[int] = []
+        while i < n:  # NOTE: the last run may end inside a page, so children are matched on their key, not looked up
+            rest = tokens[i:]
+            child = next((c for c in node.children.values() if c.key[:len(rest)] == rest[:len(c.key)]), None)
+            if child is None:
+                return []
+            if len(rest) < len(child.key):
+                out = child.key[len(rest):len(rest) + limit]
+            node, i = child, i + len(child.key)
+        while len(out) < limit and node.children:
+            node = max(node.children.values(), key=lambda c: c.last_access)
+            out += node.key[:limit - len(out)]
+        return out
+
     # ---- insert -----------------------------------------------------------------------------
 
     def insert(self, tokens: Sequence[int], slots: torch.Tensor, namespace: str | None = None) -> MatchResult:

@@ -19,7 +19,8 @@ class EngineStats:
 
     def snapshot(self, *, running: int, waiting: int, retractions: int, evicted_tokens: int,
                  generated_tokens: int, kv_capacity: int, kv_free: int, tree_tokens: int,
-                 finished: dict[str, int], query_tokens: int, hit_tokens: int) -> dict:
+                 finished: dict[str, int], query_tokens: int, hit_tokens: int,
+                 spec_draft_tokens: int = 0, spec_accepted_tokens: int = 0, spec_verify_rows: int = 0) -> dict:
         used = kv_capacity - kv_free
         with self._lock:
             return {
@@ -38,4 +39,8 @@ class EngineStats:
                 "kv_usage": used / kv_capacity if kv_capacity else 0.0,
                 "requests_finished": finished,
                 "tree_hit_rate": hit_tokens / query_tokens if query_tokens else 0.0,
+                "spec_draft_tokens": spec_draft_tokens,  # speculative decoding: draft tokens verified
+                "spec_accepted_tokens": spec_accepted_tokens,  # of them, kept
+                "spec_acceptance_rate": spec_accepted_tokens / spec_draft_tokens if spec_draft_tokens else 0.0,
+                "spec_verify_rows": spec_verify_rows,  # tokens per verify row: 1 + accepted / rows
             }

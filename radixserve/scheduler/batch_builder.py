@@ -24,6 +24,7 @@ class LogitsPlan(NamedTuple):
     sample_logits: list[int]  # their positions in the logits tensor
     prompt_spans: list[tuple[int, int, int, int]]  # (row, first logits pos, count, first target position)
     pending_inputs: list[tuple[int, Request]]  # (token index, request): input is its pending device sample
+    verify_rows: list[tuple[int, int, int]]  # (row, first logits pos, count) of rows verifying a draft
 
 
 def build(rows: list[Row], device: torch.device,
@@ -33,15 +34,17 @@ def build(rows: list[Row], device: torch.device,
     pos: list[int] = []
     out_slots: list[int] = []
     starts, logits_idx = [], []
-    plan = LogitsPlan([], [], [], [])
+    plan = LogitsPlan([], [], [], [], [])
     for i, (req, ext) in enumerate(rows):
         start, kv = len(ids), req.kv.kv_len
-        known = req.fill_slice(kv, kv + ext)
+        draft = req.decode.draft  # fed after the known tokens; every position's logits verify it
+        known = req.fill_slice(kv, kv + ext - len(draft))
         ids.extend(known)
-        if len(known) < ext:  # NOTE: only a decode row's single input can still be on the device
+        if len(known) < ext - len(draft):  # NOTE: only a decode row's single input can still be on the device
             assert ext == 1 and req.decode.pending == 1, (req.rid, ext, req.decode.pending)
             plan.pending_inputs.append((len(ids), req))
             ids.append(0)  # placeholder, filled on the device from the previous step's samples
+        ids.extend(draft)
         pos.extend(range(kv, kv + ext))
         out_slots.extend(req.kv.slots[kv:kv + ext])
         starts.append(start)
@@ -49,7 +52,10 @@ def build(rows: list[Row], device: torch.device,
         if first <= last:
             plan.prompt_spans.append((i, len(logits_idx), last - first + 1, first + 1))
             logits_idx.extend(range(start + first - kv, start + last - kv + 1))
-        if kv + ext == req.seq_len + req.decode.pending:
+        if draft:
+            plan.verify_rows.append((i, len(logits_idx), ext))
+            logits_idx.extend(range(start, start + ext))
+        elif kv + ext == req.seq_len + req.decode.pending:
             plan.sample_rows.append(i)
             plan.sample_logits.append(len(logits_idx))
             logits_idx.append(start + ext - 1)

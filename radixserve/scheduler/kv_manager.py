@@ -92,6 +92,14 @@ class KVManager:
             r.kv.slots.extend(page)
         return True
 
+    def free_tail(self, req: Request, keep: int) -> None:
+        """Free `req`'s private slots past its first `keep` (a multiple of the page size, >= kv_len)."""
+        kv = req.kv
+        assert keep % self.page_size == 0 and kv.tree_len <= keep and kv.kv_len <= keep, (keep, kv.kv_len, kv.tree_len)
+        if keep < len(kv.slots):
+            self.allocator.free(torch.tensor(kv.slots[keep:], dtype=torch.int64))
+            del kv.slots[keep:]
+
     def cache_prefix(self, req: Request) -> None:
         """Insert the computed tokens of a running request into the tree, keep them locked, and
         point its row at the tree's slots (duplicates of another request's work are freed)."""

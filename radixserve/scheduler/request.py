@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from radixserve.cache.radix_tree import TreeNode
     from radixserve.grammar.matcher import RequestGrammar
     from radixserve.sampling.stop import StopChecker, TextUpdate
+    from radixserve.speculative.verify import SpecState
 
 
 class State(enum.Enum):
@@ -71,6 +72,12 @@ class DecodeState:
     stops: StopChecker | None = None  # token-level stops, made at the first token
     text: TextState | None = None  # detokenizer and stop strings, when the engine makes text in this process
     logit_bias: torch.Tensor | None = None  # [V] float32 on the device: params.logit_bias, built at the first sample
+    spec: SpecState | None = None  # speculative decoding: the draft in flight and the next draft's length
+
+    @property
+    def draft(self) -> tuple[int, ...]:
+        """Draft tokens fed after the last token in this step (verified by the step's logits)."""
+        return self.spec.draft if self.spec is not None else ()
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from radixserve.sampling.tensors import SamplingRow, build_sampling_tensors, gre
 from radixserve.sampling.stop import StopChecker
 from radixserve.scheduler.batch_builder import LogitsPlan, Row
 from radixserve.scheduler.request import Request, State, TextState
+from radixserve.speculative.verify import accept_greedy
 
 if TYPE_CHECKING:
     from radixserve.grammar.backend import GrammarBackend
@@ -46,6 +47,8 @@ class Sampled(NamedTuple):
     result: SampleResult | None  # on the host (or being copied there; see result_ready)
     result_ready: object = None  # CUDA event recorded after the copy to the host, or None
     device_tokens: torch.Tensor | None = None  # [len(reqs)] the samples where the model runs
+    verify: tuple | list = ()  # (request, first row in verify_tokens) of rows that verified a draft
+    verify_tokens: torch.Tensor | None = None  # the model's greedy token at every verified position
 
     def token_index(self) -> dict[int, int]:
         """id(request) -> its row in result.token_ids."""
@@ -87,6 +90,9 @@ class ResultProcessor:
         self.grammar = grammar  # grammar requests need one (the engine makes it)
         self.jump_forward = jump_forward
         self.generated_tokens = 0
+        self.spec_drafted = 0  # draft tokens verified (speculative decoding)
+        self.spec_accepted = 0  # of them, kept
+        self.spec_verifies = 0  # rows that verified a draft (each appends its kept tokens + 1)
         self.finished_by_reason: dict[str, int] = {}
 
     @staticmethod
@@ -114,8 +120,9 @@ class ResultProcessor:
         done = [req for req, _ in sampling if req.params.max_new_tokens == 0]
         sampling = [(req, j) for req, j in sampling if req.params.max_new_tokens > 0]
         reqs = [req for req, _ in sampling]
+        verify, verify_tokens = self._verify_targets(rows, plan, logits)
         if not reqs:
-            return Sampled(spans, done, reqs, None)
+            return Sampled(spans, done, reqs, None, verify=verify, verify_tokens=verify_tokens)
         # NOTE: the copy to the host is enqueued now, before the next step's kernels, so finalize
         # waits for this step only: that is what lets the next step overlap the host work.
         idx = tensor_on([j for _, j in sampling], torch.int64, logits.device)
@@ -137,7 +144,32 @@ class ResultProcessor:
         for r in reqs:
             r.decode.pending += 1
         host, ready = _to_host_async(result)
-        return Sampled(spans, done, reqs, host, ready, result.token_ids)
+        return Sampled(spans, done, reqs, host, ready, result.token_ids, verify, verify_tokens)
+
+    def _verify_targets(self, rows: list[Row], plan: LogitsPlan, logits: torch.Tensor) -> tuple[list, torch.Tensor | None]:
+        """The token plain decoding would sample at every position of the rows verifying a draft.
+
+        NOTE: position j of a draft is sampled as decode step len(output) + j would be: the same
+        processed distribution and the same counter-based noise of (seed, step, token). So a draft
+        token is kept exactly when plain decoding would have drawn it (probability p(token), what
+        rejection sampling of a one-token draft accepts too), and a seeded request's output is
+        token for token that of speculation off. Drafting requests have no penalties, logit bias
+        or min_new_tokens still to reach (scheduler/speculation.py), so nothing else depends on j."""
+        if not plan.verify_rows:
+            return [], None
+        verify, idx, srows = [], [], []
+        for i, pos, count in plan.verify_rows:
+            r = rows[i].req
+            verify.append((r, len(idx)))
+            idx.extend(range(pos, pos + count))
+            n = len(r.output_ids)
+            srows += [SamplingRow(r.params, r.seed, n + j, r.prompt_ids, r.output_ids, self._eos_tuple, None, None)
+                      for j in range(count)]
+        x = logits[tensor_on(idx, torch.int64, logits.device)]  # a copy
+        blocked = [greedy_blocked_ids(row, self.vocab_size) for row in srows]
+        if all(b is not None for b in blocked):
+            return verify, greedy_argmax(x, blocked).cpu()
+        return verify, sample(x, build_sampling_tensors(srows, self.vocab_size, logits.device)).token_ids.cpu()
 
     def _bitmask(self, reqs: list[Request], device: torch.device) -> torch.Tensor | None:
         grammars = [r.grammar for r in reqs]
@@ -160,6 +192,8 @@ class ResultProcessor:
         for req in s.done:
             req.finish_reason = "length"
             finished.append(req)
+        if s.verify:
+            finished += self._accept_drafts(s)
         if s.result is None:
             return finished
         result, reqs = s.result, s.reqs
@@ -182,6 +216,26 @@ class ResultProcessor:
                 constrained.append((req, tok))
         if constrained:
             finished += self._advance_grammars(constrained)
+        return finished
+
+    def _accept_drafts(self, s: Sampled) -> list[Request]:
+        """Append each verifying request's kept tokens (its draft's agreed prefix and the model's next
+        token), stopping where a stop condition hits. Returns the requests that finished."""
+        targets = s.verify_tokens.tolist()
+        finished = []
+        for req, off in s.verify:
+            draft = req.decode.draft
+            kept = accept_greedy(draft, targets[off:off + len(draft) + 1])
+            self.spec_drafted += len(draft)
+            self.spec_accepted += len(kept) - 1
+            self.spec_verifies += 1
+            req.decode.spec.kept = len(kept) - 1
+            if req.state is State.FINISHED:
+                continue
+            for tok in kept:
+                if self._append(req, tok, []):
+                    finished.append(req)
+                    break
         return finished
 
     def _advance_grammars(self, rows: list[tuple[Request, int]]) -> list[Request]:

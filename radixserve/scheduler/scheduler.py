@@ -17,6 +17,7 @@ from radixserve.scheduler.policy import order_waiting
 from radixserve.scheduler.prefix_grouping import options_from
 from radixserve.scheduler.request import Request, State
 from radixserve.scheduler.results import Sampled
+from radixserve.scheduler.speculation import Speculator
 from radixserve.scheduler.step_budget import SHORT_FIRST_SHARE, StepBudget, StepTimer, step_budget
 from radixserve.scheduler.step_cost import StepCostModel, batch_work
 
@@ -50,6 +51,8 @@ class Scheduler:
             raise ValueError("max_step_ms needs a step cost model (the engine builds one from the model's shape)")
         self.step_cost = step_cost
         self.timer = StepTimer(step_cost, time.perf_counter) if step_cost is not None else None
+        spec = config.speculative_config
+        self.speculator = Speculator(spec, kv) if spec is not None else None
 
     # ---- queue -------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -79,6 +82,8 @@ class Scheduler:
             self.inflight = None
         started = time.perf_counter()
         rows = self._schedule()
+        if self.speculator is not None:
+            rows = self.speculator.draft(rows)
         launched = None
         if rows:
             self.step_count += 1
@@ -91,7 +96,7 @@ class Scheduler:
             for req, ext in rows:
                 req.kv.kv_len += ext
             for req, ext in rows:
-                if ext > 1:
+                if ext > 1 and not req.decode.draft:  # NOTE: a draft's K/V is not the request's until verified
                     self.kv.cache_prefix(req)  # chunked prefill caches as it goes; others hit it
             if self.inflight is not None and self.results.needs_host_tokens(rows, plan):
                 # NOTE: a grammar's mask needs the previous step's tokens: take them now, while the
@@ -104,7 +109,8 @@ class Scheduler:
         previous, self.inflight = self.inflight, launched
         if previous is not None:
             self._finalize(previous)
-        if launched is not None and not self.config.overlap_schedule:
+        if launched is not None and (not self.config.overlap_schedule or launched.verify):
+            # NOTE: a verify step settles at once: the next draft starts from the tokens it kept
             self._finalize(launched)
             self.inflight = None
         return bool(rows) or previous is not None
@@ -114,6 +120,8 @@ class Scheduler:
         the sampler needs the token history (penalties, the min_new_tokens count)."""
         if not self.config.overlap_schedule:
             return False
+        if self.speculator is not None and self.speculator.may_draft(len(self.running)):
+            return False  # NOTE: a draft is made on the host from every token so far
         return all(r.params.repetition_penalty == 1.0 and r.params.presence_penalty == 0.0
                    and r.params.frequency_penalty == 0.0 and len(r.output_ids) >= r.params.min_new_tokens
                    for r in self.inflight.reqs)
@@ -129,7 +137,10 @@ class Scheduler:
 
     def _finalize(self, s: Sampled) -> None:
         """Take a step's samples to the host and finish the requests that stopped."""
-        self._finish_all(self.results.finalize(s))
+        finished = self.results.finalize(s)
+        for req, _ in s.verify:
+            self.speculator.settle(req)  # before a finished request's tokens go into the tree
+        self._finish_all(finished)
         if self.timer is not None:
             self.timer.completed(s, synced=s.result is not None)
 
@@ -321,4 +332,5 @@ class Scheduler:
                     evicted_tokens=tree.evicted_tokens, generated_tokens=self.results.generated_tokens,
                     kv_capacity=alloc.capacity, kv_free=alloc.num_free_slots, tree_tokens=tree.total_size,
                     finished=dict(self.results.finished_by_reason), query_tokens=tree.query_tokens,
-                    hit_tokens=tree.hit_tokens)
+                    hit_tokens=tree.hit_tokens, spec_draft_tokens=self.results.spec_drafted,
+                    spec_accepted_tokens=self.results.spec_accepted, spec_verify_rows=self.results.spec_verifies)

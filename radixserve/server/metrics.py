@@ -29,7 +29,9 @@ class EngineCollector:
                  ("generated_tokens", "Tokens generated"),
                  ("evicted_tokens", "Tokens evicted from the radix cache"),
                  ("retractions", "Running requests retracted for lack of KV slots"),
-                 ("tokens_after_stop", "Tokens the engine computed after a stop string had matched (dropped)"))
+                 ("tokens_after_stop", "Tokens the engine computed after a stop string had matched (dropped)"),
+                 ("spec_draft_tokens", "Speculative decoding: draft tokens verified"),
+                 ("spec_accepted_tokens", "Speculative decoding: draft tokens accepted"))
     _GAUGES = (("running", "Requests running"), ("waiting", "Requests waiting"),
                ("kv_used_tokens", "KV slots in use"), ("kv_capacity_tokens", "KV slots in the pool"),
                ("kv_tree_tokens", "KV slots held by the radix cache"),
