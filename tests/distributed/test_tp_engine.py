@@ -157,3 +157,17 @@ def test_tp2_dead_rank_fails_the_engine_clearly(pressured):
         _run(eng, prompts[:1])
     eng.shutdown()
     assert not torch.distributed.is_initialized()
+
+
+def test_tp2_with_speculation_gives_tp1_tokens(checkpoints, tok):
+    """Verify steps are extend steps to the other ranks: TP=2 with radix drafts gives TP=1's tokens."""
+    prompts = _prompts(tok)
+    params = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
+    with make_engine(model=checkpoints["llama"]) as ref:
+        want = [o.token_ids for o in ref.generate(input_ids=prompts, sampling_params=params)]
+    spec = {"method": "radix", "num_speculative_tokens": 3}
+    with make_engine(model=checkpoints["llama"], tp=2, speculative_config=spec) as e:
+        assert [o.token_ids for o in e.generate(input_ids=prompts, sampling_params=params)] == want
+        # again: the tree holds the answers, so the second run drafts them and keeps them
+        assert [o.token_ids for o in e.generate(input_ids=prompts, sampling_params=params)] == want
+        assert e.stats()["spec_accepted_tokens"] > 0
