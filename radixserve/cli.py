@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
     serve.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
     serve.add_argument("--graceful-shutdown-s", type=float, default=30.0)
+    serve.add_argument("--default-max-tokens", type=int, default=None,
+                       help="max_tokens of a chat request that sets none (default: the model's generation "
+                       "config max_new_tokens, else 4096; always within the context left)")
     serve.add_argument("--responses-max-stored", type=int, default=1000,
                        help="most /v1/responses kept for previous_response_id (LRU, in memory)")
     serve.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
@@ -179,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
                           graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
                           responses_max_stored=args.responses_max_stored,
                           responses_max_stored_tokens=args.responses_max_stored_tokens,
+                          default_max_tokens=args.default_max_tokens,
                           **{name: getattr(args, name) for name in LIMIT_FIELDS})
     return serve(config, engine_process=args.engine_process, **engine_options(args))
 

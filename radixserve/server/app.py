@@ -10,6 +10,7 @@ from radixserve.server.errors import install_handlers
 from radixserve.server.metrics import ServerMetrics
 from radixserve.server.middleware import GuardMiddleware
 from radixserve.server.responses_api.store import ResponseStore
+from radixserve.server.openai.defaults import resolve_default_max_tokens
 from radixserve.server.openai.tools import template_renders_tools
 
 
@@ -27,6 +28,9 @@ class ServerConfig:
     responses_max_stored: int = 1000
     responses_max_stored_tokens: int = 2_000_000
     log_level: str = "info"
+    # max_tokens of a chat (and responses) request that sets none; None: the model's generation
+    # config max_new_tokens, else 4096 (openai/defaults.py). Always within the context left.
+    default_max_tokens: int | None = None
     # Bounds on request parts whose cost grows with their size (each a 400 naming the limit):
     max_prompts: int = 256  # prompts in one request (a list prompt / text / input_ids)
     max_stop_strings: int = 16  # stop strings (and stop_token_ids) per request
@@ -51,6 +55,8 @@ class ServerConfig:
                      "max_tools_bytes", "max_schema_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.default_max_tokens is not None and self.default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1 (or None), got {self.default_max_tokens}")
         if self.graceful_shutdown_s < 0:
             raise ValueError(f"graceful_shutdown_s must be >= 0, got {self.graceful_shutdown_s}")
 
@@ -66,6 +72,7 @@ def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastA
     app.state.model_name = config.served_model_name or engine.model_name
     app.state.metrics = ServerMetrics(engine)
     app.state.responses = ResponseStore(config.responses_max_stored, config.responses_max_stored_tokens)
+    app.state.default_max_tokens = resolve_default_max_tokens(config.default_max_tokens, engine.config.model)
     app.state.tools_native = template_renders_tools(engine.tokenizer)  # else tools go in the system prompt
     install_handlers(app)
     app.include_router(chat.router)

@@ -32,6 +32,7 @@ class StubEngine:
     """Just enough Engine for routes that fail before or at submission."""
 
     model_name = "stub"
+    config = EngineConfig()  # the embedded model's settings (build_app reads config.model)
     max_context_len = 64
     tokenizer = StubTokenizer()
 
