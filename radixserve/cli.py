@@ -50,6 +50,11 @@ def _add_limit_flags(group) -> None:
                            help=f"default: {getattr(d, name)}")
 
 
+def origins(flag: str) -> tuple[str, ...]:
+    """--allowed-origins "a, b" -> ("a", "b")."""
+    return tuple(o.strip() for o in flag.split(",") if o.strip())
+
+
 def _router_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(policy=args.policy, balance_abs_threshold=args.balance_abs_threshold,
                 balance_rel_threshold=args.balance_rel_threshold, min_match_fraction=args.min_match_fraction,
@@ -73,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
     serve.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
     serve.add_argument("--graceful-shutdown-s", type=float, default=30.0)
+    serve.add_argument("--allowed-origins", default="", metavar="ORIGINS",
+                       help="comma-separated browser origins allowed to call the API (CORS), '*' for any; "
+                       "default: none (no CORS headers)")
     serve.add_argument("--default-max-tokens", type=int, default=None,
                        help="max_tokens of a chat request that sets none (default: the model's generation "
                        "config max_new_tokens, else 4096; always within the context left)")
@@ -182,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
                           graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
                           responses_max_stored=args.responses_max_stored,
                           responses_max_stored_tokens=args.responses_max_stored_tokens,
+                          allowed_origins=origins(args.allowed_origins),
                           default_max_tokens=args.default_max_tokens,
                           **{name: getattr(args, name) for name in LIMIT_FIELDS})
     return serve(config, engine_process=args.engine_process, **engine_options(args))
