@@ -173,27 +173,32 @@ def _serve_dp(args: argparse.Namespace) -> int:
         server += ["--api-key", args.api_key]
     if args.served_model_name is not None:
         server += ["--served-model-name", args.served_model_name]
+    if args.default_max_tokens is not None:
+        server += ["--default-max-tokens", str(args.default_max_tokens)]
     router = dict(_router_options(args), replica_api_key=args.api_key, model=engine.get("model"),
                   tokenizer=engine.get("tokenizer"))
     return serve_dp(args.dp, server + engine_argv(engine), engine.get("device", "auto"), router)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from radixserve.server.app import ServerConfig
     from radixserve.server.launch import serve
 
     if args.dp != 1:
         return _serve_dp(args)
+    return serve(server_config(args), engine_process=args.engine_process, **engine_options(args))
 
-    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
-                          max_n=args.max_n, served_model_name=args.served_model_name,
-                          graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
-                          responses_max_stored=args.responses_max_stored,
-                          responses_max_stored_tokens=args.responses_max_stored_tokens,
-                          allowed_origins=origins(args.allowed_origins),
-                          default_max_tokens=args.default_max_tokens,
-                          **{name: getattr(args, name) for name in LIMIT_FIELDS})
-    return serve(config, engine_process=args.engine_process, **engine_options(args))
+
+def server_config(args: argparse.Namespace):
+    """The ServerConfig of `radixserve serve`'s flags."""
+    from radixserve.server.app import ServerConfig
+
+    return ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                        max_n=args.max_n, served_model_name=args.served_model_name,
+                        graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
+                        responses_max_stored=args.responses_max_stored,
+                        responses_max_stored_tokens=args.responses_max_stored_tokens,
+                        allowed_origins=origins(args.allowed_origins), default_max_tokens=args.default_max_tokens,
+                        **{name: getattr(args, name) for name in LIMIT_FIELDS})
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -181,6 +181,20 @@ def test_cli_engine_flags_map_to_engine_config():
         build_parser().parse_args(["serve", "--schedule-policy", "random"])
 
 
+def test_cli_cors_and_default_max_tokens_flags():
+    from radixserve.cli import build_parser, server_config
+
+    args = build_parser().parse_args(["serve", "--allowed-origins", "http://a.example, http://b.example,",
+                                      "--default-max-tokens", "64"])
+    config = server_config(args)
+    assert config.allowed_origins == ("http://a.example", "http://b.example")
+    assert config.default_max_tokens == 64
+    plain = server_config(build_parser().parse_args(["serve"]))
+    assert plain.allowed_origins == () and plain.default_max_tokens is None
+    with pytest.raises(ValueError, match="default_max_tokens"):
+        ServerConfig(default_max_tokens=0)
+
+
 def test_server_config_validates():
     with pytest.raises(ValueError, match="api_key"):
         ServerConfig(api_key="  ")
