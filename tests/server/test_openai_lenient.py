@@ -105,6 +105,24 @@ def test_null_temperature_and_max_tokens(http):
             == answer(chat(http, temperature=0, ignore_eos=True)))
 
 
+def test_every_field_with_a_default_takes_null():
+    """A field that defaults to something other than None maps null to that default only if it is
+    listed in DEFAULTED_FIELDS: a new such field must be listed there."""
+    from radixserve.server.openai.protocol import DEFAULTED_FIELDS, CompletionRequest, StreamOptions
+    from radixserve.server.responses_api.protocol import ResponsesRequest
+
+    for model in (ChatCompletionRequest, CompletionRequest, ResponsesRequest, StreamOptions):
+        for name, f in model.model_fields.items():
+            if not f.is_required() and f.get_default() is not None:
+                assert name in DEFAULTED_FIELDS, (model.__name__, name)
+
+
+def test_null_keeps_json_keys_as_integers(http, chat_baseline):
+    """logit_bias keys are JSON strings read as token ids; nulls beside them change nothing."""
+    got = chat(http, temperature=0, max_tokens=6, n=None, stream=None, logit_bias={"0": 0})
+    assert answer(got) == chat_baseline
+
+
 def test_completions_and_responses_nulls(http):
     base = {"prompt": "The sky is", "max_tokens": 5, "temperature": 0}
     nulls = {f: None for f in ("n", "stream", "logprobs", "echo", "best_of", "suffix", "stop", "seed", "top_p",

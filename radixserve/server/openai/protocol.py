@@ -12,7 +12,8 @@ import dataclasses
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, ValidatorFunctionWrapHandler, create_model,
+                      field_validator)
 
 from radixserve.sampling_params import SamplingParams
 
@@ -21,17 +22,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
+# Fields whose default is not None (those defaulting to None take null by their type).
+DEFAULTED_FIELDS = ("n", "stream", "logprobs", "echo", "include_usage", "include_stop_str_in_output",
+                    "continue_final_message")
+
+
 class _NullMeansDefault(_Strict):
     """A request object where an explicit `null` means "the default", as OpenAI's API treats it
-    (SDKs and frameworks send `"n": null`, `"stream": null`, ... for what they leave unset): a null
-    field is dropped before validation, so it takes its declared default."""
+    (SDKs and frameworks send `"n": null`, `"stream": null`, ... for what they leave unset). Fields
+    that default to None accept null by their type; the others (DEFAULTED_FIELDS, kept complete by
+    tests/server/test_openai_lenient.py) map null to their default here."""
 
-    @model_validator(mode="before")
+    # NOTE: only on those fields: a function validator makes pydantic validate its field as Python
+    # data, and JSON's string keys ("logit_bias": {"504": ...}) would no longer read as integers.
+    @field_validator(*DEFAULTED_FIELDS, mode="wrap", check_fields=False)
     @classmethod
-    def _drop_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
+    def _null_is_default(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        if value is None and info.field_name is not None:
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+        return handler(value)
 
 
 class TextPart(_Strict):
