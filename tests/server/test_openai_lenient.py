@@ -281,6 +281,27 @@ def test_sdk_parse_with_a_required_or_named_tool(client, choice):
     assert isinstance(call.function.parsed_arguments, GetWeather)
 
 
+def test_required_call_schema_admits_one_call_per_tool_at_most():
+    """The grammar's schema, checked by jsonschema (an independent validator): a required
+    tool_choice admits 1..len(tools) calls with parallel calls, exactly 1 without."""
+    import jsonschema
+
+    from radixserve.server.openai import tools
+
+    defs = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(GetTime)]
+    call = {"name": "GetWeather", "arguments": {"city": "Paris"}}
+    other = {"name": "GetTime", "arguments": {"zone": "CET"}}
+    for offered, parallel, most in ((defs[:1], None, 1), (defs, None, 2), (defs, False, 1)):
+        body = {"messages": WEATHER_Q, "tools": offered, "tool_choice": "required"}
+        if parallel is not None:
+            body["parallel_tool_calls"] = parallel
+        schema = tools.constraint(tools.plan(ChatCompletionRequest.model_validate(body), native=False)).value
+        calls = [call, other if len(offered) > 1 else call, call]
+        for k in range(4):
+            ok = jsonschema.Draft202012Validator(schema).is_valid(calls[:k])
+            assert ok == (1 <= k <= most), (len(offered), parallel, k)
+
+
 def test_required_parallel_calls_are_bounded_by_the_tools_offered(http):
     body = {"messages": WEATHER_Q, "temperature": 0, "max_tokens": 200, "tool_choice": "required",
             "tools": [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(GetTime)]}
