@@ -50,6 +50,11 @@ def _add_limit_flags(group) -> None:
                            help=f"default: {getattr(d, name)}")
 
 
+def origins(flag: str) -> tuple[str, ...]:
+    """--allowed-origins "a, b" -> ("a", "b")."""
+    return tuple(o.strip() for o in flag.split(",") if o.strip())
+
+
 def _router_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(policy=args.policy, balance_abs_threshold=args.balance_abs_threshold,
                 balance_rel_threshold=args.balance_rel_threshold, min_match_fraction=args.min_match_fraction,
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
     serve.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
     serve.add_argument("--graceful-shutdown-s", type=float, default=30.0)
+    serve.add_argument("--allowed-origins", default="", metavar="ORIGINS",
+                       help="comma-separated browser origins allowed to call the API (CORS), '*' for any; "
+                       "default: none (no CORS headers)")
+    serve.add_argument("--default-max-tokens", type=int, default=None,
+                       help="max_tokens of a chat request that sets none (default: the model's generation "
+                       "config max_new_tokens, else 4096; always within the context left)")
     serve.add_argument("--responses-max-stored", type=int, default=1000,
                        help="most /v1/responses kept for previous_response_id (LRU, in memory)")
     serve.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
@@ -162,25 +173,32 @@ def _serve_dp(args: argparse.Namespace) -> int:
         server += ["--api-key", args.api_key]
     if args.served_model_name is not None:
         server += ["--served-model-name", args.served_model_name]
+    if args.default_max_tokens is not None:
+        server += ["--default-max-tokens", str(args.default_max_tokens)]
     router = dict(_router_options(args), replica_api_key=args.api_key, model=engine.get("model"),
                   tokenizer=engine.get("tokenizer"))
     return serve_dp(args.dp, server + engine_argv(engine), engine.get("device", "auto"), router)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from radixserve.server.app import ServerConfig
     from radixserve.server.launch import serve
 
     if args.dp != 1:
         return _serve_dp(args)
+    return serve(server_config(args), engine_process=args.engine_process, **engine_options(args))
 
-    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
-                          max_n=args.max_n, served_model_name=args.served_model_name,
-                          graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
-                          responses_max_stored=args.responses_max_stored,
-                          responses_max_stored_tokens=args.responses_max_stored_tokens,
-                          **{name: getattr(args, name) for name in LIMIT_FIELDS})
-    return serve(config, engine_process=args.engine_process, **engine_options(args))
+
+def server_config(args: argparse.Namespace):
+    """The ServerConfig of `radixserve serve`'s flags."""
+    from radixserve.server.app import ServerConfig
+
+    return ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                        max_n=args.max_n, served_model_name=args.served_model_name,
+                        graceful_shutdown_s=args.graceful_shutdown_s, log_level=args.log_level,
+                        responses_max_stored=args.responses_max_stored,
+                        responses_max_stored_tokens=args.responses_max_stored_tokens,
+                        allowed_origins=origins(args.allowed_origins), default_max_tokens=args.default_max_tokens,
+                        **{name: getattr(args, name) for name in LIMIT_FIELDS})
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -45,3 +45,4 @@ class StreamDelta:
     cached_tokens: int
     completion_tokens: int
     prompt_logprobs: list[TokenLogprob] | None = None  # on a sample's first delta, when prompt logprobs were asked for
+    matched_stop: str | int | None = None  # on the finishing delta: the stop string or token that ended it

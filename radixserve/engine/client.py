@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from radixserve.engine import wire
 from radixserve.engine.chat_template import apply_chat_template
@@ -188,8 +189,12 @@ class EngineClient:
     def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
         self.prepare(input_ids, params)
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return apply_chat_template(self.tokenizer, messages, tools)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, *,
+                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
+                            continue_final_message: bool = False) -> list[int]:
+        return apply_chat_template(self.tokenizer, messages, tools, template_kwargs,
+                                   add_generation_prompt=add_generation_prompt,
+                                   continue_final_message=continue_final_message)
 
     def _open(self, input_ids: Sequence[int] | PreparedRequest | None, params: SamplingParams | None,
               request_id: str | None, cache_salt: str | None, prompt: str | None) -> ClientGroup:
@@ -283,7 +288,7 @@ class EngineClient:
         if msg.prompt_logprobs is not None:
             s.prompt_logprobs = plp_out = wire.logprobs_from_wire(msg.prompt_logprobs)
         return [StreamDelta(s.name, s.index, "", [], None, s.finish_reason, s.prompt_len, s.cached,
-                            len(s.token_ids), plp_out)]
+                            len(s.token_ids), plp_out, s.matched_stop)]
 
     def _apply_tokens(self, g: ClientGroup, msg: wire.Tokens) -> list[StreamDelta]:
         s = g.samples[msg.index]
@@ -313,7 +318,7 @@ class EngineClient:
                 self.stop_aborts += 1
             s.done, s.finish_reason = True, "stop"
             g.caller_open -= 1
-            deltas[0].finish_reason = "stop"
+            deltas[0].finish_reason, deltas[0].matched_stop = "stop", matched
             try:
                 self._post([wire.Abort(g.rid, s.index, "stop")])
             except EngineDeadError:

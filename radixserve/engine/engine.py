@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.cache_events import encode_events, read_events
@@ -123,8 +123,12 @@ class Engine:
         out = self.generate(input_ids=[self.apply_chat_template(messages)], sampling_params=sampling_params)
         return out if len(out) > 1 else out[0]
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return apply_chat_template(self.tokenizer, messages, tools)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, *,
+                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
+                            continue_final_message: bool = False) -> list[int]:
+        return apply_chat_template(self.tokenizer, messages, tools, template_kwargs,
+                                   add_generation_prompt=add_generation_prompt,
+                                   continue_final_message=continue_final_message)
 
     # ---- asynchronous API (the server) --------------------------------------------------------
     async def generate_stream(self, input_ids: Sequence[int] | PreparedRequest | None = None,
@@ -141,7 +145,7 @@ class Engine:
             plp = list(r.prompt_logprobs) if first and r.params.prompt_logprobs_start is not None else None
             yield StreamDelta(SampleId(r.rid, r.index).name(r.params.n), r.index, ev.text, ev.token_ids, ev.logprobs or None,
                               r.finish_reason if ev.finished else None, len(r.prompt_ids),
-                              r.cached_tokens or 0, len(r.output_ids), plp)
+                              r.cached_tokens or 0, len(r.output_ids), plp, r.matched_stop if ev.finished else None)
 
     async def agenerate(self, input_ids: Sequence[int] | PreparedRequest | None = None,
                         sampling_params: SamplingParams | None = None,

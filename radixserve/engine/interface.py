@@ -27,8 +27,11 @@ class ChatTokenizer(Protocol):
 
     tokenizer: Any  # a transformers tokenizer
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """Token ids of `messages` with the generation prompt; `tools` for a template that renders them."""
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, *,
+                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
+                            continue_final_message: bool = False) -> list[int]:
+        """Token ids of `messages` (radixserve/engine/chat_template.py): with the generation prompt
+        unless told otherwise; `tools` for a template that renders them."""
         ...
 
 

@@ -38,6 +38,10 @@ class Frontend:
         self.tokenizer = tokenizer
         self.tools_native = template_renders_tools(tokenizer)  # as the server probes it
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> list[int]:
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, *,
+                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
+                            continue_final_message: bool = False) -> list[int]:
         # NOTE: the engines' own function, so that the router's chat prompts are the replicas' to the token.
-        return apply_chat_template(self.tokenizer, messages, tools)
+        return apply_chat_template(self.tokenizer, messages, tools, template_kwargs,
+                                   add_generation_prompt=add_generation_prompt,
+                                   continue_final_message=continue_final_message)

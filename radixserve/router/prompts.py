@@ -72,7 +72,8 @@ def _chat_prompt(frontend: Frontend, req: ChatCompletionRequest) -> list[int]:
     cannot be built here, the conversation without tools (its prefix still finds the cache)."""
     try:
         plan = tools.plan(req, frontend.tools_native)
-        return params.chat_prompt(frontend, tools.template_messages(req.messages, plan), tools.template_tools(plan))
+        return params.chat_prompt(frontend, tools.template_messages(req.messages, plan), tools.template_tools(plan),
+                                  req)
     except _UNREADABLE as exc:
         logger.debug("routing a chat on its messages without tools (%s)", exc)
         return params.chat_prompt(frontend, req.messages)

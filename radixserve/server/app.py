@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from radixserve.engine.interface import EngineHandle
 from radixserve.server.errors import install_handlers
 from radixserve.server.metrics import ServerMetrics
 from radixserve.server.middleware import GuardMiddleware
 from radixserve.server.responses_api.store import ResponseStore
+from radixserve.server.openai.defaults import resolve_default_max_tokens
 from radixserve.server.openai.tools import template_renders_tools
 
 
@@ -27,6 +29,12 @@ class ServerConfig:
     responses_max_stored: int = 1000
     responses_max_stored_tokens: int = 2_000_000
     log_level: str = "info"
+    # browser origins allowed to call the API (CORS), e.g. ("http://localhost:3000",); "*" for any.
+    # Empty: no CORS headers at all (browsers on other origins are refused by the browser).
+    allowed_origins: tuple[str, ...] = ()
+    # max_tokens of a chat (and responses) request that sets none; None: the model's generation
+    # config max_new_tokens, else 4096 (openai/defaults.py). Always within the context left.
+    default_max_tokens: int | None = None
     # Bounds on request parts whose cost grows with their size (each a 400 naming the limit):
     max_prompts: int = 256  # prompts in one request (a list prompt / text / input_ids)
     max_stop_strings: int = 16  # stop strings (and stop_token_ids) per request
@@ -51,6 +59,11 @@ class ServerConfig:
                      "max_tools_bytes", "max_schema_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.allowed_origins, tuple) or not all(
+                isinstance(o, str) and o.strip() for o in self.allowed_origins):
+            raise ValueError(f"allowed_origins must be a tuple of non-empty origins, got {self.allowed_origins!r}")
+        if self.default_max_tokens is not None and self.default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1 (or None), got {self.default_max_tokens}")
         if self.graceful_shutdown_s < 0:
             raise ValueError(f"graceful_shutdown_s must be >= 0, got {self.graceful_shutdown_s}")
 
@@ -62,12 +75,18 @@ def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastA
     from radixserve.server.tgi import routes as tgi
 
     config = config or ServerConfig()
-    app = FastAPI(title="radixserve", docs_url=None, redoc_url=None, openapi_url=None)
+    from radixserve import __version__
+
+    # NOTE: /docs and /openapi.json describe the routes only (no data), so the guard lets them
+    # through without the API key (middleware.OPEN_PATHS), as it does /health and /version.
+    app = FastAPI(title="radixserve", version=__version__, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.engine = engine
     app.state.config = config
     app.state.model_name = config.served_model_name or engine.model_name
     app.state.metrics = ServerMetrics(engine)
     app.state.responses = ResponseStore(config.responses_max_stored, config.responses_max_stored_tokens)
+    app.state.default_max_tokens = resolve_default_max_tokens(config.default_max_tokens, engine.config.model)
     app.state.tools_native = template_renders_tools(engine.tokenizer)  # else tools go in the system prompt
     install_handlers(app)
     app.include_router(chat.router)
@@ -78,4 +97,9 @@ def build_app(engine: EngineHandle, config: ServerConfig | None = None) -> FastA
     app.include_router(tgi.router)
     app.include_router(ollama.router)
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    if config.allowed_origins:
+        # NOTE: added last, so outermost: a browser's preflight (OPTIONS, no Authorization header)
+        # is answered before the API-key guard, and the guard's 401/413 bodies carry CORS headers.
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["*"],
+                           allow_headers=["*"])  # requested headers (Authorization) are echoed back
     return app

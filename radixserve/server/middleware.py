@@ -8,7 +8,8 @@ from radixserve.server.errors import error_response
 
 Scope = dict[str, Any]
 
-OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (load-balancer probes)
+# reachable without the API key: load-balancer probes, the version, and the API's own description
+OPEN_PATHS = frozenset({"/health", "/version", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 
 class GuardMiddleware:

@@ -2,6 +2,9 @@
 memory budget included (that growth takes only the positions asked for)."""
 from __future__ import annotations
 
+import logging
+import re
+
 import torch
 
 from radixserve.cache.kv_pool import KVPool
@@ -32,3 +35,16 @@ def test_growth_near_the_budget_keeps_the_cells_held():
     assert (m.cell_slot[8:] == -1).all()
     assert not m._reserve(128, 128)  # past the budget: refused, nothing lost
     assert m.capacity == (64, 128)
+
+
+def test_over_budget_warning_reports_the_size_it_compared(caplog):
+    """The warning names what would be allocated (rounded up, never below the capacity held), the
+    size that is over the budget, never the smaller size asked for."""
+    m = _mirror(max_cells=64 * 128)
+    assert m._reserve(64, 128)
+    with caplog.at_level(logging.WARNING, logger="radixserve.runtime.attention.kv_mirror"):
+        assert not m._reserve(65, 100)  # 65 rows needed (<= 100 positions): 72 x 128 cells are over 64 x 128
+    msg = caplog.records[-1].getMessage()
+    wanted, budget = (float(x) for x in re.search(r"take ([\d.]+) MiB, over its budget of ([\d.]+) MiB", msg).groups())
+    assert wanted > budget and budget == 64 * 128 * m.bytes_per_cell / 2**20, msg
+    assert "65 rows x 100 positions needed" in msg and "growing to 72 x 128" in msg

@@ -32,6 +32,7 @@ class StubEngine:
     """Just enough Engine for routes that fail before or at submission."""
 
     model_name = "stub"
+    config = EngineConfig()  # the embedded model's settings (build_app reads config.model)
     max_context_len = 64
     tokenizer = StubTokenizer()
 
@@ -178,6 +179,20 @@ def test_cli_engine_flags_map_to_engine_config():
     assert args.host == "127.0.0.1" and args.port == 9000 and args.api_key is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--schedule-policy", "random"])
+
+
+def test_cli_cors_and_default_max_tokens_flags():
+    from radixserve.cli import build_parser, server_config
+
+    args = build_parser().parse_args(["serve", "--allowed-origins", "http://a.example, http://b.example,",
+                                      "--default-max-tokens", "64"])
+    config = server_config(args)
+    assert config.allowed_origins == ("http://a.example", "http://b.example")
+    assert config.default_max_tokens == 64
+    plain = server_config(build_parser().parse_args(["serve"]))
+    assert plain.allowed_origins == () and plain.default_max_tokens is None
+    with pytest.raises(ValueError, match="default_max_tokens"):
+        ServerConfig(default_max_tokens=0)
 
 
 def test_server_config_validates():

@@ -33,6 +33,11 @@ _ROW_ALIGN = 8  # mirror rows are allocated in multiples of this
 _COL_ALIGN = 64  # and positions in multiples of this
 
 
+def _size(n_bytes: int) -> str:
+    """Bytes for a log line, in GiB from 1 GiB up, else in MiB (so two sizes never print alike)."""
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.2f} MiB"
+
+
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
@@ -208,10 +213,13 @@ class KVMirror:
             new_c = max(c, _round_up(cols, _COL_ALIGN))
             if new_r * new_c * self.bytes_per_cell > self.max_bytes:
                 if not self._over_budget_logged:
-                    logger.warning("CPU KV mirror: %d rows x %d positions would take %.2f GiB, over its budget of "
-                                   "%.2f GiB; decode gathers K/V from the pool for such steps (slower). Lower "
-                                   "max_running_requests or raise max_total_tokens to raise the budget",
-                                   rows, cols, rows * cols * self.bytes_per_cell / 2**30, self.max_bytes / 2**30)
+                    # NOTE: the size reported is what would be allocated (rows and positions rounded
+                    # up, never below the current capacity), the one compared with the budget.
+                    logger.warning("CPU KV mirror: %d rows x %d positions needed; growing to %d x %d would take "
+                                   "%s, over its budget of %s; decode gathers K/V from the pool for such steps "
+                                   "(slower). Lower max_running_requests or raise max_total_tokens to raise the "
+                                   "budget", rows, cols, new_r, new_c, _size(new_r * new_c * self.bytes_per_cell),
+                                   _size(self.max_bytes))
                     self._over_budget_logged = True
                 return False
         logger.debug("KV mirror grows to %d rows x %d positions (%.1f MiB)", new_r, new_c,

@@ -1,11 +1,14 @@
 """Response bodies in OpenAI (and native /generate) shape, built as plain dicts for orjson."""
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence, TypeVar
 
 from radixserve.engine.detokenizer import IncrementalDetokenizer
-from radixserve.outputs import RequestOutput, TokenLogprob
+from radixserve.outputs import RequestOutput, StreamDelta, TokenLogprob
+
+O = TypeVar("O", RequestOutput, StreamDelta)
 
 
 class TokenTexts:
@@ -22,6 +25,14 @@ class TokenTexts:
             if len(self._cache) < 200_000:
                 self._cache[token_id] = text
         return text
+
+
+def with_stop_string(o: O, include: bool) -> O:
+    """vLLM's include_stop_str_in_output: the stop string that ended `o` (an output, or a sample's
+    finishing delta) put back at the end of its text. Stop tokens (EOS, stop_token_ids) are not text."""
+    if include and o.finish_reason == "stop" and isinstance(o.matched_stop, str):
+        return dataclasses.replace(o, text=o.text + o.matched_stop)
+    return o
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:

@@ -66,6 +66,19 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "moderation": (_empty, "this server runs no moderation model"),
     "functions": (_empty, "the deprecated `functions` field is not supported; send `tools` instead"),
     "function_call": (_empty, "the deprecated `function_call` field is not supported; send `tool_choice` instead"),
+    # vLLM / SGLang extensions the sampler or server cannot honour
+    "typical_p": (lambda v: v is None or v == 1, "locally typical sampling is not implemented in the sampler; "
+                  "use top_p, top_k or min_p, or send typical_p 1.0 (off)"),
+    "use_beam_search": (_false, "beam search is not supported; use temperature 0 for greedy decoding"),
+    "length_penalty": (lambda v: v is None or v == 1, "length_penalty applies to beam search, which is not "
+                       "supported"),
+    "prompt_logprobs": (_empty, "prompt logprobs are served by /v1/completions with echo and logprobs"),
+    "allowed_token_ids": (_empty, "use logit_bias to favour or ban tokens"),
+    "bad_words": (_empty, "use logit_bias with -100 on the words' token ids"),
+    "truncate_prompt_tokens": (_empty, "the server never drops prompt tokens; shorten the prompt"),
+    "chat_template": (_empty, "a per-request chat template is not accepted (a template is code run on the "
+                      "server); the model's own template renders every chat"),
+    "documents": (_empty, "documents for the chat template are not supported; put them in a message"),
     # the Responses API
     "reasoning": (_no_reasoning, "this model has no reasoning mode to configure"),
     "background": (_false, "background responses (polled later) are not supported; stream instead"),

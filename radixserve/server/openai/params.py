@@ -11,6 +11,7 @@ from radixserve.errors import FieldError
 from radixserve.grammar.errors import GrammarError
 from radixserve.sampling_params import SamplingParams
 from radixserve.server.errors import APIError, user_errors
+from radixserve.server.openai.defaults import default_max_new
 from radixserve.server.openai.structured import Constraint, sampling_fields
 from radixserve.server.openai.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest,
                                         GenerateRequest, _OpenAIRequest)
@@ -81,14 +82,24 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict]:
     return tools.template_messages(messages, tools.ToolPlan("none", [], None, True, False))
 
 
-def chat_prompt(engine: ChatTokenizer, messages: list[ChatMessage] | list[dict], tool_defs: list[dict] | None = None) -> list[int]:
+def chat_prompt(engine: ChatTokenizer, messages: list[ChatMessage] | list[dict], tool_defs: list[dict] | None = None,
+                req: ChatCompletionRequest | None = None) -> list[int]:
     """Token ids of the conversation through the model's chat template (`tool_defs` for a template
-    that renders tools itself)."""
+    that renders tools itself), with `req`'s template options (chat_template_kwargs,
+    add_generation_prompt, continue_final_message) when given."""
     if not messages:
         raise APIError(400, "messages must contain at least one message.", param="messages")
     dicts = chat_messages(messages) if isinstance(messages[0], ChatMessage) else messages
-    with user_errors("messages"):
-        return list(engine.apply_chat_template(dicts, tool_defs))
+    options: dict[str, Any] = {}  # only those that differ from the defaults
+    if req is not None and req.chat_template_kwargs is not None:
+        options["template_kwargs"] = req.chat_template_kwargs
+    if req is not None and req.continue_final_message:
+        options["continue_final_message"] = True
+        options["add_generation_prompt"] = req.add_generation_prompt is True  # unset: off (nothing follows)
+    elif req is not None and req.add_generation_prompt is False:
+        options["add_generation_prompt"] = False
+    with user_errors("messages", lambda exc: getattr(exc, "field", None)):
+        return list(engine.apply_chat_template(dicts, tool_defs, **options))
 
 
 def completion_prompts(engine: ChatTokenizer, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
@@ -157,10 +168,11 @@ def native_names(req: GenerateRequest) -> ParamNames:
                       prompt="text" if req.text is not None else "input_ids")
 
 
-def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int, names: ParamNames) -> SamplingParams:
+def chat_sampling(req: ChatCompletionRequest, prompt_len: int, max_context_len: int, names: ParamNames,
+                  default_max: int) -> SamplingParams:
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    if max_new is None:  # OpenAI: the rest of the context
-        max_new = max(1, max_context_len - prompt_len)
+    if max_new is None:  # the server's default, within the rest of the context (openai/defaults.py)
+        max_new = default_max_new(default_max, prompt_len, max_context_len)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
     fields = {**_common(req, max_new), **sampling_fields(names.constraint)}

@@ -12,13 +12,35 @@ import dataclasses
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, ValidatorFunctionWrapHandler, create_model,
+                      field_validator)
 
 from radixserve.sampling_params import SamplingParams
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+# Fields whose default is not None (those defaulting to None take null by their type).
+DEFAULTED_FIELDS = ("n", "stream", "logprobs", "echo", "include_usage", "include_stop_str_in_output",
+                    "continue_final_message")
+
+
+class _NullMeansDefault(_Strict):
+    """A request object where an explicit `null` means "the default", as OpenAI's API treats it
+    (SDKs and frameworks send `"n": null`, `"stream": null`, ... for what they leave unset). Fields
+    that default to None accept null by their type; the others (DEFAULTED_FIELDS, kept complete by
+    tests/server/test_openai_lenient.py) map null to their default here."""
+
+    # NOTE: only on those fields: a function validator makes pydantic validate its field as Python
+    # data, and JSON's string keys ("logit_bias": {"504": ...}) would no longer read as integers.
+    @field_validator(*DEFAULTED_FIELDS, mode="wrap", check_fields=False)
+    @classmethod
+    def _null_is_default(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        if value is None and info.field_name is not None:
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+        return handler(value)
 
 
 class TextPart(_Strict):
@@ -149,12 +171,12 @@ class _StructuredFields(_Strict):
     guided_decoding_backend: str | None = None  # accepted and ignored, as `structured_outputs.backend`
 
 
-class StreamOptions(_Strict):
+class StreamOptions(_NullMeansDefault):
     include_usage: bool = False
     include_obfuscation: bool | None = None  # accepted and ignored: nothing here is obfuscated
 
 
-class _IgnoredFields(_Strict):
+class _IgnoredFields(_NullMeansDefault):
     """OpenAI fields with no meaning for a self-hosted server: accepted and ignored (the list and
     the reasons are in `field_policy.IGNORED`)."""
 
@@ -181,6 +203,16 @@ class _ChatFields(_IgnoredFields):
     moderation: Any = None
     functions: Any = None
     function_call: Any = None
+    # vLLM / SGLang extensions with no honest counterpart here (refused unless they ask for nothing)
+    typical_p: Any = None
+    use_beam_search: Any = None
+    length_penalty: Any = None
+    prompt_logprobs: Any = None
+    allowed_token_ids: Any = None
+    bad_words: Any = None
+    truncate_prompt_tokens: Any = None
+    chat_template: Any = None
+    documents: Any = None
 
 
 class _OpenAIRequest(_ChatFields, _StructuredFields):
@@ -206,6 +238,7 @@ class _OpenAIRequest(_ChatFields, _StructuredFields):
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
+    include_stop_str_in_output: bool = False  # vLLM: the matched stop string stays at the end of the text
     cache_salt: str | None = None  # namespaces the prefix cache: tenants never share cached prefixes
 
 
@@ -217,6 +250,10 @@ class ChatCompletionRequest(_OpenAIRequest):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM / SGLang chat-template extensions
+    chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (Qwen3's enable_thinking)
+    add_generation_prompt: bool | None = None  # default true; false with continue_final_message
+    continue_final_message: bool = False  # the last (assistant) message is continued, not closed
 
 
 class CompletionRequest(_OpenAIRequest):

@@ -12,8 +12,10 @@ tool_choice:
   "auto"      the answer is free text; every well-formed <tool_call> block naming a known tool
               becomes a tool call (the rest stays content);
   "required"  the output is constrained to a JSON array of one or more calls, each naming a tool and
-              carrying arguments valid under its `parameters` schema (one call when
-              parallel_tool_calls is false);
+              carrying arguments valid under its `parameters` schema: at most one call when
+              parallel_tool_calls is false, else at most one per tool offered (len(tools)), so the
+              array (and the answer: the grammar then admits only EOS) ends after the calls a
+              task needs instead of repeating a call until max_tokens;
   {"type": "function", "function": {"name": N}}  the output is constrained to N's arguments.
 parallel_tool_calls false asks the model for one call and returns at most one.
 """
@@ -95,11 +97,16 @@ def constraint(p: ToolPlan) -> Constraint | None:
         return None
     calls = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": _params_schema(t)},
               "required": ["name", "arguments"], "additionalProperties": False} for t in p.tools]
+    # NOTE: bounded, always: an unbounded array lets a small model append the same call until max_tokens
     schema: dict[str, Any] = {"type": "array", "items": calls[0] if len(calls) == 1 else {"anyOf": calls},
-                              "minItems": 1}
-    if not p.parallel:
-        schema["maxItems"] = 1
+                              "minItems": 1, "maxItems": max_parallel_calls(p)}
     return Constraint("json_schema", schema, "tools")
+
+
+def max_parallel_calls(p: ToolPlan) -> int:
+    """How many calls a required tool_choice may make in one answer: 1 without parallel calls, else
+    one per tool offered."""
+    return len(p.tools) if p.parallel else 1
 
 
 # ---- the prompt -------------------------------------------------------------------------------

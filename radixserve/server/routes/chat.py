@@ -53,9 +53,10 @@ async def chat_completions(request: Request) -> Response:
                        "constraining the answer's text would leave no way to call a tool.", param=found[0].param)
     tool_constraint = tools.constraint(plan)
     constraint = structured.one_constraint(found + ([tool_constraint] if tool_constraint else []))
-    prompt = params.chat_prompt(st.engine, tools.template_messages(req.messages, plan), tools.template_tools(plan))
+    prompt = params.chat_prompt(st.engine, tools.template_messages(req.messages, plan), tools.template_tools(plan),
+                                req)
     names = params.chat_names(req, constraint)
-    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, names)
+    sp = params.chat_sampling(req, len(prompt), st.engine.max_context_len, names, st.default_max_tokens)
     prepared = prepare_all(st, [prompt], sp, names)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     clock = st.metrics.clock()
@@ -64,15 +65,18 @@ async def chat_completions(request: Request) -> Response:
     if req.stream:
         stream, ids = await stream_all(request, prepared, rid, req.cache_salt, names)
         usage = req.stream_options is not None and req.stream_options.include_usage
-        events = _chat_events(stream, rid, st.model_name, usage, req.logprobs, texts, clock, reader)
+        events = _chat_events(stream, rid, st.model_name, usage, req.logprobs, texts, clock, reader,
+                              req.include_stop_str_in_output)
         return sse_response(request, events, ids)
     groups = await generate_all(request, prepared, rid, req.cache_salt, clock, names)
-    return JSONResponse(bodies.chat_completion(rid, st.model_name, groups[0], texts, reader))
+    outputs = [bodies.with_stop_string(o, req.include_stop_str_in_output) for o in groups[0]]
+    return JSONResponse(bodies.chat_completion(rid, st.model_name, outputs, texts, reader))
 
 
 async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool, logprobs: bool,
                        texts: bodies.TokenTexts, clock: RequestClock,
-                       reader: Callable[[], ToolReader] | None = None) -> AsyncIterator[bytes]:
+                       reader: Callable[[], ToolReader] | None = None, keep_stop: bool = False
+                       ) -> AsyncIterator[bytes]:
     base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
     tracker, readers = UsageTracker(), {}
 
@@ -83,6 +87,7 @@ async def _chat_events(stream: Merged, rid: str, model: str, include_usage: bool
         return sse(body)
 
     async for p, d in stream:
+        d = bodies.with_stop_string(d, keep_stop)
         tracker.add(p, d)
         clock.tokens(d.index, len(d.token_ids))
         if d.index not in readers:

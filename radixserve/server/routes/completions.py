@@ -45,7 +45,8 @@ async def completions(request: Request) -> Response:
     if req.stream:
         stream, ids = await stream_all(request, prepared, rid, req.cache_salt, names)
         usage = req.stream_options is not None and req.stream_options.include_usage
-        events = _events(stream, rid, st.model_name, req.n, usage, texts, echoed, req.logprobs is not None, clock)
+        events = _events(stream, rid, st.model_name, req.n, usage, texts, echoed, req.logprobs is not None, clock,
+                         req.include_stop_str_in_output)
         return sse_response(request, events, ids)
     groups = await generate_all(request, prepared, rid, req.cache_salt, clock, names)
     usage = bodies.usage_of(groups)  # every best_of candidate was generated, so every one counts
@@ -53,6 +54,7 @@ async def completions(request: Request) -> Response:
     for p, group in enumerate(groups):
         kept = bodies.best_of(group, req.n) if len(group) > req.n else group
         for i, o in enumerate(kept):
+            o = bodies.with_stop_string(o, req.include_stop_str_in_output)
             choices.append(bodies.completion_choice(
                 p * req.n + i, o, prompts[p], echoed[p] if echoed else None, req.logprobs is not None,
                 tok, texts, sp.skip_special_tokens))
@@ -61,7 +63,7 @@ async def completions(request: Request) -> Response:
 
 async def _events(stream: AsyncIterator[tuple[int, StreamDelta]], rid: str, model: str, n: int,
                   include_usage: bool, texts: bodies.TokenTexts, echoed: list[bodies.EchoedPrompt] | None,
-                  want_logprobs: bool, clock: RequestClock) -> AsyncIterator[bytes]:
+                  want_logprobs: bool, clock: RequestClock, keep_stop: bool = False) -> AsyncIterator[bytes]:
     base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
     tracker, offsets = UsageTracker(), {}
 
@@ -72,6 +74,7 @@ async def _events(stream: AsyncIterator[tuple[int, StreamDelta]], rid: str, mode
         return sse(body)
 
     async for p, d in stream:
+        d = bodies.with_stop_string(d, keep_stop)
         tracker.add(p, d)
         index = p * n + d.index
         clock.tokens(index, len(d.token_ids))

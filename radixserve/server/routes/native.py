@@ -1,4 +1,4 @@
-"""Native routes: /generate, /tokenize, /detokenize, /tokenizer_info, /health, /metrics, /flush_cache."""
+"""Native routes: /generate, /tokenize, /detokenize, /tokenizer_info, /health, /version, /metrics, /flush_cache."""
 from __future__ import annotations
 
 import uuid
@@ -28,6 +28,13 @@ async def health(request: Request) -> Response:
     if request.app.state.engine.is_alive():
         return JSONResponse({"status": "ok"})
     return error_response(503, "The engine loop is not running; see the server log.")
+
+
+@router.get("/version")
+async def version() -> Response:
+    from radixserve import __version__
+
+    return JSONResponse({"version": __version__})
 
 
 @router.get("/metrics")

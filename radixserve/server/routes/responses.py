@@ -40,6 +40,7 @@ from radixserve.server.responses_api.output_items import Event, OutputItems
 from radixserve.server.responses_api.protocol import ResponsesRequest
 from radixserve.server.openai.tool_stream import Piece, ToolReader
 from radixserve.server.openai.tools import ToolPlan
+from radixserve.server.openai.defaults import default_max_new
 
 router = APIRouter()
 
@@ -57,7 +58,7 @@ async def create_response(request: Request) -> Response:
     turn = _turn_prompt(st.engine, st.responses, req, plan)
     names = params.ParamNames({"max_new_tokens": "max_output_tokens", "logprobs": "top_logprobs"}, prompt="input",
                               constraint=constraint)
-    sp = _sampling(req, len(turn.ids), st.engine.max_context_len, want_logprobs, names)
+    sp = _sampling(req, len(turn.ids), st.engine.max_context_len, want_logprobs, names, st.default_max_tokens)
     prepared = prepare_all(st, [turn.ids], sp, names)
     turn_ctx = _Turn(req, turn, sp, st.model_name, st.engine.tokenizer, want_logprobs, plan)
     clock = st.metrics.clock()
@@ -136,11 +137,11 @@ def _text_format(req: ResponsesRequest) -> structured.Constraint | None:
 
 
 def _sampling(req: ResponsesRequest, prompt_len: int, max_context_len: int, want_logprobs: bool,
-              names: params.ParamNames) -> SamplingParams:
+              names: params.ParamNames, default_max: int) -> SamplingParams:
     fields: dict[str, Any] = {
         **structured.sampling_fields(names.constraint),
         "max_new_tokens": req.max_output_tokens if req.max_output_tokens is not None
-        else max(1, max_context_len - prompt_len),
+        else default_max_new(default_max, prompt_len, max_context_len),
         "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "top_k": req.top_k,
         "min_p": req.min_p, "repetition_penalty": req.repetition_penalty, "logit_bias": req.logit_bias,
         "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
