@@ -187,6 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _checked_engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options, validated here (EngineConfig, the model's existence) so that a mistake
+    is one line at once, not after an engine process has started."""
+    from radixserve.config import EngineConfig
+    from radixserve.models.hub import check_model
+
+    options = engine_options(args)
+    EngineConfig(**options)
+    check_model(options.get("model"))
+    return options
+
+
 def _route(args: argparse.Namespace) -> int:
     from radixserve.router.config import RouterConfig
     from radixserve.router.launch import route
@@ -199,7 +211,7 @@ def _route(args: argparse.Namespace) -> int:
 def _serve_dp(args: argparse.Namespace) -> int:
     from radixserve.router.launch import serve_dp
 
-    engine = engine_options(args)
+    engine = _checked_engine_options(args)
     if engine.get("tp", 1) > 1:
         raise ValueError("--dp with --tp > 1 is not supported yet: run tensor-parallel servers yourself and put "
                          "`radixserve route --replica URL ...` in front of them")
@@ -232,7 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
                           responses_max_stored=args.responses_max_stored,
                           responses_max_stored_tokens=args.responses_max_stored_tokens,
                           **{name: getattr(args, name) for name in LIMIT_FIELDS})
-    return serve(config, engine_process=args.engine_process, **engine_options(args))
+    return serve(config, engine_process=args.engine_process, **_checked_engine_options(args))
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -240,7 +252,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     sp = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.sampling_seed)
-    with Engine(**engine_options(args)) as engine:
+    with Engine(**_checked_engine_options(args)) as engine:
         if args.chat:
             out = engine.chat([{"role": "user", "content": args.prompt}], sp)
         else:

@@ -128,9 +128,12 @@ def test_a_hub_id_is_served_from_the_offline_cache(hub_cache):
 
 
 @pytest.mark.slow
-def test_a_missing_hub_id_is_one_line_naming_it(hub_cache):
+@pytest.mark.parametrize("command", ["generate", "serve"])
+def test_a_missing_hub_id_is_one_line_naming_it(command, hub_cache):
+    """generate: raised in this process; serve: raised in the engine process, said by the front end."""
     cache, _ = hub_cache
-    out = radixserve("generate", "--model", "tinyorg/not-there", *GEN, env=offline(cache))
+    argv = GEN if command == "generate" else ["--port", str(free_port_block()), "--device", "cpu"]
+    out = radixserve(command, "--model", "tinyorg/not-there", *argv, env=offline(cache))
     assert out.returncode == 2
     line = one_error_line(out)
     assert "'tinyorg/not-there'" in line and "cache" in line

@@ -62,3 +62,13 @@ def resolve_model(model: str | None) -> str | None:
     where = "in the local Hugging Face cache" if _offline() else "on the Hugging Face Hub or in the local cache"
     raise ValueError(f"model {model!r} is not a local path and was not found {where} ({HF_HUB_CACHE}): "
                      f"{errors[-1]}; check the id, or download it while online")
+
+
+def check_model(model: str | None) -> None:
+    """Fail at once, in one line, on a model that names nothing (before any process starts): not
+    None, not dummy:, not an existing path, not shaped like a Hub id. (A Hub id is resolved when the
+    model loads, after the port is bound: it may download.)"""
+    if model is None or model.startswith("dummy:") or os.path.exists(model) or looks_like_hub_id(model):
+        return
+    raise ValueError(f"model path {model} does not exist; pass a HF model directory, a .gguf file, a Hub id "
+                     "(org/name), dummy:<name>, or no --model for the embedded model")
