@@ -127,11 +127,14 @@ def start_server(port: int, log, *extra: str) -> subprocess.Popen:
 
 def stream_events(url: str, max_tokens: int, events: list[bytes], first: threading.Event) -> None:
     body = {"prompt": "Count slowly:", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as s:
-        for line in s.iter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:].encode())
-                first.set()
+    try:
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as s:
+            for line in s.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:].encode())
+                    first.set()
+    except httpx.TransportError:
+        events.append(b"<cut>")  # the server went away mid-stream
 
 
 @pytest.mark.slow
@@ -217,3 +220,44 @@ def test_no_child_outlives_a_front_end_killed_with_sigkill(phase, tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.slow
+def test_a_second_signal_while_draining_exits_at_once_and_takes_the_children(tmp_path):
+    """SIGTERM drains (here: a 300 s grace and a 400-token stream), a Ctrl-C meanwhile exits now
+    (code 130), and the engine process, shutting down, goes with the front end."""
+    port = free_port_block()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "log", "w+") as log:
+        proc = start_server(port, log, "--graceful-shutdown-s", "300", "--log-level", "info")
+        try:
+            wait_serving(proc, url)
+            children = descendants(proc.pid)
+            events: list[bytes] = []
+            first = threading.Event()
+            reader = threading.Thread(target=stream_events, args=(url, 400, events, first), daemon=True)
+            reader.start()
+            assert first.wait(60)
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while True:  # draining: the listener is closed, the stream still runs
+                try:
+                    httpx.get(url + "/health", timeout=1)
+                except httpx.TransportError:
+                    break
+                assert time.monotonic() < deadline, "SIGTERM did not stop the listener"
+                time.sleep(0.1)
+            assert reader.is_alive() and proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 130
+            deadline = time.monotonic() + 60
+            while still_running(children):
+                assert time.monotonic() < deadline, f"children outlived their front end: {still_running(children)}"
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        output = log.read()
+    assert "exiting now" in output and "Traceback" not in output, output[-3000:]
