@@ -12,42 +12,58 @@ import sys
 from typing import Any
 
 from radixserve.engine_flags import add_engine_flags, engine_argv, engine_options
+from radixserve.parent_watch import die_with_parent_from_env
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block): `radixserve serve: error: ... (see --help)`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_router_flags(group) -> None:
     from radixserve.router.config import POLICIES, RouterConfig
 
     d = RouterConfig(replicas=("http://x",))
-    group.add_argument("--policy", choices=POLICIES, default=d.policy, help=f"routing policy (default: {d.policy})")
+    group.add_argument("--policy", choices=POLICIES, default=d.policy,
+                       help=f"how a request picks its replica (default: {d.policy})")
     group.add_argument("--balance-abs-threshold", type=int, default=d.balance_abs_threshold,
                        help="the longest-match replica is bypassed for the least loaded one when its load exceeds "
-                            f"that one's by more than this many requests ... (default: {d.balance_abs_threshold})")
+                            f"that one's by more than this many requests ... (requests; default: {d.balance_abs_threshold})")
     group.add_argument("--balance-rel-threshold", type=float, default=d.balance_rel_threshold,
-                       help=f"... and by more than this factor (default: {d.balance_rel_threshold})")
+                       help=f"... and by more than this factor (ratio; default: {d.balance_rel_threshold})")
     group.add_argument("--min-match-fraction", type=float, default=d.min_match_fraction,
-                       help="a cached match below this fraction of the prompt counts as none (default: "
+                       help="a cached match below this fraction of the prompt counts as none (0..1; default: "
                             f"{d.min_match_fraction})")
     group.add_argument("--poll-interval", type=float, default=d.poll_interval_s,
-                       help=f"seconds between cache-event polls per replica (default: {d.poll_interval_s})")
+                       help=f"time between cache-event polls per replica (seconds; default: {d.poll_interval_s})")
     group.add_argument("--health-interval", type=float, default=d.health_interval_s,
-                       help=f"seconds between retries of an unavailable replica (default: {d.health_interval_s})")
+                       help=f"time between retries of an unavailable replica (seconds; default: {d.health_interval_s})")
     group.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
-                       help=f"seconds a replica may stay silent on a request (default: {d.request_timeout_s})")
+                       help=f"longest a replica may stay silent on a request (seconds; default: {d.request_timeout_s})")
     group.add_argument("--max-failovers", type=int, default=d.max_failovers,
-                       help=f"other replicas a request that failed to start is retried on (default: {d.max_failovers})")
+                       help=f"other replicas a request that failed to start is retried on (replicas; default: "
+                            f"{d.max_failovers})")
 
 
-LIMIT_FIELDS = ("max_prompts", "max_stop_strings", "max_stop_string_chars", "max_logit_bias", "max_tools",
-                "max_tools_bytes", "max_schema_bytes")
+LIMITS = {"max_prompts": "prompts in one request (prompts)",
+          "max_stop_strings": "stop strings (and stop_token_ids) per request (strings)",
+          "max_stop_string_chars": "length of one stop string (characters)",
+          "max_logit_bias": "logit_bias entries per request (entries)",
+          "max_tools": "tools offered in one request (tools)",
+          "max_tools_bytes": "the tools list as JSON (bytes)",
+          "max_schema_bytes": "a structured-output constraint (schema, regex, grammar) as JSON (bytes)"}
+LIMIT_FIELDS = tuple(LIMITS)
 
 
 def _add_limit_flags(group) -> None:
     from radixserve.server.app import ServerConfig
 
     d = ServerConfig()
-    for name in LIMIT_FIELDS:
+    for name, what in LIMITS.items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(d, name),
-                           help=f"default: {getattr(d, name)}")
+                           help=f"most {what} (default: {getattr(d, name)})")
 
 
 def origins(flag: str) -> tuple[str, ...]:
@@ -64,63 +80,91 @@ def _router_options(args: argparse.Namespace) -> dict[str, Any]:
                 max_n=args.max_n, served_model_name=args.served_model_name, log_level=args.log_level)
 
 
+def _add_log_level(group) -> None:
+    group.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                       help="least severe message logged to stderr; debug also shows tracebacks of errors and "
+                            "access logs, warning hides the progress bar (default: info)")
+
+
+def _add_http_flags(group, what: str) -> None:
+    group.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
+    group.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000)")
+    group.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' on every route but /health (default: none)")
+    group.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                       help="largest request body (bytes; default: 8388608)")
+    group.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for (default: 64)")
+    group.add_argument("--served-model-name", default=None, help=f"model id reported by /v1/models (default: {what})")
+
+
+def _engine_groups(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    from radixserve.engine_flags import MEMORY, MODEL, PARALLELISM, SCHEDULER
+
+    return {name: parser.add_argument_group(name) for name in (MODEL, MEMORY, SCHEDULER)} | \
+        {"server": parser.add_argument_group("server"), PARALLELISM: parser.add_argument_group(PARALLELISM),
+         "logging": parser.add_argument_group("logging")}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    parser = argparse.ArgumentParser(prog="radixserve", description="LLM serving around a radix tree of prefixes")
+    from radixserve import __version__
+
+    common = _Parser(add_help=False)
+    _add_log_level(common.add_argument_group("logging"))
+    parser = _Parser(prog="radixserve", description="LLM serving around a radix tree of prefixes")
+    parser.add_argument("--version", action="version", version=f"radixserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", parents=[common], help="run the OpenAI-compatible HTTP server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
-    serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
-    serve.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
-    serve.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
-    serve.add_argument("--graceful-shutdown-s", type=float, default=30.0)
-    serve.add_argument("--allowed-origins", default="", metavar="ORIGINS",
-                       help="comma-separated browser origins allowed to call the API (CORS), '*' for any; "
-                       "default: none (no CORS headers)")
-    serve.add_argument("--default-max-tokens", type=int, default=None,
-                       help="max_tokens of a chat request that sets none (default: the model's generation "
-                       "config max_new_tokens, else 4096; always within the context left)")
-    serve.add_argument("--responses-max-stored", type=int, default=1000,
-                       help="most /v1/responses kept for previous_response_id (LRU, in memory)")
-    serve.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
-                       help="most conversation tokens kept across stored responses (LRU, in memory)")
-    serve.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
-                       help="run the scheduler and model in their own process (default); --no-engine-process "
-                            "keeps everything in the HTTP server's process")
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server",
+                           description="Serve a model over HTTP (OpenAI and native APIs) until Ctrl-C or SIGTERM.")
+    groups = _engine_groups(serve)
+    server = groups["server"]
+    _add_http_flags(server, "the model's name")
+    server.add_argument("--graceful-shutdown-s", type=float, default=30.0,
+                        help="on SIGTERM, how long requests in flight may run before they are aborted (seconds; "
+                             "default: 30); Ctrl-C aborts them at once, a second signal exits at once")
+    server.add_argument("--allowed-origins", default="", metavar="ORIGINS",
+                        help="comma-separated browser origins allowed to call the API (CORS), '*' for any; "
+                        "default: none (no CORS headers)")
+    server.add_argument("--default-max-tokens", type=int, default=None,
+                        help="max_tokens of a chat request that sets none (tokens; default: the model's generation "
+                        "config max_new_tokens, else 4096; always within the context left)")
+    server.add_argument("--responses-max-stored", type=int, default=1000,
+                        help="most /v1/responses kept for previous_response_id (responses, LRU, in memory; default: 1000)")
+    server.add_argument("--responses-max-stored-tokens", type=int, default=2_000_000,
+                        help="most conversation tokens kept across stored responses (tokens, LRU; default: 2000000)")
+    server.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the scheduler and model in their own process; --no-engine-process keeps everything "
+                             "in the HTTP server's process (default: on)")
+    _add_log_level(groups["logging"])
     _add_limit_flags(serve.add_argument_group("request bounds (each a 400 naming the limit)"))
-    serve.add_argument("--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, "
-                       "or CPU processes sharing the cores) on ports PORT+1.. behind a router on PORT")
+    groups["parallelism"].add_argument(
+        "--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, or CPU processes "
+        "sharing the cores) on ports PORT+1.. behind a router on PORT (replicas; default: 1)")
     _add_router_flags(serve.add_argument_group("router (with --dp > 1)"))
-    add_engine_flags(serve)
+    add_engine_flags(serve, groups)
 
     rt = sub.add_parser("route", parents=[common], help="route requests over radixserve servers started elsewhere")
     rt.add_argument("--replica", dest="replicas", action="append", required=True, metavar="URL",
                     help="a replica's base URL, e.g. http://10.0.0.2:8000 (repeat for each)")
-    rt.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    rt.add_argument("--port", type=int, default=8000)
-    rt.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
+    _add_http_flags(rt, "the replicas'")
     rt.add_argument("--replica-api-key", default=None, help="the key the replicas require, if any")
-    rt.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
-    rt.add_argument("--max-n", type=int, default=64, help="most samples per prompt a request may ask for")
-    rt.add_argument("--served-model-name", default=None,
-                    help="model id reported by /v1/models (default: the replicas')")
-    rt.add_argument("--model", default=None, help="the replicas' model, for its tokenizer (default: embedded model)")
+    rt.add_argument("--model", default=None, help="the replicas' model, for its tokenizer (a directory, .gguf file or "
+                    "Hub id; default: None = the embedded SmolLM2 model)")
     rt.add_argument("--tokenizer", default=None, help="the replicas' tokenizer, if they were given one")
     _add_router_flags(rt.add_argument_group("routing"))
 
-    gen = sub.add_parser("generate", parents=[common], help="generate from one prompt and print the text")
-    gen.add_argument("prompt")
-    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
-    gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=-1)
-    gen.add_argument("--sampling-seed", type=int, default=None)
-    add_engine_flags(gen)
+    gen = sub.add_parser("generate", help="generate from one prompt and print the text")
+    gen.add_argument("prompt", help="the prompt text")
+    groups = _engine_groups(gen)
+    sampling = gen.add_argument_group("sampling")
+    sampling.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
+    sampling.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (tokens; default: 64)")
+    sampling.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default: 0)")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (0..1; default: 1)")
+    sampling.add_argument("--top-k", type=int, default=-1, help="sample among the k likeliest tokens; -1 = all (default: -1)")
+    sampling.add_argument("--sampling-seed", type=int, default=None, help="seed of this request's sampling (default: none)")
+    _add_log_level(groups["logging"])
+    add_engine_flags(gen, groups)
 
     from radixserve.bench.cli import add_bench_parser
     add_bench_parser(sub, common)
@@ -128,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent_from_env()  # a replica started by `serve --dp`: never outlive it
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "debug":  # the router polls its replicas many times a second; httpx logs each call
@@ -141,9 +186,28 @@ def main(argv: list[str] | None = None) -> int:
             from radixserve.bench.cli import run_bench
             return run_bench(args)
         return _generate(args)
-    except ValueError as exc:  # bad option values: say which, no traceback
+    except ValueError as exc:  # the user's mistake (missing model, taken port, bad value): one line, no traceback
+        if args.log_level == "debug":
+            logging.getLogger(__name__).debug("the error's traceback", exc_info=True)
         sys.stderr.write(f"radixserve: error: {exc}\n")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before serving began (e.g. while the model loads)
+        if args.log_level == "debug":
+            logging.getLogger(__name__).debug("interrupted", exc_info=True)
+        sys.stderr.write("radixserve: interrupted\n")
+        return 130
+
+
+def _checked_engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options, validated here (EngineConfig, the model's existence) so that a mistake
+    is one line at once, not after an engine process has started."""
+    from radixserve.config import EngineConfig
+    from radixserve.models.hub import check_model
+
+    options = engine_options(args)
+    EngineConfig(**options)
+    check_model(options.get("model"))
+    return options
 
 
 def _route(args: argparse.Namespace) -> int:
@@ -158,7 +222,7 @@ def _route(args: argparse.Namespace) -> int:
 def _serve_dp(args: argparse.Namespace) -> int:
     from radixserve.router.launch import serve_dp
 
-    engine = engine_options(args)
+    engine = _checked_engine_options(args)
     if engine.get("tp", 1) > 1:
         raise ValueError("--dp with --tp > 1 is not supported yet: run tensor-parallel servers yourself and put "
                          "`radixserve route --replica URL ...` in front of them")
@@ -185,7 +249,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.dp != 1:
         return _serve_dp(args)
-    return serve(server_config(args), engine_process=args.engine_process, **engine_options(args))
+    return serve(server_config(args), engine_process=args.engine_process, **_checked_engine_options(args))
 
 
 def server_config(args: argparse.Namespace):
@@ -206,7 +270,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     sp = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.sampling_seed)
-    with Engine(**engine_options(args)) as engine:
+    with Engine(**_checked_engine_options(args)) as engine:
         if args.chat:
             out = engine.chat([{"role": "user", "content": args.prompt}], sp)
         else:

@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from model_fixtures import embedded_tokenizer, save_tiny_hf_model
-from port_fixtures import free_port_block
+from port_fixtures import free_port_block, wait_serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = ["repository-root", "another-folder"]
@@ -24,6 +23,10 @@ FOLDERS = ["repository-root", "another-folder"]
 def user_env() -> dict[str, str]:
     """A shell's environment: nothing of ours that would hide the failure (no safe-path mode)."""
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+
+
+def two_healthy_replicas(url: str) -> bool:
+    return sum(r["healthy"] for r in httpx.get(url + "/router/replicas", timeout=5).json()["replicas"]) == 2
 
 
 def folder(where: str, tmp_path) -> str:
@@ -65,17 +68,7 @@ def test_serve_dp2_split_replicas_answer(where, tmp_path, checkpoint):
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            try:
-                replicas = httpx.get(url + "/router/replicas", timeout=5).json()["replicas"]
-                if sum(r["healthy"] for r in replicas) == 2:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "two replicas did not come up behind the router"
-            time.sleep(0.5)
+        wait_serving(proc, url, two_healthy_replicas)
         body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
         answers = [httpx.post(f"{u}/v1/completions", json=body, timeout=120).json()
                    for u in (url, f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}")]

@@ -9,7 +9,7 @@ import os
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "radixserve"))
 
 # NOTE: lowest first. A new folder or top-level module takes its place here, above all it imports.
-FLOORS = ["syspath", "errors", "sample_id", "config", "outputs", "sampling_params", "engine_flags", "core", "cache", "speculative", "grammar", "sampling",
+FLOORS = ["syspath", "parent_watch", "errors", "sample_id", "config", "outputs", "sampling_params", "engine_flags", "core", "cache", "speculative", "grammar", "sampling",
           "distributed", "models", "runtime", "scheduler", "engine", "offline", "lang", "server", "router", "bench", "cli",
           "__main__"]
 # what `from radixserve import NAME` reaches (radixserve/__init__.py)

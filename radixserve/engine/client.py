@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
@@ -38,6 +39,7 @@ from radixserve.engine.prepare import (OverContext, PreparedRequest, RequestLimi
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.grammar.errors import GrammarError
 from radixserve.outputs import RequestOutput, StreamDelta
+from radixserve.parent_watch import from_main_thread
 from radixserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ class EngineClient:
         mp = multiprocessing.get_context("spawn")
         from radixserve.engine.process import engine_main
 
-        self.process = mp.Process(target=engine_main, args=(options, to_engine, from_engine, log_level),
+        self.process = mp.Process(target=engine_main, args=(options, to_engine, from_engine, log_level, os.getpid(), from_main_thread()),
                                   name="radixserve-engine", daemon=False)
         self.process.start()
         try:
@@ -103,6 +105,8 @@ class EngineClient:
                     self.info: wire.EngineInfo = msg.info
                     return
                 if isinstance(msg, wire.StartupFailed):
+                    if msg.user_error:
+                        raise ValueError(msg.message)
                     raise RuntimeError(f"the engine process failed to start: {msg.message}")
                 raise RuntimeError(f"the engine process sent {type(msg).__name__} before Ready")
             if not self.process.is_alive():
@@ -370,6 +374,13 @@ class EngineClient:
             self._post([wire.Abort(request_id, index, reason)])
         except EngineDeadError:
             pass
+
+    def abort_all(self) -> None:
+        """Abort every request in flight: each sample finishes with reason "abort"."""
+        with self._lock:
+            rids = list(self._groups)
+        for rid in rids:
+            self.abort(rid)
 
     # ---- calls -----------------------------------------------------------------------------------
     def _call(self, name: wire.CallName, *args, timeout: float = CALL_TIMEOUT_S):

@@ -190,6 +190,10 @@ class Engine:
         """Finish the request at its next step: every sample, or only sample `index`."""
         self.loop.submit(lambda s: s.abort(request_id, reason, index))
 
+    def abort_all(self) -> None:
+        """Abort every waiting and running request (each finishes with reason "abort")."""
+        self.loop.submit(lambda s: s.abort_all())
+
     # ---- state ---------------------------------------------------------------------------------
     def stats(self) -> dict:
         # NOTE: read from the caller's thread without waiting for the loop (a scrape must not wait

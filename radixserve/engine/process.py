@@ -7,7 +7,8 @@ produced as ONE message. Only the loop thread sends. Grammar compiles are watche
 No text is made here (Engine(detokenize=False)): events carry token ids.
 
 Signals: SIGINT and SIGTERM are ignored (the front end drains and then asks this process to shut
-down); if the front end disappears, this process notices within POLL_MS and exits.
+down). If the front end disappears, in any phase (loading, serving, shutting down), this process
+dies with it (radixserve/parent_watch.py: SIGKILL from the kernel on Linux, a pid watcher elsewhere).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 from radixserve.engine import wire
 from radixserve.engine.errors import QueueFullError
 from radixserve.grammar.errors import GrammarError
+from radixserve.parent_watch import die_with_parent
 
 logger = logging.getLogger(__name__)
 POLL_MS = 500
@@ -45,14 +47,17 @@ class _Outbox:
             self._sock.send(wire.encode(items), copy=False)
 
 
-def engine_main(options: dict[str, Any], recv_addr: str, send_addr: str, log_level: str = "INFO") -> None:
-    """Entry point of the engine process (multiprocessing spawn target)."""
+def engine_main(options: dict[str, Any], recv_addr: str, send_addr: str, log_level: str = "INFO",
+                parent: int | None = None, pdeathsig: bool = True) -> None:
+    """Entry point of the engine process (multiprocessing spawn target). `parent`: the front end's
+    pid, which this process must not outlive (`pdeathsig`: started from its main thread)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid() if parent is None else parent
+    die_with_parent(parent, pdeathsig)
     import zmq
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s engine %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parent = os.getppid()
     ctx = zmq.Context(1)
     recv = ctx.socket(zmq.PULL)
     recv.connect(recv_addr)
@@ -63,6 +68,12 @@ def engine_main(options: dict[str, Any], recv_addr: str, send_addr: str, log_lev
         from radixserve.engine.engine import Engine
 
         engine = Engine(detokenize=False, **options)
+    except ValueError as exc:  # the user's mistake (a missing model, a bad option): the front end says it in one line
+        logger.debug("the engine failed to start", exc_info=True)
+        send.send(wire.encode([wire.StartupFailed(str(exc), user_error=True)]))
+        send.close()
+        ctx.term()
+        raise SystemExit(1) from None
     except Exception as exc:  # noqa: BLE001 - said to the front end, which exits with it
         logger.exception("the engine failed to start")
         send.send(wire.encode([wire.StartupFailed(f"{type(exc).__name__}: {exc}")]))

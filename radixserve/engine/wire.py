@@ -105,6 +105,7 @@ class Ready(_Message):
 
 class StartupFailed(_Message):
     message: str
+    user_error: bool = False  # a ValueError (missing model, bad option): said in one line, no traceback
 
 
 class Tokens(_Message):

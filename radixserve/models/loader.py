@@ -5,7 +5,8 @@ import importlib.util
 import json
 import logging
 import os
-from typing import Iterator, NamedTuple
+import sys
+from typing import Iterable, Iterator, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.models import dummy, gguf_file
+from radixserve.models.hub import resolve_model
 from radixserve.models.linear_methods import warn_if_reference
 from radixserve.models.quantize import quantize_model, set_linear_method
 from radixserve.models.quant_config import resolve_quantization
@@ -82,16 +84,18 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
     With `tp` of several ranks, builds this rank's shard and copies only its slice of each
     checkpoint tensor (one tensor read at a time). `with_tokenizer=False` (ranks > 0) leaves
     `tokenizer` None. `quantization` (quant_config.QUANTIZATIONS): fp8 / int4 quantize the weights
-    at load; a checkpoint's own `quantization_config` is used when present."""
+    at load; a checkpoint's own `quantization_config` is used when present. A Hugging Face Hub id
+    (org/name, org/name/file.gguf) is fetched into, or read from, the Hub cache (models/hub.py)."""
     dtype, device = _resolve_dtype(dtype), torch.device(device)
     tp = tp or single_rank()
+    given, model = model, resolve_model(model)
     if model is None or (model.endswith(".gguf") and os.path.isfile(model)):
         path = embedded_model_path() if model is None else model
         reader = gguf_file.open_gguf(path)
         config = gguf_file.gguf_config(reader, path)
         net = _build(config, dtype, device, tp)
         plan = resolve_quantization(quantization, config, dtype)
-        net.load_weights(gguf_file.gguf_weights(reader, config))
+        net.load_weights(_progress(gguf_file.gguf_weights(reader, config), len(reader.tensors)))
         source, tok_path = f"gguf:{path}", path
     elif model.startswith("dummy:"):
         spec = model.removeprefix("dummy:")
@@ -118,7 +122,7 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
             weights = decode_checkpoint(weights, plan)
         else:
             net = _build(config, dtype, device, tp)
-        net.load_weights(weights)
+        net.load_weights(_progress(weights, _tensor_count(model)))
         source, tok_path = f"hf:{model}", model
     else:
         raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
@@ -128,11 +132,38 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
     tok = load_tokenizer(tokenizer or tok_path) if with_tokenizer else None
     logger.info("loaded %s (%s, %s%s)", source, type(net).__name__, dtype,
                 f", {plan.method.name} weights ({plan.fmt or 'quantized at load'})" if plan else "")
-    return LoadedModel(net, config, tok, _context_len(config), source, _short_name(model))
+    return LoadedModel(net, config, tok, _context_len(config), source, _short_name(given))
+
+
+T = TypeVar("T")
+
+
+def _progress(items: Iterable[T], total: int | None) -> Iterable[T]:
+    """A progress bar over the tensors being loaded, on stderr when it is a terminal and INFO is logged."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() and logger.isEnabledFor(logging.INFO)
+    return tqdm(items, total=total, desc="loading weights", unit="tensor", file=sys.stderr, disable=not show,
+                leave=False, dynamic_ncols=True)
+
+
+def _tensor_count(path: str) -> int | None:
+    index = os.path.join(path, "model.safetensors.index.json")
+    try:
+        if os.path.isfile(index):
+            with open(index) as f:
+                return len(json.load(f)["weight_map"])
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(path, "model.safetensors"), framework="pt", device="cpu") as f:
+            return len(list(f.keys()))
+    except Exception:  # noqa: BLE001 - only the bar's length; loading says what is wrong
+        return None
 
 
 def load_config(model: str | None) -> PretrainedConfig:
     """The model's config alone (no weights), for checks before anything is built."""
+    model = resolve_model(model)
     if model is None or (model.endswith(".gguf") and os.path.isfile(model)):
         path = embedded_model_path() if model is None else model
         return gguf_file.gguf_config(gguf_file.open_gguf(path), path)

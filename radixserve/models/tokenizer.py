@@ -23,7 +23,11 @@ def _gguf_cache_path(gguf_path: str) -> str:
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """Tokenizer from a HF model directory or a .gguf file (never touches the hub)."""
+    """Tokenizer from a HF model directory, a .gguf file, or a Hub id (fetched into, or read from, the
+    Hub cache: models/hub.py)."""
+    from radixserve.models.hub import resolve_model
+
+    path = resolve_model(path)
     if not os.path.exists(path):
         raise ValueError(f"tokenizer path {path} does not exist; pass a HF model directory or a .gguf file")
     if path.endswith(".gguf"):

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from radixserve.parent_watch import child_env_with_parent
 from radixserve.router.config import RouterConfig
 from radixserve.syspath import child_env
 
@@ -26,23 +27,32 @@ def make_router_app(config: RouterConfig):
     return build_router_app(Router(config, Frontend(load_router_tokenizer(config.model, config.tokenizer))))
 
 
-def route(config: RouterConfig) -> int:
+def route(config: RouterConfig, sock: socket.socket | None = None) -> int:
     """Serve the router in the foreground until SIGINT/SIGTERM; returns the exit code. Until a
-    replica answers, requests get 503 and /health says so."""
+    replica answers, requests get 503 and /health says so. `sock`: the port, already bound
+    (bound here, before the tokenizer loads, otherwise)."""
     import uvicorn
 
-    from radixserve.server.launch import _absorb_resent_signals
+    from radixserve.server.shutdown import DrainingServer, bind_socket, exit_on_next_signal
 
-    app = make_router_app(config)
+    sock = sock or bind_socket(config.host, config.port)
+    try:
+        app = make_router_app(config)
+    except BaseException:
+        sock.close()
+        raise
     router = app.state.router
-    uv = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                                       lifespan="on", access_log=config.log_level == "debug"))
+    uv = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                       lifespan="on", access_log=config.log_level == "debug"), None, 0.0)
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         logger.warning("routing on %s without an API key: anyone who can reach this address can use it", config.host)
     logger.info("routing on http://%s:%d over %d replica(s), policy %s", config.host, config.port,
                 len(router.replicas), config.policy)
-    _absorb_resent_signals()  # NOTE: so that a caller's cleanup (serve --dp stopping replicas) still runs
-    uv.run()
+    try:
+        uv.run(sockets=[sock])
+    finally:
+        exit_on_next_signal()  # NOTE: a caller's cleanup (serve --dp stopping replicas) still runs; again: now
+        sock.close()
     return 0
 
 
@@ -136,7 +146,9 @@ class ReplicaProcesses:
                     " ".join(f"{k}={v}" for k, v in self.envs[i].items()))
         # NOTE: a session of its own: a terminal's Ctrl-C reaches the parent only, which stops the
         # replicas itself (and does not mistake their exit for a crash)
-        return subprocess.Popen(cmd, env=child_env({**os.environ, **self.envs[i]}), start_new_session=True)
+        # NOTE: and it dies with this process, whatever kills it (parent_watch, from the environment)
+        env = child_env_with_parent(child_env({**os.environ, **self.envs[i]}))
+        return subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def start(self) -> ReplicaProcesses:
         for i in range(len(self.ports)):
@@ -183,8 +195,17 @@ def serve_dp(n: int, replica_argv: list[str], device: str, router_options: dict[
     port = router_options.get("port", 8000)
     urls = tuple(f"http://127.0.0.1:{port + 1 + i}" for i in range(n))
     config = RouterConfig(replicas=urls, **router_options)  # validated before anything starts
-    fleet = ReplicaProcesses(replica_argv, [port + 1 + i for i in range(n)], replica_devices(n, device)).start()
+    from radixserve.server.shutdown import bind_socket
+
+    sock = bind_socket(config.host, config.port)
     try:
-        return route(config)
+        for p in range(port + 1, port + 1 + n):  # the replicas' ports: free now, or say so before starting any
+            bind_socket("127.0.0.1", p).close()
+        fleet = ReplicaProcesses(replica_argv, [port + 1 + i for i in range(n)], replica_devices(n, device)).start()
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        return route(config, sock)
     finally:
         fleet.stop()

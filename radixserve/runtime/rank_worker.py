@@ -6,32 +6,23 @@ import json
 import logging
 import os
 import sys
-import threading
-import time
 
 import torch
 
 from radixserve.config import EngineConfig
 from radixserve.distributed.group import destroy_group, init_group, launcher_env
 from radixserve.distributed.step_sync import StepReceiver
+from radixserve.parent_watch import die_with_parent_from_env
 from radixserve.runtime.model_runner import ModelRunner
 from radixserve.runtime.ranks import rank_device
 
 logger = logging.getLogger(__name__)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A spawned rank whose engine process vanished (killed) would wait in a collective forever."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
 def worker_main(config, rank: int, size: int, local_rank: int, init_method: str) -> None:
     """Body of a rank process the engine started."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    die_with_parent_from_env()  # NOTE: a rank whose engine vanished would wait in a collective forever
     if torch.get_num_threads() > 1:  # NOTE: the ranks of a CPU group share the host's cores
         torch.set_num_threads(max(1, torch.get_num_threads() // size))
     run_worker(config, rank, size, local_rank, init_method)

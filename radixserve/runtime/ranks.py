@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from radixserve.distributed.group import TensorParallel, destroy_group, init_group, launcher_env
+from radixserve.parent_watch import child_env_with_parent
 from radixserve.syspath import child_env
 
 logger = logging.getLogger(__name__)
@@ -176,8 +177,10 @@ def start_ranks(config) -> tuple[RankSet, torch.device]:
 
 
 def _child_env() -> dict[str, str]:
-    """The rank processes' environment: this one's, minus launcher variables (they are not launched ranks)."""
-    env = child_env({k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")})
+    """The rank processes' environment: this one's, minus launcher variables (they are not launched ranks),
+    plus this process's pid: a rank dies with its engine, whatever kills it (parent_watch)."""
+    env = child_env_with_parent(
+        child_env({k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

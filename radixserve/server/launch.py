@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 from typing import Any
 
 from radixserve.engine.interface import EngineHandle
 from radixserve.server.app import ServerConfig, build_app
+from radixserve.server.shutdown import DrainingServer, bind_socket, exit_on_next_signal
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +17,11 @@ def serve(config: ServerConfig, engine_process: bool = True, **engine_options: A
     engine_process: the scheduler and model run in their own process (radixserve/engine/process.py),
     this one does HTTP, tokenisation and text; False keeps everything in this process.
 
-    On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish for up to
-    `config.graceful_shutdown_s` and then cancels them (their engine requests are aborted);
-    afterwards the engine is shut down. If the engine process dies, requests in flight and new
+    The port is bound first: a taken port is a ValueError before any model loads. On SIGTERM the
+    server stops accepting connections and lets in-flight requests finish until shortly before
+    `config.graceful_shutdown_s`, then aborts them (each stream gets its final event); on SIGINT
+    it aborts them at once; a second signal exits at once (radixserve/server/shutdown.py).
+    Afterwards the engine is shut down. If the engine process dies, requests in flight and new
     ones get 503, the server stops and the exit code is 1.
     """
     import uvicorn
@@ -36,27 +38,33 @@ def serve(config: ServerConfig, engine_process: bool = True, **engine_options: A
         if servers:
             servers[0].should_exit = True
 
+    sock = bind_socket(config.host, config.port)
     engine: EngineHandle
-    if engine_process:
-        engine = EngineClient(on_death=on_death, log_level=config.log_level, **engine_options)
-    else:
-        engine = Engine(**engine_options)
+    try:
+        if engine_process:
+            engine = EngineClient(on_death=on_death, log_level=config.log_level, **engine_options)
+        else:
+            engine = Engine(**engine_options)
+    except BaseException:
+        sock.close()
+        raise
     try:
         app = build_app(engine, config)
         uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                    timeout_graceful_shutdown=int(config.graceful_shutdown_s) or None,
                                    lifespan="off", access_log=config.log_level == "debug")
-        server = uvicorn.Server(uv_config)
+        server = DrainingServer(uv_config, engine.abort_all, config.graceful_shutdown_s)
         servers.append(server)
         if failed:  # died while the app was being built
             return 1
         if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
             logger.warning("serving on %s without an API key: anyone who can reach this address can use it",
                            config.host)
-        _absorb_resent_signals()
         logger.info("serving %s on http://%s:%d", app.state.model_name, config.host, config.port)
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        exit_on_next_signal()  # NOTE: a signal while the engine shuts down means "now"
+        sock.close()
         engine.shutdown()
     if failed:
         logger.error("exiting: the engine process died")
@@ -64,14 +72,3 @@ def serve(config: ServerConfig, engine_process: bool = True, **engine_options: A
     logger.info("shut down cleanly")
     return 0
 
-
-def _absorb_resent_signals() -> None:
-    """uvicorn re-raises the signal that stopped it once it has shut down, to the handler that
-    was installed before it started; with the default handlers that would kill the process
-    (exit 143) before the engine is shut down. Install handlers that only log."""
-
-    def note(signum: int, frame: Any) -> None:
-        logger.info("received %s after shutdown", signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, note)
-    signal.signal(signal.SIGINT, note)

@@ -31,7 +31,7 @@ import jsonschema
 import orjson
 import pytest
 
-from port_fixtures import free_port_block
+from port_fixtures import free_port_block, wait_serving
 from radixserve import Engine, SamplingParams
 from radixserve.router.config import RouterConfig
 from radixserve.router.launch import RouterThread
@@ -138,13 +138,7 @@ def fleet():
                             env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        def up():
-            assert proc.poll() is None, "serve --dp exited"
-            try:
-                return sum(r["healthy"] for r in replicas_state(url)) == 2
-            except httpx.TransportError:
-                return False
-        wait_for(up, 300, "two replicas behind the router")
+        wait_serving(proc, url, lambda u: sum(r["healthy"] for r in replicas_state(u)) == 2)
         yield url, [f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}"], port
     finally:
         proc.send_signal(signal.SIGTERM)
