@@ -102,6 +102,9 @@ class EngineConfig:
     quantization: str | None = None
     # speculative decoding (greedy requests; see SpeculativeConfig); a dict is parsed. None: off
     speculative_config: SpeculativeConfig | None = None
+    # a folder for the radix cache's snapshot: restored at start when its fingerprint matches, saved at
+    # shutdown (and on POST /cache/save); None: the cache lives and dies with the process
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speculative_config", SpeculativeConfig.parse(self.speculative_config))
@@ -132,5 +135,7 @@ class EngineConfig:
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS} (or None: as the checkpoint is), "
                              f"got {self.quantization!r}")
+        if self.cache_dir is not None and self.tp > 1:
+            raise ValueError("cache_dir (a snapshot of the radix cache) needs tp=1: each rank holds part of the K/V")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")

@@ -322,6 +322,18 @@ class RadixTree:
             out.append((ns, nodes))
         return out
 
+    def export(self) -> list[tuple[str | None, int, list[int], torch.Tensor]]:
+        """Every node as (namespace, index of its parent in this list or -1, token run, slots),
+        parents before children: the whole tree with its slots (a snapshot writes their K/V)."""
+        out: list[tuple[str | None, int, list[int], torch.Tensor]] = []
+        for ns, root in self._roots.items():
+            stack = [(-1, c) for c in root.children.values()]
+            while stack:
+                parent, nd = stack.pop()
+                out.append((ns, parent, nd.key, nd.value))
+                stack.extend((len(out) - 1, c) for c in nd.children.values())
+        return out
+
     def check_integrity(self) -> None:
         """Assert every structural invariant; O(tree size). Meant for tests and idle steps."""
         ps = self.page_size

@@ -413,6 +413,9 @@ class EngineClient:
     def check_integrity(self) -> None:
         self._call("check_integrity")
 
+    async def save_cache(self) -> dict:
+        return await self._acall("save_cache", timeout=600.0)
+
     async def cache_events(self, after: int, epoch: str | None, limit: int) -> dict:
         from radixserve.cache.cache_events import encode_events
 

@@ -18,6 +18,7 @@ from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.cache_events import encode_events, read_events
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
+from radixserve.engine import cache_snapshot
 from radixserve.engine.chat_template import apply_chat_template
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
@@ -80,6 +81,7 @@ class Engine:
         self._arrival = itertools.count()
         self._lock = threading.Lock()
         self._released = False
+        self.cache_restored = cache_snapshot.restore_at_start(self) if self.config.cache_dir else None
         self.loop = EngineLoop(self.scheduler, self.config.check_integrity, self._on_loop_error)
 
     # ---- synchronous API ----------------------------------------------------------------------
@@ -207,6 +209,15 @@ class Engine:
     def flush_cache(self) -> bool:
         return self.loop.call(lambda s: s.flush_cache())
 
+    def save_cache_to(self, path: str | None = None) -> dict:
+        """Write the radix cache (tree and K/V) to `path` (default: cache_dir's snapshot), atomically,
+        between two steps. Returns what was written (nodes, tokens, bytes, seconds)."""
+        return self.loop.call(lambda s: cache_snapshot.save(self, path), timeout=600)
+
+    async def save_cache(self) -> dict:
+        """save_cache_to(None) without blocking the event loop (the HTTP route's call)."""
+        return await asyncio.wrap_future(self.loop.submit(lambda s: cache_snapshot.save(self)))
+
     def read_cache_events(self, after: int, epoch: str | None, limit: int) -> Future:
         """The tree's events since `after` (or a resync), read between two steps; see cache_events.read_events."""
         return self.loop.submit(lambda s: read_events(s.kv.tree, after, epoch, limit))
@@ -226,6 +237,11 @@ class Engine:
                 logger.exception("aborting requests at shutdown failed")
         self.loop.stop()
         self.grammar.shutdown()
+        if self.loop.stopped and not self._released and self.config.cache_dir:
+            try:
+                cache_snapshot.save(self)  # NOTE: the loop has stopped: the tree holds still
+            except Exception:  # noqa: BLE001 - shutting down anyway; the previous snapshot is intact
+                logger.exception("saving the radix cache at shutdown failed")
         if self.loop.stopped and not self._released:
             self._released = True
             self.runner.release()  # another engine in this process may want the device memory

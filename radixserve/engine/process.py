@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from radixserve.engine import wire
+from radixserve.engine import cache_snapshot, wire
 from radixserve.engine.errors import QueueFullError
 from radixserve.grammar.errors import GrammarError
 from radixserve.parent_watch import die_with_parent
@@ -187,6 +187,8 @@ class _EngineServer:
         elif name == "cache_events":
             # NOTE: the events travel as CacheEvent tuples, pickled; the front end encodes them as JSON.
             engine.read_cache_events(*msg.args).add_done_callback(reply)
+        elif name == "save_cache":
+            engine.loop.submit(lambda s: cache_snapshot.save(engine)).add_done_callback(reply)
         elif name == "shutdown":
             engine.loop.call(lambda s: s.abort_all(), timeout=30)
             out.put(wire.Reply.of(call_id, True, None))

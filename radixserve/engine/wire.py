@@ -8,7 +8,7 @@ Decoding checks each message against its declared type.
 Front end -> engine (`ToEngine`):
     Add      a request: its PreparedRequest (checked once, in the front end) and cache namespace
     Abort    finish a request (index None: all its samples) or one sample at the next step
-    Call     a named call answered by one Reply: stats | flush_cache | check_integrity | cache_events | shutdown
+    Call     a named call answered by one Reply: stats | flush_cache | check_integrity | cache_events | save_cache | shutdown
 Engine -> front end (`FromEngine`):
     Ready          once, first: the EngineInfo
     StartupFailed  instead of Ready, when the engine could not be built; the process then exits
@@ -35,7 +35,7 @@ from radixserve.sample_id import SampleId
 
 # (token id, logprob, top alternatives as (token id, logprob), best first)
 WireLogprob = tuple[int, float, list[tuple[int, float]]]
-CallName = Literal["stats", "flush_cache", "check_integrity", "cache_events", "shutdown"]
+CallName = Literal["stats", "flush_cache", "check_integrity", "cache_events", "save_cache", "shutdown"]
 FailureKind = Literal["grammar", "queue_full", "invalid"]
 
 

@@ -1,4 +1,6 @@
-"""GET /cache/events: what the radix tree cached and evicted since a cursor, for routers that
+"""POST /cache/save: snapshot the radix cache (tree and K/V) into the server's --cache-dir.
+
+GET /cache/events: what the radix tree cached and evicted since a cursor, for routers that
 mirror this cache to the token (see radixserve/cache/cache_events.py).
 
 `?after=<seq>&epoch=<epoch>` answers the events with seq > after, oldest first:
@@ -44,3 +46,18 @@ async def cache_events(request: Request, after: int = Query(-1, ge=-1), epoch: s
         return error_response(503, f"The engine did not answer within {READ_TIMEOUT_S:.0f} s; retry later.")
     return JSONResponse({**body, "model": st.model_name, "max_model_len": engine.max_context_len,
                          "vocab_size": engine.vocab_size})
+
+
+@router.post("/cache/save")
+async def cache_save(request: Request) -> Response:
+    """Write the snapshot now (atomically; the previous one stays whole if this fails)."""
+    engine = request.app.state.engine
+    if not engine.is_alive():
+        return error_response(503, "The engine is not running; see the server log.")
+    try:
+        info = await engine.save_cache()
+    except (ValueError, RuntimeError) as e:
+        if "no cache_dir" in str(e):
+            return error_response(400, "This server has no cache directory; start it with --cache-dir DIR.")
+        raise
+    return JSONResponse(info)
