@@ -44,6 +44,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "cascade_attention": (MEMORY, "decode rows sharing a long cached prefix attend to it once per group"),
     "cascade_min_prefix_len": (MEMORY, "shortest shared prefix for cascade attention (tokens)"),
     "cascade_min_group_size": (MEMORY, "fewest rows sharing a prefix for cascade attention (requests)"),
+    "cache_dir": (MEMORY, "folder for the radix cache's snapshot (tree + K/V): restored at start when it was made by "
+                          "the same model and configuration, saved at shutdown and on POST /cache/save; None = none"),
     "check_integrity": (MEMORY, "check the KV accounting and the tree every idle step (slow; tests)"),
     "schedule_policy": (SCHEDULER, "order of waiting requests: lpm (longest cached prefix first), dfs-weight, fcfs"),
     "aging_tokens_per_step": (SCHEDULER, "priority a waiting request gains per step waited (tokens), so none starves"),

@@ -42,6 +42,7 @@ class SamplingParams:
     top_k: int = -1  # -1 or 0 = off
     top_p: float = 1.0
     min_p: float = 0.0
+    typical_p: float = 1.0  # locally typical sampling (Meister et al. 2022); 1 = off
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -94,6 +95,8 @@ class SamplingParams:
         _check("top_k", isinstance(self.top_k, int) and (self.top_k >= 0 or self.top_k == -1),
                f"top_k must be -1 (off), 0 (off) or a positive integer, got {self.top_k!r}")
         _check("top_p", _is_num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
+        _check("typical_p", _is_num(self.typical_p) and 0 < self.typical_p <= 1,
+               f"typical_p must be in (0, 1], got {self.typical_p!r}")
         _check("min_p", _is_num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
         _check("repetition_penalty", _is_num(self.repetition_penalty) and self.repetition_penalty > 0,
                f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")

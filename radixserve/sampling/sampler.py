@@ -8,7 +8,8 @@ Pipeline per row (vLLM / OpenAI conventions):
   2. greedy rows (temperature 0 or top_k 1) take the argmax of these logits;
   3. other rows: divide by temperature, keep the top-k, then the smallest prefix (by probability,
      renormalised over the top-k) whose mass reaches top_p, then drop tokens with probability
-     below min_p x the largest probability; draw with the exponential race
+     below min_p x the largest probability, and (typical_p < 1) outside the locally typical set;
+     draw with the exponential race
      argmax(log p - log E), E ~ Exp(1) from a counter-based hash of (seed, step, token).
 No host sync happens inside; the Python branches test host flags and None-ness only.
 """
@@ -75,7 +76,25 @@ def filtered_logits(x: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
     keep &= mass_before < t.top_ps[:, None]  # smallest prefix reaching top_p; rank 0 always kept
     keep &= probs >= t.min_ps[:, None] * probs[:, :1]  # min-p relative to the most likely token
     keep_vocab = torch.zeros_like(keep).scatter_(1, order, keep)  # back to vocabulary order
+    if t.typical_ps is not None:
+        keep_vocab &= typical_keep(x, t.typical_ps)
     return x.masked_fill(~keep_vocab, float("-inf"))
+
+
+def typical_keep(x: torch.Tensor, typical_ps: torch.Tensor) -> torch.Tensor:
+    """Locally typical sampling over temperature-scaled logits x [B, V]: keep the tokens whose
+    surprise -log p is closest to the entropy, fewest first, until their mass reaches typical_p
+    (the token that crosses it included; at least one) -> [B, V] bool. Rows at 1.0 keep all."""
+    logp = torch.log_softmax(x, dim=-1)
+    p = logp.exp()
+    entropy = -(p * logp).nan_to_num().sum(-1, keepdim=True)  # [B, 1]; -inf * 0 is nan
+    distance = (-logp - entropy).abs()  # [B, V]
+    d_sorted, order = torch.sort(distance, dim=-1, stable=True)
+    mass_before = p.gather(1, order).cumsum(-1) - p.gather(1, order)  # exclusive prefix sum, in that order
+    keep_sorted = mass_before < typical_ps[:, None]
+    keep_sorted[:, 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+    return keep | (typical_ps >= 1.0)[:, None]
 
 
 def processed_probs(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:

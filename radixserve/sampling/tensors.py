@@ -47,6 +47,7 @@ class SamplingTensors(NamedTuple):
     all_greedy: bool = False  # every row is greedy (host flag: skips the noise)
     logit_bias: torch.Tensor | None = None  # [B, V] float32 added to the logits; None when no row has a bias
     token_bitmask: torch.Tensor | None = None  # [B, ceil(V/32)] int32 grammar masks (bit set = allowed); None = none
+    typical_ps: torch.Tensor | None = None  # [B] float32, 1 when off; None when no row uses typical_p
 
 
 def _as_int64(seed: int) -> int:
@@ -128,7 +129,7 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
         return tensor_on(values, torch.int64, device)
 
     top_ks = [vocab_size if p.top_k <= 0 else min(p.top_k, vocab_size) for p in ps]
-    need_filter = any(not g and (k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0)
+    need_filter = any(not g and (k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0 or p.typical_p < 1.0)
                       for g, k, p in zip(greedy, top_ks, ps))
 
     seen_mask = None
@@ -178,6 +179,7 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], vocab_size: int,
         top_ks=i64(top_ks),
         top_ps=f32([p.top_p for p in ps]),
         min_ps=f32([p.min_p for p in ps]),
+        typical_ps=f32([p.typical_p for p in ps]) if any(p.typical_p < 1.0 for p in ps) else None,
         repetition_penalties=f32([p.repetition_penalty for p in ps]),
         presence_penalties=f32([p.presence_penalty for p in ps]),
         frequency_penalties=f32([p.frequency_penalty for p in ps]),

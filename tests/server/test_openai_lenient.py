@@ -164,7 +164,7 @@ def test_add_generation_prompt_false_and_continue_final_message_render_as_the_to
     ({"messages": ASK, "continue_final_message": True}, "continue_final_message"),
     ({"messages": ASK, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
     ({"messages": ASK, "chat_template_kwargs": "enable_thinking"}, "chat_template_kwargs"),
-    ({"messages": ASK, "typical_p": 0.9}, "typical_p"),
+    ({"messages": ASK, "typical_p": 1.5}, "typical_p"),  # honoured, but only in (0, 1]
     ({"messages": ASK, "use_beam_search": True}, "use_beam_search"),
     ({"messages": ASK, "chat_template": "{{ messages }}"}, "chat_template"),
 ])
@@ -172,6 +172,14 @@ def test_extras_that_cannot_be_honoured_are_refused_by_name(http, body, param):
     r = http.post("/v1/chat/completions", json={"max_tokens": 2, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_typical_p_is_honoured(http):
+    """A seeded typical_p request is accepted and reproducible; 1.0 (off) gives what omitting it gives."""
+    a = chat(http, temperature=1.0, seed=3, max_tokens=8, typical_p=0.3)
+    assert answer(a) == answer(chat(http, temperature=1.0, seed=3, max_tokens=8, typical_p=0.3))
+    assert answer(chat(http, temperature=1.0, seed=3, max_tokens=8, typical_p=1.0)) == \
+        answer(chat(http, temperature=1.0, seed=3, max_tokens=8))
 
 
 def test_harmless_values_of_refused_extras_are_accepted(http, chat_baseline):

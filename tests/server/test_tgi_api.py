@@ -144,7 +144,7 @@ def test_info(hf, http, engine):
 @pytest.mark.parametrize("parameters, param", [
     ({"best_of": 2}, "parameters.best_of"),
     ({"watermark": True}, "parameters.watermark"),
-    ({"typical_p": 0.5}, "parameters.typical_p"),
+    ({"typical_p": 0}, "parameters.typical_p"),
     ({"temperature": -1.0}, "parameters.temperature"),
     ({"top_n_tokens": 50}, "parameters.top_n_tokens"),
     ({"max_new_tokens": 0}, "parameters.max_new_tokens"),

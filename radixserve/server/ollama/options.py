@@ -2,7 +2,7 @@
 
 Each option is decided once, here:
 - honoured: num_predict (max_new_tokens; -1 and -2, "until the context is full", mean the rest of
-  the context), temperature, top_k, top_p, min_p, stop, seed, repeat_penalty (repetition_penalty),
+  the context), temperature, top_k, top_p, min_p, typical_p, stop, seed, repeat_penalty (repetition_penalty),
   presence_penalty, frequency_penalty. Options not given keep the server's SamplingParams defaults
   (not llama.cpp's Modelfile defaults: the model card's own sampling is the engine's business).
 - accepted and ignored (LOAD_OPTIONS): how llama.cpp loads and places the model (threads, GPU
@@ -10,8 +10,8 @@ Each option is decided once, here:
   context is the engine's, fixed at start; a prompt plus num_predict over it is a 400, never a
   silently truncated prompt. `num_keep` only matters when llama.cpp shifts the context, which
   never happens here.
-- refused unless neutral (SAMPLERS): samplers this engine does not have (mirostat, tail-free,
-  typical) and the repeat-penalty window; a neutral value (the sampler off, or the penalty off)
+- refused unless neutral (SAMPLERS): samplers this engine does not have (mirostat, tail-free)
+  and the repeat-penalty window; a neutral value (the sampler off, or the penalty off)
   asks for nothing and passes.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from radixserve.server.ollama.protocol import Options, GenerateCommon
 
 # Ollama option -> SamplingParams field
 HONOURED = {"num_predict": "max_new_tokens", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
-            "min_p": "min_p", "stop": "stop", "seed": "seed", "repeat_penalty": "repetition_penalty",
+            "min_p": "min_p", "typical_p": "typical_p", "stop": "stop", "seed": "seed", "repeat_penalty": "repetition_penalty",
             "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
 LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "numa", "low_vram",
                 "f16_kv", "logits_all", "vocab_only", "use_mmap", "use_mlock", "embedding_only")
@@ -46,7 +46,6 @@ SAMPLERS: dict[str, tuple[Callable[[Any, Options], bool], str]] = {
     "penalize_newline": (lambda v, o: v in (None, False) or _no_penalty(o),
                          "newlines cannot be exempted from repeat_penalty; leave it out or set it to false"),
     "tfs_z": (lambda v, o: v in (None, 1.0), "tail-free sampling is not implemented; use 1.0 (off) or leave it out"),
-    "typical_p": (lambda v, o: v in (None, 1.0), "typical sampling is not implemented; use 1.0 (off) or leave it out"),
     "mirostat": (lambda v, o: v in (None, 0), "mirostat sampling is not implemented; use 0 (off) or leave it out"),
     "mirostat_tau": (lambda v, o: v is None or not o.mirostat, "mirostat sampling is not implemented"),
     "mirostat_eta": (lambda v, o: v is None or not o.mirostat, "mirostat sampling is not implemented"),

@@ -67,8 +67,6 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "functions": (_empty, "the deprecated `functions` field is not supported; send `tools` instead"),
     "function_call": (_empty, "the deprecated `function_call` field is not supported; send `tool_choice` instead"),
     # vLLM / SGLang extensions the sampler or server cannot honour
-    "typical_p": (lambda v: v is None or v == 1, "locally typical sampling is not implemented in the sampler; "
-                  "use top_p, top_k or min_p, or send typical_p 1.0 (off)"),
     "use_beam_search": (_false, "beam search is not supported; use temperature 0 for greedy decoding"),
     "length_penalty": (lambda v: v is None or v == 1, "length_penalty applies to beam search, which is not "
                        "supported"),

@@ -143,6 +143,7 @@ def _common(req: _OpenAIRequest, max_new_tokens: int) -> dict[str, Any]:
         "max_new_tokens": max_new_tokens, "n": req.n, "stop": req.stop, "seed": req.seed,
         "temperature": req.temperature, "top_p": req.top_p, "presence_penalty": req.presence_penalty,
         "frequency_penalty": req.frequency_penalty, "top_k": req.top_k, "min_p": req.min_p,
+        "typical_p": req.typical_p,
         "repetition_penalty": req.repetition_penalty, "min_new_tokens": req.min_tokens,
         "ignore_eos": req.ignore_eos, "stop_token_ids": req.stop_token_ids,
         "skip_special_tokens": req.skip_special_tokens, "logit_bias": req.logit_bias,

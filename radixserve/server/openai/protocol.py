@@ -204,7 +204,6 @@ class _ChatFields(_IgnoredFields):
     functions: Any = None
     function_call: Any = None
     # vLLM / SGLang extensions with no honest counterpart here (refused unless they ask for nothing)
-    typical_p: Any = None
     use_beam_search: Any = None
     length_penalty: Any = None
     prompt_logprobs: Any = None
@@ -233,6 +232,7 @@ class _OpenAIRequest(_ChatFields, _StructuredFields):
     # extensions beyond the OpenAI API
     top_k: int | None = None
     min_p: float | None = None
+    typical_p: float | None = None
     repetition_penalty: float | None = None
     min_tokens: int | None = None
     ignore_eos: bool | None = None

@@ -7,8 +7,7 @@ what the response needs (details, prefill, full text). TGI's rules, where they d
 - `max_new_tokens` defaults to 100 (TGI's documented default), capped by the context;
 - `truncate` keeps the last `truncate` prompt tokens;
 - refused with a 400 naming the field: `best_of` > 1 (no ranking of sequences is offered here;
-  ask /v1/completions with best_of), `watermark` true, `typical_p` (the sampler has no typical
-  decoding), `adapter_id` (no adapters are served).
+  ask /v1/completions with best_of), `watermark` true, `adapter_id` (no adapters are served).
 """
 from __future__ import annotations
 
@@ -57,9 +56,6 @@ def _refuse(p: Parameters) -> None:
     if p.watermark:
         raise APIError(400, "watermark is not supported: this server does not watermark its outputs.",
                        param=P + "watermark", code="unsupported_parameter")
-    if p.typical_p is not None:
-        raise APIError(400, "typical_p is not supported: the sampler has no typical decoding; use top_p or "
-                       "min_p on /v1/completions instead.", param=P + "typical_p", code="unsupported_parameter")
     if p.adapter_id is not None:
         raise APIError(400, "adapter_id is not supported: this server serves one model and no adapters.",
                        param=P + "adapter_id", code="unsupported_parameter")
@@ -83,7 +79,8 @@ def plan(engine: EngineHandle, req: TGIRequest) -> TGIPlan:
     constraint = grammar_constraint(p.grammar, P + "grammar.value")
     names = ParamNames({"logprobs": P + "top_n_tokens", "prompt_top_logprobs": P + "decoder_input_details"},
                        prefix=P, prompt="inputs", constraint=constraint)
-    sampled = p.do_sample or p.temperature not in (None, 1.0) or p.top_k not in (None, 0) or p.top_p not in (None, 1.0)
+    sampled = p.do_sample or p.temperature not in (None, 1.0) or p.top_k not in (None, 0) or \
+        p.top_p not in (None, 1.0) or p.typical_p not in (None, 1.0)
     max_new = p.max_new_tokens
     if max_new is None:
         max_new = max(1, min(DEFAULT_MAX_NEW_TOKENS, engine.max_context_len - len(prompt)))
@@ -93,6 +90,7 @@ def plan(engine: EngineHandle, req: TGIRequest) -> TGIPlan:
     if sampled:
         fields.update({"temperature": p.temperature if p.temperature is not None else 1.0,
                        "top_k": p.top_k or -1, "top_p": p.top_p if p.top_p is not None else 1.0,
+                       "typical_p": p.typical_p if p.typical_p is not None else 1.0,
                        "seed": p.seed if p.seed is not None else random.randrange(2**31)})
     else:
         fields["temperature"] = 0.0

@@ -28,7 +28,7 @@ class Parameters(_Strict):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    typical_p: float | None = None  # refused: the sampler has no typical decoding
+    typical_p: float | None = None
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
     stop: list[str] | None = None
