@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, "
                        "or CPU processes sharing the cores) on ports PORT+1.. behind a router on PORT")
     _add_router_flags(serve.add_argument_group("router (with --dp > 1)"))
+    ray = serve.add_argument_group("Ray Serve (radixserve/deploy/; needs radixserve[ray])")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="serve as a Ray Serve application on the cluster at ADDRESS ('auto', ray://host:10001), "
+                          "or on a local one started here when no ADDRESS is given")
+    ray.add_argument("--replicas", type=int, default=1, help="engine replicas on Ray (with --ray), routed by --policy")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (with --ray)")
     add_engine_flags(serve)
 
     rt = sub.add_parser("route", parents=[common], help="route requests over radixserve servers started elsewhere")
@@ -171,6 +177,8 @@ def _serve(args: argparse.Namespace) -> int:
     from radixserve.server.app import ServerConfig
     from radixserve.server.launch import serve
 
+    if args.ray is not None:
+        return _serve_ray(args)
     if args.dp != 1:
         return _serve_dp(args)
 
@@ -181,6 +189,21 @@ def _serve(args: argparse.Namespace) -> int:
                           responses_max_stored_tokens=args.responses_max_stored_tokens,
                           **{name: getattr(args, name) for name in LIMIT_FIELDS})
     return serve(config, engine_process=args.engine_process, **engine_options(args))
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    from radixserve.deploy.ray_serve import RayDeployment, serve_on_ray
+    from radixserve.server.app import ServerConfig
+
+    if args.dp != 1:
+        raise ValueError("--ray replaces --dp: give the number of replicas with --replicas")
+    deployment = RayDeployment(replicas=args.replicas, num_cpus=args.replica_cpus, policy=args.policy, router_kwargs=dict(
+        balance_abs_threshold=args.balance_abs_threshold, balance_rel_threshold=args.balance_rel_threshold,
+        min_match_fraction=args.min_match_fraction))
+    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                          max_n=args.max_n, served_model_name=args.served_model_name, log_level=args.log_level,
+                          **{name: getattr(args, name) for name in LIMIT_FIELDS})
+    return serve_on_ray(None if args.ray == "local" else args.ray, deployment, config, engine_options(args))
 
 
 def _generate(args: argparse.Namespace) -> int:

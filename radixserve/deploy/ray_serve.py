@@ -114,7 +114,8 @@ def serve_on_ray(address: str | None, deployment: RayDeployment, server_config: 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.5):  # NOTE: a timed wait, so the signal handler runs promptly
+        pass
     serve.delete(APP_NAME)
     serve.shutdown()
     return 0
