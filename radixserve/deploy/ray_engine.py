@@ -8,9 +8,9 @@
   cross to a replica as PreparedRequests, token ids included: the request router reads them there
   (radixserve/deploy/ray_router.py), so a request is tokenised once, at the ingress.
 
-Replica death: a request in flight on a replica that dies fails with EngineDeadError (the server's
-503); `agenerate` (a whole answer, nothing passed on yet) is retried once on another replica,
-a stream is not (the client may already hold part of it).
+Replica death: `agenerate` (a whole answer, nothing passed on yet) is retried once on another
+replica; a stream is not (the client may already hold part of it) and ends with a 503 error
+(code replica_unavailable), as does a whole request whose retry failed too.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from radixserve.engine.chat_template import apply_chat_template
-from radixserve.engine.errors import EngineDeadError
 from radixserve.engine.prepare import OverContext, PreparedRequest, RequestLimits, prepare
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.outputs import RequestOutput, StreamDelta
 from radixserve.sampling_params import SamplingParams
+from radixserve.server.errors import APIError
 
 logger = logging.getLogger(__name__)
 STATS_MAX_AGE_S = 2.0
@@ -135,7 +135,8 @@ class RayEngine:
                 if not _replica_died(exc):
                     raise
                 if attempt:
-                    raise EngineDeadError(f"the replica serving this request died and so did its retry ({exc})") from exc
+                    raise APIError(503, "The replica serving this request died, and so did the one it was retried "
+                                   "on; retry later.", code="replica_unavailable") from exc
                 logger.warning("request %s: its replica died (%s); retrying it once on another", rid, exc)
             finally:
                 self._running.pop(rid, None)
@@ -154,7 +155,8 @@ class RayEngine:
                 yield delta
         except Exception as exc:
             if _replica_died(exc):
-                raise EngineDeadError(f"the replica serving this stream died ({exc}); retry the request") from exc
+                raise APIError(503, "The replica serving this stream died; Ray is replacing it. Retry the request.",
+                               code="replica_unavailable") from exc
             raise
         finally:
             self._running.pop(rid, None)
