@@ -151,3 +151,27 @@ def _engine_replica_actors() -> list[str]:
 def _running_replicas() -> int:
     deployment = serve.status().applications[APP_NAME].deployments["RadixEngine"]
     return deployment.replica_states.get("RUNNING", 0)
+
+
+def test_a_stream_whose_replica_dies_ends_with_an_in_band_503(client):
+    """Both replicas are killed under a running stream (the test cannot tell which one serves it):
+    the client gets the tokens sent so far, then an error event naming the failure; once Ray has
+    replaced the replicas, requests are answered again."""
+    before = _engine_replica_actors()
+    stream = client.chat.completions.create(model=client.served_model, messages=_messages("Tell me a long story."),
+                                            max_tokens=400, temperature=0, stream=True)
+    received = 0
+    with pytest.raises(openai.APIError) as err:
+        for chunk in stream:
+            received += 1
+            if received == 2:
+                for name in before:
+                    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    print(f"the stream sent {received} chunks, then: {err.value}")
+    assert received >= 2
+    assert "replica serving this stream died" in str(err.value)
+    deadline = time.monotonic() + 600
+    while not (_running_replicas() == 2 and not set(before) & set(_engine_replica_actors())):
+        assert time.monotonic() < deadline, "the killed replicas were not replaced"
+        time.sleep(1)
+    assert _chat(client, QUESTIONS[0]).choices[0].message.content
