@@ -197,9 +197,10 @@ def _serve_ray(args: argparse.Namespace) -> int:
 
     if args.dp != 1:
         raise ValueError("--ray replaces --dp: give the number of replicas with --replicas")
-    deployment = RayDeployment(replicas=args.replicas, num_cpus=args.replica_cpus, policy=args.policy, router_kwargs=dict(
-        balance_abs_threshold=args.balance_abs_threshold, balance_rel_threshold=args.balance_rel_threshold,
-        min_match_fraction=args.min_match_fraction))
+    balance = dict(balance_abs_threshold=args.balance_abs_threshold, balance_rel_threshold=args.balance_rel_threshold,
+                   min_match_fraction=args.min_match_fraction)
+    deployment = RayDeployment(replicas=args.replicas, num_cpus=args.replica_cpus, policy=args.policy,
+                               router_kwargs=balance)
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                           max_n=args.max_n, served_model_name=args.served_model_name, log_level=args.log_level,
                           **{name: getattr(args, name) for name in LIMIT_FIELDS})

@@ -92,7 +92,8 @@ class RayEngine:
         self.eos_ids: set[int] = info["eos_ids"]
         self.limits: RequestLimits = info["limits"]
         self.grammar = GrammarBackend(self.tokenizer, self.vocab_size, self.eos_ids, 1,
-                                      self.config.grammar_compile_timeout_s)  # validation only: compiles run in replicas
+                                      # NOTE: validation only: grammars compile in the replicas
+                                      self.config.grammar_compile_timeout_s)
         self._running: dict[str, Any] = {}  # request id -> its Ray response, for abort
         self._stats: dict = {}
         self._stats_at = 0.0
@@ -173,8 +174,12 @@ class RayEngine:
     # ---- state -----------------------------------------------------------------------------------
     def stats(self) -> dict:
         """One replica's counters, at most STATS_MAX_AGE_S old (a scrape must not wait on a replica)."""
-        if time.monotonic() - self._stats_at > STATS_MAX_AGE_S and (self._stats_task is None or self._stats_task.done()):
-            self._stats_task = asyncio.get_running_loop().create_task(self._refresh_stats())
+        idle = self._stats_task is None or self._stats_task.done()
+        if idle and time.monotonic() - self._stats_at > STATS_MAX_AGE_S:
+            try:
+                self._stats_task = asyncio.get_running_loop().create_task(self._refresh_stats())
+            except RuntimeError:  # NOTE: called off the ingress's loop: the last snapshot will do
+                pass
         return self._stats
 
     async def _refresh_stats(self) -> None:

@@ -76,8 +76,8 @@ def _messages(question: str) -> list[dict]:
 
 
 def _chat(client, question: str):
-    return client.chat.completions.create(model=client.served_model, messages=_messages(question), max_tokens=MAX_TOKENS,
-                                          temperature=0)
+    return client.chat.completions.create(model=client.served_model, messages=_messages(question),
+                                          max_tokens=MAX_TOKENS, temperature=0)
 
 
 def test_two_replicas_answer_the_openai_sdk_as_one_engine(client, oracle):
