@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dp", type=int, default=1, help="data parallelism: start this many replicas (one per GPU, or CPU processes "
         "sharing the cores) on ports PORT+1.. behind a router on PORT (replicas; default: 1)")
     _add_router_flags(serve.add_argument_group("router (with --dp > 1)"))
+    ray = serve.add_argument_group("Ray Serve (radixserve/deploy/; needs radixserve[ray])")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="serve as a Ray Serve application on the cluster at ADDRESS ('auto', ray://host:10001), "
+                          "or on a local one started here when no ADDRESS is given")
+    ray.add_argument("--replicas", type=int, default=1, help="engine replicas on Ray (with --ray), routed by --policy (replicas; default: 1)")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (with --ray; CPUs, default: 1)")
     add_engine_flags(serve, groups)
 
     rt = sub.add_parser("route", parents=[common], help="route requests over radixserve servers started elsewhere")
@@ -247,6 +253,8 @@ def _serve_dp(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from radixserve.server.launch import serve
 
+    if args.ray is not None:
+        return _serve_ray(args)
     if args.dp != 1:
         return _serve_dp(args)
     return serve(server_config(args), engine_process=args.engine_process, **_checked_engine_options(args))
@@ -263,6 +271,19 @@ def server_config(args: argparse.Namespace):
                         responses_max_stored_tokens=args.responses_max_stored_tokens,
                         allowed_origins=origins(args.allowed_origins), default_max_tokens=args.default_max_tokens,
                         **{name: getattr(args, name) for name in LIMIT_FIELDS})
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    from radixserve.deploy.ray_serve import RayDeployment, serve_on_ray
+
+    if args.dp != 1:
+        raise ValueError("--ray replaces --dp: give the number of replicas with --replicas")
+    balance = dict(balance_abs_threshold=args.balance_abs_threshold, balance_rel_threshold=args.balance_rel_threshold,
+                   min_match_fraction=args.min_match_fraction)
+    deployment = RayDeployment(replicas=args.replicas, num_cpus=args.replica_cpus, policy=args.policy,
+                               router_kwargs=balance)
+    return serve_on_ray(None if args.ray == "local" else args.ray, deployment, server_config(args),
+                        _checked_engine_options(args))
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "radix
 
 # NOTE: lowest first. A new folder or top-level module takes its place here, above all it imports.
 FLOORS = ["syspath", "parent_watch", "errors", "sample_id", "config", "outputs", "sampling_params", "engine_flags", "core", "cache", "speculative", "grammar", "sampling",
-          "distributed", "models", "runtime", "scheduler", "engine", "offline", "lang", "server", "router", "bench", "cli",
+          "distributed", "models", "runtime", "scheduler", "engine", "offline", "lang", "server", "router", "bench", "deploy", "cli",
           "__main__"]
 # what `from radixserve import NAME` reaches (radixserve/__init__.py)
 FACE = {"Engine": "engine", "LLM": "offline", "EngineConfig": "config", "SamplingParams": "sampling_params", "RequestOutput": "outputs",

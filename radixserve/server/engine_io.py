@@ -17,7 +17,7 @@ from starlette.responses import Response
 from radixserve.engine.interface import EngineHandle
 from radixserve.engine.prepare import PreparedRequest
 from radixserve.outputs import RequestOutput, StreamDelta
-from radixserve.server.errors import error_body, user_errors
+from radixserve.server.errors import APIError, error_body, user_errors
 from radixserve.server.metrics import RequestClock
 from radixserve.server.openai.params import ParamNames
 from radixserve.server.streaming import DONE, merge, prime, sse, until_disconnect
@@ -104,6 +104,10 @@ def sse_response(request: Request, events: AsyncIterator[bytes], ids: list[str])
             async for chunk in events:
                 yield chunk
             finished = True
+        except APIError as exc:  # a failure the engine named (e.g. a Ray replica died): its own body, in-band
+            logger.warning("stream %s failed: %s", ids[0], exc.message)
+            yield sse(error_body(exc.status, exc.message, exc.param, exc.code))
+            yield DONE
         except Exception:  # an engine failure mid-stream: the status line is gone, say it in-band
             logger.exception("stream %s failed", ids[0])
             yield sse(error_body(500, "Internal error while streaming; see the server log."))

@@ -1,0 +1,1 @@
+"""Deploying radixserve on cluster frameworks (Ray Serve): replicas, their ingress, cache-aware routing."""
