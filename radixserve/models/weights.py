@@ -49,6 +49,14 @@ def _fmt(names: Iterable[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _piece(key: object) -> str:
+    """Which piece of a stacked parameter a load key names: '', [shard s], [expert e] or [expert e, shard s]."""
+    if isinstance(key, tuple):
+        expert, shard = key
+        return f"[expert {expert}" + (f", shard {shard}]" if shard is not None else "]")
+    return f"[shard {key}]" if key is not None else ""
+
+
 def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load (HF name, tensor) pairs; raise ValueError naming missing, unexpected or mis-shaped tensors.
 
@@ -136,8 +144,7 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
         problems.append(f"unexpected tensors: {_fmt(unexpected)}")
     missing = needed - loaded
     if missing:
-        problems.append("missing tensors: " + _fmt(f"{n}" + (f"[shard {s}]" if s is not None else "")
-                                                   for n, s in missing))
+        problems.append("missing tensors: " + _fmt(n + _piece(s) for n, s in missing))
     if problems:
         raise ValueError(f"checkpoint does not fit {type(model).__name__} "
                          f"(check config.json matches the weights): " + "; ".join(problems))
