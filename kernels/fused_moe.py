@@ -90,7 +90,10 @@ def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
     flat = ids.reshape(-1)
     pairs = flat.numel()
     rows = -(-(pairs + num_experts * (block_m - 1)) // block_m) * block_m
-    counts = torch.bincount(flat, minlength=num_experts)  # [E]
+    # NOTE: scatter_add, not bincount: bincount reads the max id back to the host (a sync, and no
+    # CUDA graph capture)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=ids.device).scatter_add_(
+        0, flat, torch.ones_like(flat))  # [E]
     padded = (counts + block_m - 1) // block_m * block_m  # [E]
     ends = torch.cumsum(padded, 0)  # [E]
     order = torch.argsort(flat, stable=True)  # [P]

@@ -19,6 +19,11 @@ EXPERT_PARTS = {"gate_proj": ("experts_gate_up", 0), "up_proj": ("experts_gate_u
                 "down_proj": ("experts_down", None)}
 
 
+def num_experts_of(config) -> int:
+    """Experts per MoE layer of an HF config (Qwen3-MoE `num_experts`, Mixtral `num_local_experts`); 0: dense."""
+    return int(getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None) or 0)
+
+
 def route(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Router logits [T, E] -> (weights [T, k] float32, expert ids [T, k] int64): softmax over all
     experts in float32, the k largest, renormalised to sum to 1 when asked (Mixtral always,
