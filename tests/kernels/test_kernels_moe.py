@@ -94,3 +94,11 @@ def test_rejects_mismatched_shapes():
         fused_moe_ref(x, w13, w2[:, :, :8], weights, ids)
     with pytest.raises(ValueError, match=r"\[T, k\]"):
         fused_moe(x, w13, w2, weights[:, :1], ids, config=SMALL)
+
+
+@pytest.mark.parametrize("t", [1, 20])
+def test_kernel_default_config_at_model_shapes(t):
+    """The launcher's own block choice (blocks wider than these tiny H and I) at the test models' shapes."""
+    x, w13, w2, weights, ids = _problem(t, 8, 2, 64, 32, seed=40 + t)
+    torch.testing.assert_close(fused_moe(x, w13, w2, weights, ids), fused_moe_ref(x, w13, w2, weights, ids),
+                               atol=1e-4, rtol=1e-4)

@@ -140,3 +140,15 @@ def test_quantized_moe_checkpoint_is_refused(hf_dirs, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="quantized experts are not supported yet"):
         load_model(str(path), "float32", "cpu", with_tokenizer=False)
+
+
+def test_chunked_prefill_matches_transformers(hf_dirs, hf_models):
+    """A prompt prefilled in chunks of 8 tokens (each chunk its own routing) gives transformers' tokens."""
+    engine = make_engine(model=hf_dirs["mixtral"], page_size=4, chunked_prefill_size=8, max_prefill_tokens=8)
+    try:
+        prompt = _tokens(37, 90)
+        out = engine.generate(input_ids=[prompt], sampling_params=GREEDY)[0]
+        assert out.token_ids == hf_greedy(hf_models["mixtral"], prompt, GREEDY.max_new_tokens, set())
+        engine.check_integrity()
+    finally:
+        engine.shutdown()
