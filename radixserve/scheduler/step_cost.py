@@ -81,7 +81,8 @@ class ModelShape(NamedTuple):
         experts = num_experts_of(cfg)
         if experts:  # NOTE: Qwen3-MoE's few dense layers (mlp_only_layers) are counted as MoE layers
             expert_width = getattr(cfg, "moe_intermediate_size", None) or cfg.intermediate_size
-            inter, stored = cfg.num_experts_per_tok * expert_width, experts * expert_width
+            shared = getattr(cfg, "shared_expert_intermediate_size", None) or 0  # Qwen2-MoE: every token's
+            inter, stored = cfg.num_experts_per_tok * expert_width + shared, experts * expert_width + shared
         return cls(cfg.num_hidden_layers, cfg.hidden_size, heads, kv_heads, head_dim, inter,
                    cfg.vocab_size, torch.tensor([], dtype=dtype).element_size(), stored)
 

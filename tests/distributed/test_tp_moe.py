@@ -30,7 +30,7 @@ class _FakeGroupTP(TensorParallel):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     tok = embedded_tokenizer()
-    return {kind: save_tiny_hf_model(kind, str(tmp_path_factory.mktemp(kind)), tok) for kind in KINDS}
+    return {kind: save_tiny_hf_model(kind, str(tmp_path_factory.mktemp(kind)), tok) for kind in KINDS + ["qwen2-moe"]}
 
 
 def _batch(rows: list[tuple[int, int, int]], seqs: dict[int, list[int]], slot_of) -> ForwardBatch:
@@ -62,7 +62,7 @@ def _script(runner: ModelRunner) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["qwen2-moe"])  # Qwen2-MoE: its shared expert split like a dense MLP
 def test_tp2_logits_match_tp1(checkpoints, kind):
     opts = dict(model=checkpoints[kind], device="cpu", dtype="float32", max_total_tokens=512,
                 max_running_requests=4, cuda_graph=False)

@@ -11,7 +11,7 @@ from radixserve import SamplingParams
 from radixserve.models.loader import load_model
 from radixserve.models.moe import SparseMoE, route
 
-KINDS = ["qwen3-moe", "mixtral"]
+KINDS = ["qwen3-moe", "mixtral", "qwen2-moe"]
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
 
 
