@@ -22,8 +22,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from radixserve.models.moe import num_experts_of
-
 
 class StepWork(NamedTuple):
     """What one step computes (the model's features)."""
@@ -78,7 +76,9 @@ class ModelShape(NamedTuple):
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         inter, stored = cfg.intermediate_size, 0
-        experts = num_experts_of(cfg)
+        # NOTE: read from the HF config here (Qwen-MoE `num_experts`, Mixtral `num_local_experts`): the
+        # scheduler stands below models/ (docs/architecture.md)
+        experts = int(getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or 0)
         if experts:  # NOTE: Qwen3-MoE's few dense layers (mlp_only_layers) are counted as MoE layers
             expert_width = getattr(cfg, "moe_intermediate_size", None) or cfg.intermediate_size
             shared = getattr(cfg, "shared_expert_intermediate_size", None) or 0  # Qwen2-MoE: every token's
