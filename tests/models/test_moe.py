@@ -152,3 +152,21 @@ def test_chunked_prefill_matches_transformers(hf_dirs, hf_models):
         engine.check_integrity()
     finally:
         engine.shutdown()
+
+
+def test_moe_gguf_is_refused_with_what_works(tmp_path):
+    """llama.cpp writes Mixtral as architecture "llama" plus an expert count: refused by name, not mis-loaded."""
+    import gguf
+
+    from radixserve.models.gguf_file import gguf_config, open_gguf
+
+    path = str(tmp_path / "mixtral.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_uint32("llama.expert_count", 8)
+    writer.add_uint32("llama.expert_used_count", 2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="mixture-of-experts GGUF files .8 experts. are not supported yet"):
+        gguf_config(open_gguf(path), path)
