@@ -1,5 +1,8 @@
 """Copy HF-named tensors into a model whose q/k/v and gate/up projections are fused.
 
+Mixture-of-experts blocks (models/moe.py) stack their experts into [E, ...] parameters: a module with
+`expert_target` places each `<owner>.experts.<e>.<part>.weight` tensor itself.
+
 Under tensor parallelism each module cuts its rank's slice out of the checkpoint tensor
 (`shard_checkpoint`, `checkpoint_offset`; see parallel.py), so a rank copies only its part.
 """
@@ -87,7 +90,7 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
             if name == "lm_head.weight" and model.tie_word_embeddings:
                 name = "embed_tokens.weight"
             expert = EXPERT_NAME.match(name)
-            owner = model.get_submodule(expert["owner"]) if expert and expert["owner"] in modules else None
+            owner = modules.get(expert["owner"]) if expert else None
             if owner is not None and hasattr(owner, "expert_target"):
                 found = owner.expert_target(int(expert["expert"]), expert["part"], tensor)
                 if found is None:
