@@ -64,6 +64,10 @@ def gguf_config(reader, path: str) -> transformers.PretrainedConfig:
     def meta(key: str, default=None):
         return _field(reader, f"{arch}.{key}", default)
 
+    if meta("expert_count"):  # llama.cpp writes Mixtral as "llama" with stacked ffn_*_exps tensors
+        raise ValueError(f"{path}: mixture-of-experts GGUF files ({meta('expert_count')} experts) are not supported "
+                         "yet; serve the model's HF safetensors directory instead")
+
     heads = meta("attention.head_count")
     hidden = meta("embedding_length")
     tensor_names = {t.name for t in reader.tensors}

@@ -78,17 +78,21 @@ class Attention(nn.Module):
         return self.split.kv_start * self.head_dim, self.total_kv_heads * self.head_dim
 
 
+def dense_mlp(config, dtype: torch.dtype, device, tp: TensorParallel) -> ParallelGatedMLP:
+    intermediate = split_evenly(config.intermediate_size, tp, "intermediate_size")
+    return ParallelGatedMLP(config.hidden_size, intermediate, bool(getattr(config, "mlp_bias", False)), dtype, device,
+                            tp)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config, layer_id: int, flags: AttentionFlags, rotary: RotaryEmbedding,
-                 dtype: torch.dtype, device, tp: TensorParallel) -> None:
+                 dtype: torch.dtype, device, tp: TensorParallel, mlp: nn.Module | None = None) -> None:
         super().__init__()
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype, device)
         self.self_attn = Attention(config, layer_id, flags, rotary, dtype, device, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype, device)
-        intermediate = split_evenly(config.intermediate_size, tp, "intermediate_size")
-        self.mlp = ParallelGatedMLP(config.hidden_size, intermediate, bool(getattr(config, "mlp_bias", False)), dtype, device,
-                            tp)
+        self.mlp = mlp if mlp is not None else dense_mlp(config, dtype, device, tp)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch,
                 attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,13 +133,18 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings, rope_params(config), device,
                                       freq_factors=torch.tensor(factors) if factors is not None else None)
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype, device, tp)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, flags, self.rotary, dtype, device, tp)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, flags, self.rotary, dtype, device, tp,
+                                                 self.make_mlp(config, i, dtype, device, tp))
                                     for i in range(self.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         if self.tie_word_embeddings:
             self.lm_head = self.embed_tokens
         else:  # vocabulary rows split like the embedding's (padded to a multiple of tp)
             self.lm_head = ColumnParallelLinear(config.hidden_size, self.embed_tokens.rows, False, dtype, device, tp)
+
+    def make_mlp(self, config, layer_id: int, dtype: torch.dtype, device, tp: TensorParallel) -> nn.Module:
+        """The MLP of layer `layer_id`: dense here; mixture-of-experts families override it."""
+        return dense_mlp(config, dtype, device, tp)
 
     def forward(self, batch: ForwardBatch, attn: AttentionBackend) -> torch.Tensor:
         """-> hidden states [T, hidden] after the final norm."""

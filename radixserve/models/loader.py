@@ -16,6 +16,7 @@ from radixserve.distributed.group import TensorParallel, single_rank
 from radixserve.models import dummy, gguf_file
 from radixserve.models.hub import resolve_model
 from radixserve.models.linear_methods import warn_if_reference
+from radixserve.models.moe import num_experts_of
 from radixserve.models.quantize import quantize_model, set_linear_method
 from radixserve.models.quant_config import resolve_quantization
 from radixserve.models.quant_formats import decode_checkpoint
@@ -111,6 +112,10 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         config = _hf_config(model)
         plan = resolve_quantization(quantization, config, dtype)
         weights = safetensors_weights(model)
+        if plan is not None and plan.fmt is not None and num_experts_of(config):
+            raise ValueError(f"{model} is a quantized ({plan.fmt}) mixture-of-experts checkpoint; quantized experts "
+                             "are not supported yet: serve the bf16/fp16 checkpoint (optionally with "
+                             "--quantization fp8|int4, which quantizes all but the experts)")
         if plan is not None and plan.fmt is not None:  # a quantized checkpoint: its tensors, decoded
             # NOTE: built on the CPU first, where the dense projections' torch.empty pages are never touched
             # (so never committed), then moved with the quantized parameters: the device never holds the
@@ -128,6 +133,9 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
                          "directory, a .gguf file, dummy:<name>, or None for the embedded model")
     if plan is not None and plan.fmt is None:
+        if num_experts_of(config):
+            logger.warning("%s: the experts stay in %s (quantized experts are not supported yet); attention and "
+                           "any dense MLP layers are quantized", plan.method.name, dtype)
         quantize_model(net, plan.method)  # on the fly, layer by layer
     tok = load_tokenizer(tokenizer or tok_path) if with_tokenizer else None
     logger.info("loaded %s (%s, %s%s)", source, type(net).__name__, dtype,

@@ -72,6 +72,10 @@ def check_split(config, tp_size: int) -> None:
         heads = config.num_attention_heads
         HeadSplit.of(heads, getattr(config, "num_key_value_heads", None) or heads, view)
         split_evenly(config.intermediate_size, view, "intermediate_size")
+        if getattr(config, "moe_intermediate_size", None):  # the experts' own size (Qwen3-MoE)
+            split_evenly(config.moe_intermediate_size, view, "moe_intermediate_size")
+        if getattr(config, "shared_expert_intermediate_size", None):  # Qwen2-MoE's shared expert
+            split_evenly(config.shared_expert_intermediate_size, view, "shared_expert_intermediate_size")
 
 
 class ColumnParallelLinear(Linear):

@@ -1,11 +1,15 @@
 """Copy HF-named tensors into a model whose q/k/v and gate/up projections are fused.
 
+Mixture-of-experts blocks (models/moe.py) stack their experts into [E, ...] parameters: a module with
+`expert_target` places each `<owner>.experts.<e>.<part>.weight` tensor itself.
+
 Under tensor parallelism each module cuts its rank's slice out of the checkpoint tensor
 (`shard_checkpoint`, `checkpoint_offset`; see parallel.py), so a rank copies only its part.
 """
 from __future__ import annotations
 
 import logging
+import re
 from typing import Iterable
 
 import torch
@@ -22,6 +26,8 @@ STACKED = {
     "up_proj": ("gate_up_proj", 1),
 }
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+# one expert's projection of a mixture-of-experts MLP: <owner>.experts.<e>.<part>.weight
+EXPERT_NAME = re.compile(r"^(?P<owner>.+)\.experts\.(?P<expert>\d+)\.(?P<part>\w+)\.weight$")
 
 
 def _shard_range(module: nn.Module, fused: str, shard: int) -> tuple[int, int]:
@@ -46,6 +52,14 @@ def _fmt(names: Iterable[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _piece(key: object) -> str:
+    """Which piece of a stacked parameter a load key names: '', [shard s], [expert e] or [expert e, shard s]."""
+    if isinstance(key, tuple):
+        expert, shard = key
+        return f"[expert {expert}" + (f", shard {shard}]" if shard is not None else "]")
+    return f"[shard {key}]" if key is not None else ""
+
+
 def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load (HF name, tensor) pairs; raise ValueError naming missing, unexpected or mis-shaped tensors.
 
@@ -53,15 +67,19 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
     `model.` prefix (embed_tokens, layers.N.self_attn/mlp, norm) plus lm_head.
     """
     params = dict(model.named_parameters())
-    needed: set[tuple[str, int | None]] = set()
+    needed: set[tuple[str, object]] = set()
     for name, _ in params.items():
         module_name, _, leaf = name.rpartition(".")
         fused = module_name.rpartition(".")[2]
-        if fused in ("qkv_proj", "gate_up_proj"):
+        holder = model.get_submodule(module_name) if module_name else model
+        if hasattr(holder, "expert_keys"):  # stacked experts [E, ...]: one tensor per expert (and gate/up)
+            needed.update((name, key) for key in holder.expert_keys(leaf))
+        elif fused in ("qkv_proj", "gate_up_proj"):
             needed.update((name, s) for s in range(3 if fused == "qkv_proj" else 2))
         else:
             needed.add((name, None))
-    loaded: set[tuple[str, int | None]] = set()
+    loaded: set[tuple[str, object]] = set()
+    modules = dict(model.named_modules())
     unexpected: list[str] = []
     mismatched: list[str] = []
     with torch.no_grad():
@@ -71,6 +89,21 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
             name = hf_name.removeprefix("model.")
             if name == "lm_head.weight" and model.tie_word_embeddings:
                 name = "embed_tokens.weight"
+            expert = EXPERT_NAME.match(name)
+            owner = modules.get(expert["owner"]) if expert else None
+            if owner is not None and hasattr(owner, "expert_target"):
+                found = owner.expert_target(int(expert["expert"]), expert["part"], tensor)
+                if found is None:
+                    unexpected.append(hf_name)
+                    continue
+                leaf, shard, target, tensor = found
+                key = (f"{expert['owner']}.{leaf}", (int(expert["expert"]), shard))
+                if tuple(target.shape) != tuple(tensor.shape):
+                    mismatched.append(f"{hf_name}: checkpoint {tuple(tensor.shape)} vs model {tuple(target.shape)}")
+                    continue
+                target.copy_(tensor)
+                loaded.add(key)
+                continue
             parts = name.split(".")
             shard = None
             if len(parts) >= 2 and parts[-2] in STACKED:
@@ -114,8 +147,7 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
         problems.append(f"unexpected tensors: {_fmt(unexpected)}")
     missing = needed - loaded
     if missing:
-        problems.append("missing tensors: " + _fmt(f"{n}" + (f"[shard {s}]" if s is not None else "")
-                                                   for n, s in missing))
+        problems.append("missing tensors: " + _fmt(n + _piece(s) for n, s in missing))
     if problems:
         raise ValueError(f"checkpoint does not fit {type(model).__name__} "
                          f"(check config.json matches the weights): " + "; ".join(problems))

@@ -67,14 +67,24 @@ class ModelShape(NamedTuple):
     intermediate: int
     vocab: int
     bytes_per_param: int
+    stored_intermediate: int = 0  # MLP width whose weights a step reads (all experts of an MoE); 0: `intermediate`
 
     @classmethod
     def from_hf_config(cls, cfg, dtype: torch.dtype) -> "ModelShape":
+        """`intermediate` is the MLP width a token computes: for a mixture of experts, top-k experts' worth."""
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads, kv_heads, head_dim, cfg.intermediate_size,
-                   cfg.vocab_size, torch.tensor([], dtype=dtype).element_size())
+        inter, stored = cfg.intermediate_size, 0
+        # NOTE: read from the HF config here (Qwen-MoE `num_experts`, Mixtral `num_local_experts`): the
+        # scheduler stands below models/ (docs/architecture.md)
+        experts = int(getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or 0)
+        if experts:  # NOTE: Qwen3-MoE's few dense layers (mlp_only_layers) are counted as MoE layers
+            expert_width = getattr(cfg, "moe_intermediate_size", None) or cfg.intermediate_size
+            shared = getattr(cfg, "shared_expert_intermediate_size", None) or 0  # Qwen2-MoE: every token's
+            inter, stored = cfg.num_experts_per_tok * expert_width + shared, experts * expert_width + shared
+        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads, kv_heads, head_dim, inter,
+                   cfg.vocab_size, torch.tensor([], dtype=dtype).element_size(), stored)
 
     @property
     def dense_flops_per_token(self) -> float:
@@ -88,7 +98,9 @@ class ModelShape(NamedTuple):
 
     @property
     def weight_bytes(self) -> float:
-        return self.dense_flops_per_token / 2 * self.bytes_per_param  # the layers' weights, read once per step
+        """The layers' weights, read once per step (every expert: at serving batch sizes most are touched)."""
+        extra = 3 * self.hidden * max(0, self.stored_intermediate - self.intermediate) * self.layers
+        return (self.dense_flops_per_token / 2 + extra) * self.bytes_per_param
 
 
 class DeviceRates(NamedTuple):

@@ -165,3 +165,18 @@ def test_cut_chunks_are_whole_multiples_of_the_device_alignment():
             assert n == (fit if fit <= 512 or fit == 2048 else fit - fit % 512), (start, budget_ms, fit, n)
     b = step_budget(8192, 1000.0, m, decode, 2048)
     assert b.grant(0, 700) == 700  # the whole rest of a prompt fits: not cut
+
+
+@pytest.mark.parametrize("name", ["tiny-mixtral", "tiny-qwen3-moe"])
+def test_moe_shape_counts_active_flops_and_all_expert_bytes(name):
+    """A token computes its top-k experts; a step reads every expert's weights (and the routers')."""
+    loaded = load_model(f"dummy:{name}", torch.float32, "cpu", with_tokenizer=False)
+    shape = ModelShape.from_hf_config(loaded.config, torch.float32)
+    stored = sum(p.numel() for name_, p in loaded.model.layers.named_parameters()
+                 if p.dim() >= 2 and not name_.endswith("gate.weight"))  # the routers' E x hidden: not counted
+    assert shape.weight_bytes == 4 * stored
+    moe = loaded.model.layers[0].mlp
+    dense_per_layer = sum(p.numel() for n, p in loaded.model.layers[0].named_parameters() if "self_attn" in n
+                          and p.dim() == 2)
+    per_token_mlp = moe.top_k * 3 * moe.hidden * moe.intermediate
+    assert shape.dense_flops_per_token == 2 * loaded.config.num_hidden_layers * (dense_per_layer + per_token_mlp)

@@ -39,6 +39,18 @@ TINY_CONFIGS = {
     "qwen3-tied": lambda: transformers.Qwen3Config(
         **_COMMON, head_dim=32, rms_norm_eps=1e-6, tie_word_embeddings=True,
         rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+    # mixture of experts: 8 experts, top-2; Qwen3-MoE with a dense MLP in its middle layer
+    "qwen3-moe": lambda: transformers.Qwen3MoeConfig(
+        **{**_COMMON, "num_hidden_layers": 3}, head_dim=32, moe_intermediate_size=32, num_experts=8,
+        num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1], rms_norm_eps=1e-6,
+        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "qwen2-moe": lambda: transformers.Qwen2MoeConfig(  # a shared expert beside the routed ones, no renormalising
+        **{**_COMMON, "num_hidden_layers": 3}, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=2, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "mixtral": lambda: transformers.MixtralConfig(
+        **{**_COMMON, "intermediate_size": 32}, num_local_experts=8, num_experts_per_tok=2, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
 }
 
 
