@@ -127,7 +127,8 @@ def run(model: str | None, device: str, out_dir: str, stem: str, batches=(1, 8),
         r["speedup"] = round(r["tok_s"] / base[(r["workload"], r["batch"])], 3)
     doc = {**report.header(f"speculative decoding on real text, k={k}"), "model": model or "embedded SmolLM2-135M",
            "options": options, "runs": runs}
-    lines = report.head_lines(doc) + ["", "Greedy; separate engines per method, same options; tok/s = output tokens / "
+    lines = report.head_lines(doc) + ["", "Greedy; three engines (off, ngram, radix), same options, taking turns on each workload; "
+                                      "tok/s = output tokens / "
                                       "wall seconds of the timed generate call.", "",
                                       "| workload | batch | method | tokens | s | tok/s | speedup vs off | acceptance "
                                       "| tokens/verify | same output |", "|---|---|---|---|---|---|---|---|---|---|"]
