@@ -53,3 +53,16 @@ def apply_chat_template(tokenizer: Any, messages: list[dict], tools: list[dict] 
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)
+
+
+class ChatTemplating:
+    """`apply_chat_template` over `self.tokenizer`: the one implementation Engine and EngineClient share."""
+
+    tokenizer: Any
+
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, *,
+                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
+                            continue_final_message: bool = False) -> list[int]:
+        return apply_chat_template(self.tokenizer, messages, tools, template_kwargs,
+                                   add_generation_prompt=add_generation_prompt,
+                                   continue_final_message=continue_final_message)

@@ -28,10 +28,9 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
 
 from radixserve.engine import wire
-from radixserve.engine.chat_template import apply_chat_template
+from radixserve.engine.chat_template import ChatTemplating
 from radixserve.engine.client_group import ClientGroup, GroupMessage, deliver
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.prepare import (OverContext, PreparedRequest, RequestLimits, per_prompt, prepare,
@@ -47,7 +46,7 @@ STARTUP_TIMEOUT_S = 1800.0  # loading a large model from disk can take minutes
 CALL_TIMEOUT_S = 60.0
 
 
-class EngineClient:
+class EngineClient(ChatTemplating):
     """Starts an engine process with `options` (EngineConfig fields) and talks to it."""
 
     def __init__(self, on_death: Callable[[], None] | None = None, log_level: str = "info", **options) -> None:
@@ -192,13 +191,6 @@ class EngineClient:
 
     def check_request(self, input_ids: Sequence[int], params: SamplingParams) -> None:
         self.prepare(input_ids, params)
-
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, *,
-                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
-                            continue_final_message: bool = False) -> list[int]:
-        return apply_chat_template(self.tokenizer, messages, tools, template_kwargs,
-                                   add_generation_prompt=add_generation_prompt,
-                                   continue_final_message=continue_final_message)
 
     def _open(self, input_ids: Sequence[int] | PreparedRequest | None, params: SamplingParams | None,
               request_id: str | None, cache_salt: str | None, prompt: str | None) -> ClientGroup:

@@ -12,14 +12,14 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from radixserve.cache.allocator import PageAllocator
 from radixserve.cache.cache_events import encode_events, read_events
 from radixserve.cache.radix_tree import RadixTree
 from radixserve.config import EngineConfig
 from radixserve.engine import cache_snapshot
-from radixserve.engine.chat_template import apply_chat_template
+from radixserve.engine.chat_template import ChatTemplating
 from radixserve.engine.errors import EngineDeadError, QueueFullError
 from radixserve.engine.loop import EngineLoop
 from radixserve.engine.prepare import (OverContext, PreparedRequest, RequestLimits, per_prompt, prepare,
@@ -42,7 +42,7 @@ from radixserve.scheduler.step_cost import step_cost_for
 logger = logging.getLogger(__name__)
 
 
-class Engine:
+class Engine(ChatTemplating):
     """`Engine(model=None, **options)`: model None = the embedded SmolLM2-135M-Instruct; options
     are EngineConfig fields. Requests from all threads are batched by one background loop."""
 
@@ -124,13 +124,6 @@ class Engine:
         """Apply the model's chat template and generate; a list of outputs when n > 1."""
         out = self.generate(input_ids=[self.apply_chat_template(messages)], sampling_params=sampling_params)
         return out if len(out) > 1 else out[0]
-
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, *,
-                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
-                            continue_final_message: bool = False) -> list[int]:
-        return apply_chat_template(self.tokenizer, messages, tools, template_kwargs,
-                                   add_generation_prompt=add_generation_prompt,
-                                   continue_final_message=continue_final_message)
 
     # ---- asynchronous API (the server) --------------------------------------------------------
     async def generate_stream(self, input_ids: Sequence[int] | PreparedRequest | None = None,
