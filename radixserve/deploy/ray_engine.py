@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from radixserve.engine.chat_template import apply_chat_template
+from radixserve.engine.chat_template import ChatTemplating
 from radixserve.engine.prepare import OverContext, PreparedRequest, RequestLimits, prepare
 from radixserve.grammar.backend import GrammarBackend
 from radixserve.outputs import RequestOutput, StreamDelta
@@ -79,7 +79,7 @@ class EngineReplica:
             engine.shutdown()
 
 
-class RayEngine:
+class RayEngine(ChatTemplating):
     """An EngineHandle over the engine deployment's replicas (`handle`: a DeploymentHandle)."""
 
     def __init__(self, handle: Any, info: dict[str, Any]) -> None:
@@ -105,9 +105,6 @@ class RayEngine:
         return cls(handle, await handle.describe.remote())
 
     # ---- prompts and validation ------------------------------------------------------------------
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return apply_chat_template(self.tokenizer, messages, tools)
-
     def prepare(self, input_ids: Sequence[int], params: SamplingParams,
                 over_context: OverContext = "clamp") -> PreparedRequest:
         return prepare(input_ids, params, self.limits, self.grammar, over_context)

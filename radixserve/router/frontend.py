@@ -3,11 +3,10 @@ they would (the router checks this against each replica with a probe chat)."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from radixserve.engine.chat_template import apply_chat_template
+from radixserve.engine.chat_template import ChatTemplating
 
 
 def load_router_tokenizer(model: str | None, tokenizer: str | None = None) -> PreTrainedTokenizerBase:
@@ -27,7 +26,7 @@ def load_router_tokenizer(model: str | None, tokenizer: str | None = None) -> Pr
     return load_tokenizer(model)
 
 
-class Frontend:
+class Frontend(ChatTemplating):  # NOTE: the engines' own templating: the router's prompts are theirs to the token
     """A ChatTokenizer (radixserve/engine/interface.py): what the server's prompt builders
     (radixserve.server.openai.params, .tools, .conversation) need from an engine: the tokenizer and the
     chat template, and whether the template renders tools. It serves nothing."""
@@ -38,10 +37,3 @@ class Frontend:
         self.tokenizer = tokenizer
         self.tools_native = template_renders_tools(tokenizer)  # as the server probes it
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, *,
-                            template_kwargs: dict[str, Any] | None = None, add_generation_prompt: bool = True,
-                            continue_final_message: bool = False) -> list[int]:
-        # NOTE: the engines' own function, so that the router's chat prompts are the replicas' to the token.
-        return apply_chat_template(self.tokenizer, messages, tools, template_kwargs,
-                                   add_generation_prompt=add_generation_prompt,
-                                   continue_final_message=continue_final_message)
