@@ -104,6 +104,15 @@ def test_python_engine_example():
     assert "cached_tokens" in proc.stdout  # the stats dict was printed
 
 
+def test_speculative_decoding_example():
+    code = [b for b in _blocks("python") if "speculative_config" in b]
+    assert len(code) == 1
+    proc = subprocess.run([sys.executable, "-c", code[0]], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    kept, _, drafted = proc.stdout.split()[:3]
+    assert 0 < int(kept) <= int(drafted)  # the regenerated answer was drafted from the tree and kept
+
+
 def test_python_llm_example():
     code = [b for b in _blocks("python") if "from radixserve import LLM" in b]
     assert len(code) == 1
