@@ -22,6 +22,16 @@ def _blocks(lang: str) -> list[str]:
         return re.findall(rf"```{lang}\n(.*?)```", f.read(), flags=re.S)
 
 
+def _run_block(marker: str, url: str | None = None) -> str:
+    """Run the README's one python block containing `marker` (against `url`); its stdout."""
+    code = [b for b in _blocks("python") if marker in b]
+    assert len(code) == 1, f"{len(code)} python blocks contain {marker!r}"
+    source = code[0].replace(DEFAULT_URL, url) if url else code[0]
+    proc = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def server():
     engine = Engine(max_total_tokens=8192)
@@ -85,40 +95,27 @@ def test_responses_example(server):
 
 
 def test_ollama_example(server):
-    code = [b for b in _blocks("python") if "import ollama" in b]
-    assert len(code) == 1
-    proc = subprocess.run([sys.executable, "-c", code[0].replace(DEFAULT_URL, server.url)], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    said, counts, counted, family = proc.stdout.splitlines()
+    stdout = _run_block("import ollama", server.url)
+    said, counts, counted, family = stdout.splitlines()
     assert said.startswith("SmolLM2-135M-Instruct says: ") and len(said) > len("SmolLM2-135M-Instruct says: ")
     tokens_in, tokens_out = (int(x) for x in re.match(r"tokens in: (\d+) out: (\d+)$", counts).groups())
     assert tokens_in > 5 and 0 < tokens_out <= 24 and counted and family == "family: llama"
 
 
 def test_python_engine_example():
-    code = [b for b in _blocks("python") if "from radixserve import Engine" in b]
-    assert len(code) == 1
-    proc = subprocess.run([sys.executable, "-c", code[0]], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "cached_tokens" in proc.stdout  # the stats dict was printed
+    stdout = _run_block("from radixserve import Engine")
+    assert "cached_tokens" in stdout  # the stats dict was printed
 
 
 def test_speculative_decoding_example():
-    code = [b for b in _blocks("python") if "speculative_config" in b]
-    assert len(code) == 1
-    proc = subprocess.run([sys.executable, "-c", code[0]], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    kept, _, drafted = proc.stdout.split()[:3]
+    stdout = _run_block("speculative_config")
+    kept, _, drafted = stdout.split()[:3]
     assert 0 < int(kept) <= int(drafted)  # the regenerated answer was drafted from the tree and kept
 
 
 def test_python_llm_example():
-    code = [b for b in _blocks("python") if "from radixserve import LLM" in b]
-    assert len(code) == 1
-    proc = subprocess.run([sys.executable, "-c", code[0]], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    stdout = _run_block("from radixserve import LLM")
+    lines = stdout.splitlines()
     assert len(lines) == 4 and lines[0].startswith("0 ") and lines[1].startswith("1 ")
     assert "Paris" in lines[0] and "Rome" in lines[1]
     texts = eval(lines[2])  # noqa: S307 - the list of two chat answers the block printed
@@ -128,12 +125,8 @@ def test_python_llm_example():
 
 
 def test_tgi_client_example(server):
-    code = [b for b in _blocks("python") if "from huggingface_hub import InferenceClient" in b]
-    assert len(code) == 1
-    proc = subprocess.run([sys.executable, "-c", code[0].replace(DEFAULT_URL, server.url)], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    stdout = _run_block("from huggingface_hub import InferenceClient", server.url)
+    lines = stdout.splitlines()
     assert len(lines) == 5 and lines[0] == lines[2] and lines[0] != "''"  # streamed tokens join to the text
     assert lines[1] == "length 12"
     for line in lines[3:]:
