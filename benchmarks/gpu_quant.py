@@ -31,7 +31,7 @@ from gpu_runtime import (DecodeStepTimer, copy_bandwidth, cuda_ms, decode_batch,
                          release, timed_generate, weight_bytes)
 
 from radixserve import Engine  # noqa: E402
-from radixserve.runtime.forward_batch import ForwardBatch  # noqa: E402
+from radixserve.core.forward_batch import ForwardBatch  # noqa: E402
 
 log = logging.getLogger("gpu_quant")
 BATCHES = (1, 8, 32, 64, 128, 256)
@@ -40,10 +40,11 @@ KV_TOKENS = 80_000  # holds batch 256 x 256 tokens
 PREFILL = 64
 
 
-def prefill_logits(runner, ids: list[int]) -> torch.Tensor:
+def prefill_logits(engine, ids: list[int]) -> torch.Tensor:
     """Logits [T, vocab] float32 of one fresh prompt (no cached prefix), on CPU."""
+    runner = engine.runner
     n, dev = len(ids), runner.device
-    slots = runner.allocator.alloc(n)
+    slots = engine.kv.allocator.alloc(n)
     row = runner.req_table.alloc()
     runner.req_table.table[row, :n] = slots.to(dev)
     fb = ForwardBatch(
@@ -52,7 +53,7 @@ def prefill_logits(runner, ids: list[int]) -> torch.Tensor:
         extend_lens=torch.tensor([n], device=dev), extend_starts=torch.tensor([0], device=dev),
         logits_indices=torch.arange(n, device=dev), max_seq_len=n, max_extend_len=n, is_decode=False)
     logits = runner.forward(fb).float().cpu()
-    release(runner, [row], slots)
+    release(engine, [row], slots)
     return logits
 
 
@@ -79,13 +80,13 @@ def bench_method(method: str, args, bw: float, ids: list[int], ref_logits: torch
                  floor_ms, out["pct_of_floor"])
         sweep = []
         for b in BATCHES:
-            fb, rows, slots = decode_batch(runner, b, SWEEP_CTX)
+            fb, rows, slots = decode_batch(engine, b, SWEEP_CTX)
             ms = cuda_ms(lambda: runner.forward(fb), iters=20)
-            release(runner, rows, slots)
+            release(engine, rows, slots)
             sweep.append(dict(batch=b, context=SWEEP_CTX, graph_step_ms=ms, tokens_per_s=b * 1e3 / ms))
             log.info("%s batch %d: %.3f ms", method, b, ms)
         out["decode_sweep"] = sweep
-        logits = prefill_logits(runner, ids)
+        logits = prefill_logits(engine, ids)
         if ref_logits is not None:
             err = (logits - ref_logits).norm() / ref_logits.norm()
             agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()

@@ -75,11 +75,21 @@ def main() -> None:
     ap.add_argument("--model", default="dummy:llama-3.1-8b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="a smoke run: batch 1 and 8, k 2, accept 0 and 0.8")
+    ap.add_argument("--dtype", default=None, help="model dtype (default: the engine's, bf16 on CUDA); float32 keeps "
+                    "verify and decode logits close enough that greedy outputs stay equal on random weights")
+    ap.add_argument("--batches", default=None, help="comma list overriding the batch sizes")
+    ap.add_argument("--ks", default=None, help="comma list overriding the draft lengths")
+    ap.add_argument("--accepts", default=None, help="comma list overriding the acceptance probabilities")
     args = ap.parse_args()
     global BATCHES, KS, ACCEPT
     if args.quick:
         BATCHES, KS, ACCEPT = (1, 8), (2,), (0.0, 0.8)
+    BATCHES = tuple(int(x) for x in args.batches.split(",")) if args.batches else BATCHES
+    KS = tuple(int(x) for x in args.ks.split(",")) if args.ks else KS
+    ACCEPT = tuple(float(x) for x in args.accepts.split(",")) if args.accepts else ACCEPT
     opts = dict(device=args.device, tokenizer=args.tokenizer, max_total_tokens=64 * (PROMPT + NEW + 16) + 4096)
+    if args.dtype:
+        opts["dtype"] = args.dtype
     off = Engine(args.model, **opts)
     vocab = off.vocab_size
     gen = random.Random(0)
@@ -109,27 +119,35 @@ def main() -> None:
                 on.flush_cache()
                 s0 = on.stats()
                 wall, steps, outs = timed(on, prompts_by_batch[b], params)
-                same = outs == [recorded[tuple(p)] for p in prompts_by_batch[b]]
+                refs = [recorded[tuple(p)] for p in prompts_by_batch[b]]
+                same = outs == refs
+                # tokens equal to speculation off before the first difference, mean over the batch
+                agree = sum(next((i for i, (x, y) in enumerate(zip(o, r)) if x != y), len(r))
+                            for o, r in zip(outs, refs)) / len(refs)
                 st = on.stats()
                 runs.append({"batch": b, "k": k, "accept": a, "tok_s": round(b * NEW / wall, 1),
                              "ratio": round(base[b][0] / wall, 3), "steps": steps,
                              "ms_per_step": round(1000 * wall / steps, 3), "same_output": same,
-                             "drafted": st["spec_draft_tokens"] - s0["spec_draft_tokens"],
+                             "tokens_before_first_difference": agree, "drafted": st["spec_draft_tokens"] - s0["spec_draft_tokens"],
                              "accepted": st["spec_accepted_tokens"] - s0["spec_accepted_tokens"]})
                 print(runs[-1], flush=True)
         on.shutdown()
     chip = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     doc = {**header(f"speculative decoding machinery, random Llama-3.1-8B, {chip}"), "prompt": PROMPT, "new": NEW,
-           "runs": runs}
+           "dtype": dtype, "runs": runs}
     lines = head_lines(doc) + ["", "BENCHMARK-ONLY oracle proposer (drafts the target's recorded greedy continuation, "
-                               "each token kept with probability `accept`); greedy, bf16, CUDA graphs for plain decode "
+                               "each token kept with probability `accept`); greedy, " + dtype + ", CUDA graphs for plain decode "
                                "(verify steps run as extend steps, eagerly).", "",
-                               "| batch | k | accept | tok/s | vs off | steps | ms/step | same output |",
-                               "|---|---|---|---|---|---|---|---|"]
+                               "| batch | k | accept | tok/s | vs off | steps | ms/step | same output | "
+                               "tokens before 1st difference | drafted | accepted |",
+                               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['batch']} | {r['k'] or 'off'} | {r['accept'] if r['accept'] is not None else '-'} | "
-                     f"{r['tok_s']} | {r['ratio']:.2f}x | {r['steps']} | {r['ms_per_step']} | {r['same_output']} |")
-    stem = os.path.join(args.out, "gpu_spec_" + ("h100" if "H100" in chip else "h200" if "H200" in chip else chip.lower()))
+                     f"{r['tok_s']} | {r['ratio']:.2f}x | {r['steps']} | {r['ms_per_step']} | {r['same_output']} | "
+                     f"{r.get('tokens_before_first_difference', NEW)} | {r.get('drafted', '-')} | {r.get('accepted', '-')} |")
+    stem = os.path.join(args.out, "gpu_spec_" + ("h100" if "H100" in chip else "h200" if "H200" in chip else chip.lower())
+                        + ("" if dtype == "bfloat16" or chip == "cpu" else "_" + dtype))
     save(stem, doc, "\n".join(lines) + "\n")
     print(json.dumps({"wrote": stem}))
 
