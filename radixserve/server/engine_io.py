@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -92,33 +92,43 @@ class UsageTracker:
         return usage(sum(self.prompt.values()), self.completion, sum(self.cached.values()))
 
 
-def sse_response(request: Request, events: AsyncIterator[bytes], ids: list[str]) -> Response:
-    """Stream `events` as text/event-stream; an unfinished stream (client gone) aborts the requests."""
+def guarded_stream(engine: EngineHandle, chunks: AsyncIterator[bytes], ids: list[str], media_type: str,
+                   failure: Callable[[BaseException], list[bytes]]) -> Response:
+    """Stream `chunks`. A failure mid-stream (the status line is already sent) becomes the chunks
+    `failure(exc)` makes, in-band; an unfinished stream (client gone, failure) aborts the requests."""
     from starlette.responses import StreamingResponse
-
-    engine = request.app.state.engine
 
     async def body() -> AsyncIterator[bytes]:
         finished = False
         try:
-            async for chunk in events:
+            async for chunk in chunks:
                 yield chunk
             finished = True
-        except APIError as exc:  # a failure the engine named (e.g. a Ray replica died): its own body, in-band
-            logger.warning("stream %s failed: %s", ids[0], exc.message)
-            yield sse(error_body(exc.status, exc.message, exc.param, exc.code))
-            yield DONE
-        except Exception:  # an engine failure mid-stream: the status line is gone, say it in-band
-            logger.exception("stream %s failed", ids[0])
-            yield sse(error_body(500, "Internal error while streaming; see the server log."))
-            yield DONE
+        except Exception as exc:
+            if isinstance(exc, APIError):  # a failure the engine named (e.g. a Ray replica died)
+                logger.warning("stream %s failed: %s", ids[0], exc.message)
+            else:
+                logger.exception("stream %s failed", ids[0])
+            for chunk in failure(exc):
+                yield chunk
         finally:
             # NOTE: abort synchronously first: under anyio's cancellation every later await in
             # this block may raise again, and the slots must be freed regardless.
             if not finished:
                 for req_id in ids:
                     engine.abort(req_id)
-            await events.aclose()
+            await chunks.aclose()  # type: ignore[attr-defined]
 
-    return StreamingResponse(body(), media_type="text/event-stream",
+    return StreamingResponse(body(), media_type=media_type,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse_failure(exc: BaseException) -> list[bytes]:
+    if isinstance(exc, APIError):
+        return [sse(error_body(exc.status, exc.message, exc.param, exc.code)), DONE]
+    return [sse(error_body(500, "Internal error while streaming; see the server log.")), DONE]
+
+
+def sse_response(request: Request, events: AsyncIterator[bytes], ids: list[str]) -> Response:
+    """Stream `events` as text/event-stream; a failure becomes an OpenAI error event and [DONE]."""
+    return guarded_stream(request.app.state.engine, events, ids, "text/event-stream", _sse_failure)

@@ -200,3 +200,61 @@ def test_server_config_validates():
         ServerConfig(api_key="  ")
     with pytest.raises(ValueError, match="port"):
         ServerConfig(port=70000)
+
+
+class AbortLog:
+    def __init__(self):
+        self.aborted: list[str] = []
+
+    def abort(self, rid):
+        self.aborted.append(rid)
+
+
+async def _failing_after(chunks: list[bytes], exc: Exception):
+    for c in chunks:
+        yield c
+    raise exc
+
+
+async def _read(response) -> bytes:
+    return b"".join([chunk async for chunk in response.body_iterator])
+
+
+@pytest.mark.parametrize("api_error", [False, True])
+def test_stream_failure_is_told_in_band_and_aborts(api_error):
+    """A failure after the status line went out: SSE streams end with an OpenAI error event and
+    [DONE], NDJSON streams with an {"error"} line; both abort every request id of the stream."""
+    import orjson
+
+    from radixserve.server.engine_io import _sse_failure, guarded_stream
+    from radixserve.server.errors import APIError
+    from radixserve.server.ollama import ndjson
+
+    exc = APIError(503, "replica 1 is gone") if api_error else RuntimeError("boom")
+    engine = AbortLog()
+    sse_body = asyncio.run(_read(guarded_stream(engine, _failing_after([b"data: 1\n\n"], exc), ["a-0", "a-1"],
+                                                "text/event-stream", _sse_failure)))
+    assert engine.aborted == ["a-0", "a-1"]
+    events = [e for e in sse_body.split(b"\n\n") if e]
+    assert events[0] == b"data: 1" and events[-1] == b"data: [DONE]"
+    err = orjson.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert err["message"] == ("replica 1 is gone" if api_error else "Internal error while streaming; see the server log.")
+    assert err["type"] == ("service_unavailable_error" if api_error else "internal_error")
+    engine = AbortLog()
+    nd_body = asyncio.run(_read(ndjson.ndjson_response(engine, _failing_after([b'{"a":1}\n'], exc), ["b"])))
+    assert engine.aborted == ["b"]
+    lines = nd_body.splitlines()
+    assert lines[0] == b'{"a":1}'
+    assert orjson.loads(lines[-1]) == {"error": "replica 1 is gone" if api_error else
+                                       "internal error while streaming; see the server log"}
+
+
+def test_finished_stream_aborts_nothing():
+    from radixserve.server.engine_io import _sse_failure, guarded_stream
+
+    async def ok():
+        yield b"x"
+
+    engine = AbortLog()
+    assert asyncio.run(_read(guarded_stream(engine, ok(), ["c"], "text/event-stream", _sse_failure))) == b"x"
+    assert engine.aborted == []

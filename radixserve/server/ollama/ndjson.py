@@ -10,23 +10,22 @@ line; not streamed, the deltas are joined into one object. Durations (nanosecond
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from radixserve.engine.interface import EngineHandle
 from radixserve.outputs import StreamDelta
+from radixserve.server.engine_io import guarded_stream
+from radixserve.server.errors import APIError
 from radixserve.server.metrics import RequestClock
 from radixserve.server.ollama.tools import ollama_calls
 from radixserve.server.openai import bodies
 from radixserve.server.openai.tool_stream import ToolReader
-
-logger = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/x-ndjson"
 
@@ -113,28 +112,15 @@ async def collect(stream: AsyncIterator[tuple[int, StreamDelta]], gen: Generatio
     return gen
 
 
+def _failure(exc: BaseException) -> list[bytes]:
+    message = exc.message if isinstance(exc, APIError) else "internal error while streaming; see the server log"
+    return [line({"error": message})]
+
+
 def ndjson_response(engine: EngineHandle, lines: AsyncIterator[bytes], ids: list[str]) -> Response:
     """Stream `lines`; an engine failure mid-stream becomes an `{"error": ...}` line (the ollama
     client raises it), an unfinished stream (client gone) aborts the requests."""
-
-    async def body() -> AsyncIterator[bytes]:
-        finished = False
-        try:
-            async for chunk in lines:
-                yield chunk
-            finished = True
-        except Exception:
-            logger.exception("ollama stream %s failed", ids[0])
-            yield line({"error": "internal error while streaming; see the server log"})
-        finally:
-            # NOTE: abort before any await: under cancellation a later await may raise again.
-            if not finished:
-                for req_id in ids:
-                    engine.abort(req_id)
-            await lines.aclose()  # type: ignore[attr-defined]
-
-    return StreamingResponse(body(), media_type=MEDIA_TYPE, headers={"Cache-Control": "no-cache",
-                                                                    "X-Accel-Buffering": "no"})
+    return guarded_stream(engine, lines, ids, MEDIA_TYPE, _failure)
 
 
 async def stream_lines(stream: AsyncIterator[tuple[int, StreamDelta]], gen: Generation,
