@@ -105,7 +105,7 @@ class Engine(ChatTemplating):
 
         prepared = [self.prepare(ids, p) for ids, p in zip(batch, params)]
         for req in prepared:
-            groups.append(self.submit(req, None, cache_salt, sink))
+            groups.append(self.submit(req, None, cache_salt, sink, text_when_done=True))
         try:
             for g in groups:
                 self.wait_grammar(g)
@@ -167,7 +167,7 @@ class Engine(ChatTemplating):
         def sink(ev: Event) -> None:
             if ev.finished or not finished_only:
                 loop.call_soon_threadsafe(q.put_nowait, ev)
-        reqs_out += self.submit(prepared, rid, cache_salt, sink)
+        reqs_out += self.submit(prepared, rid, cache_salt, sink, text_when_done=finished_only)
         remaining = len(reqs_out)
         try:
             await self._await_grammar(reqs_out)
@@ -258,9 +258,11 @@ class Engine(ChatTemplating):
 
     # ---- submission (the engine process of the split server calls these) ------------------------
     def submit(self, prepared: PreparedRequest, rid: str | None, namespace: str | None,
-               sink: Callable[[Event], None]) -> list[Request]:
+               sink: Callable[[Event], None], text_when_done: bool = False) -> list[Request]:
         """Queue the n samples of a prepared request (trusted: checked by `prepare`, not here);
-        `sink` gets every event of theirs, on the loop thread. QueueFullError when the queue is full."""
+        `sink` gets every event of theirs, on the loop thread. QueueFullError when the queue is full.
+        `text_when_done`: the caller reads the text only from the finished requests, so without stop
+        strings it is made once at the end (events before then carry no text)."""
         if len(self.scheduler.waiting) >= self.config.max_queued_requests:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are queued; retry later")
         ids, params, spec = prepared.input_ids, prepared.params, prepared.grammar
@@ -276,7 +278,7 @@ class Engine(ChatTemplating):
         for i in range(params.n):
             req = Request(rid=rid, prompt_ids=list(ids), params=params,
                           seed=(base_seed + 1_000_003 * i) % (1 << 62), namespace=namespace, index=i,
-                          arrival=next(self._arrival),
+                          arrival=next(self._arrival), text_when_done=text_when_done,
                           grammar=None if spec is None else RequestGrammar(spec, compiled, deadline))
             group.append(req)
         with self._lock:

@@ -46,10 +46,46 @@ class RequestText:
         return TextUpdate(text, len(tokens), None)
 
 
-def text_factory(tokenizer: Any) -> Callable[[Request], RequestText]:
-    """For the scheduler's ResultProcessor: request -> its RequestText."""
+    def close(self) -> str:
+        """The request ended without a token-level reason (an abort): text not yet returned (none:
+        what `feed` held back stays out, as it may be half a character or a stop string's start)."""
+        return ""
 
-    def make(req: Request) -> RequestText:
+
+class FinalText:
+    """The text side of a request whose caller reads its text only once it finished, and that has
+    no stop strings (Engine.generate, agenerate): the tokens are decoded once, at the end, instead
+    of twice per token on the scheduler's thread. The text is RequestText's: the detokenizer's
+    pieces concatenate to one decode of all the tokens (tests/engine/test_detokenizer.py)."""
+
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], skip_special_tokens: bool) -> None:
+        self.detok = IncrementalDetokenizer(tokenizer, list(prompt_ids[-PROMPT_TAIL_TOKENS:]), skip_special_tokens)
+        self._held: list[int] = []
+
+    def feed(self, tokens: Sequence[int], reason: str | None) -> TextUpdate:
+        """Keep `tokens`; once `reason` is given, return the text of all of them."""
+        self._held.extend(tokens)
+        if reason is None:
+            return TextUpdate("", len(tokens), None)
+        text = self.detok.add(self._held) + self.detok.flush()
+        self._held = []
+        return TextUpdate(text, len(tokens), None)
+
+    def close(self) -> str:
+        """An abort: the text RequestText would have returned for the tokens so far (token by token,
+        without the held-back tail), so an aborted request's text is the same either way."""
+        text = "".join(self.detok.add([t]) for t in self._held)
+        self._held = []
+        return text
+
+
+def text_factory(tokenizer: Any) -> Callable[[Request], RequestText | FinalText]:
+    """For the scheduler's ResultProcessor: request -> its text side (FinalText when nobody reads
+    its text before it finished and no stop string needs it token by token)."""
+
+    def make(req: Request) -> RequestText | FinalText:
         p = req.params
+        if req.text_when_done and not p.stop:
+            return FinalText(tokenizer, req.prompt_ids, p.skip_special_tokens)
         return RequestText(tokenizer, req.prompt_ids, p.skip_special_tokens, p.stop)
     return make

@@ -63,6 +63,10 @@ class TextState(Protocol):
 
     def feed(self, tokens: Sequence[int], reason: str | None) -> TextUpdate: ...
 
+    def close(self) -> str:
+        """Text still owed when the request ends without a token-level reason (an abort)."""
+        ...
+
 
 @dataclass(eq=False)
 class DecodeState:
@@ -94,6 +98,7 @@ class Request:
     index: int = 0  # which of the n samples of its prompt
     arrival: int = 0  # submission order, for fcfs and ties
     grammar: RequestGrammar | None = None  # structured output: admitted once ready; finished when it terminates
+    text_when_done: bool = False  # its caller reads the text only once it finished: the text may be made then
 
     # ---- life in the scheduler
     state: State = State.WAITING

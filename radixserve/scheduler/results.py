@@ -296,5 +296,7 @@ class ResultProcessor:
     def finish(self, req: Request) -> None:
         reason = req.finish_reason or "abort"
         req.finish_reason = reason
+        if req.decode.text is not None:
+            req.text += req.decode.text.close()
         self.finished_by_reason[reason] = self.finished_by_reason.get(reason, 0) + 1
         self.emit(Event(req, "", [], [], True))

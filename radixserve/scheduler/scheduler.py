@@ -209,9 +209,10 @@ class Scheduler:
 
     def _admit(self, budget: StepBudget, reserved: int, short_only: bool = False) -> list[Row]:
         """Admit waiting requests within `budget`; `short_only`: only those with at most one chunk to compute."""
-        if not self.waiting or budget.exhausted:
-            return []
         cfg = self.config
+        if (not self.waiting or budget.exhausted or len(self.running) >= cfg.max_running_requests
+                or self.kv.req_table.num_free == 0):
+            return []  # NOTE: before ordering the queue, which matches up to MAX_SCORED prompts in the tree
         order = order_waiting(self.waiting, cfg.schedule_policy, self.step_count, cfg.aging_tokens_per_step,
                               self.kv.match_len)
         rows: list[Row] = []

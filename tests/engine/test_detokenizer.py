@@ -8,7 +8,7 @@ import random
 import pytest
 
 from radixserve.engine.detokenizer import IncrementalDetokenizer
-from radixserve.engine.text import RequestText
+from radixserve.engine.text import FinalText, RequestText
 from radixserve.sampling import StopChecker
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -137,3 +137,29 @@ def test_stop_string_across_tokens_with_real_tokenizer(tok) -> None:
     assert tok.decode(ids[:kept]).endswith("Question:") and not tok.decode(ids[:kept - 1]).endswith("Question:")
     # the split server's front end gets a step's tokens at once: same text, same tokens kept
     assert RequestText(tok, [], True, ["\n\nQuestion:"]).feed(ids, None) == (out, kept, matched)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_final_text_is_the_token_by_token_text(tok, skip: bool) -> None:
+    """FinalText (text made once, at the end) gives RequestText's text, finished or aborted midway."""
+    rng = random.Random(3 if skip else 4)
+    byte_ids = _byte_token_ids(tok)
+    multibyte = [i for t in ("世界", "🎉", "é", "👩‍👧") for i in tok.encode(t, add_special_tokens=False)]
+    texts = [tok.encode(t, add_special_tokens=False) for t in TRICKY]
+    randoms = [[rng.choice([rng.randrange(len(tok)), rng.choice(byte_ids), rng.choice(multibyte), rng.choice(range(17))])
+                for _ in range(rng.randint(1, 30))] for _ in range(100)]
+    for k, ids in enumerate(texts + randoms):
+        prompt = [rng.randrange(len(tok)) for _ in range(rng.randint(1, 12))] if k % 2 else []
+        for aborted in (False, True):
+            each, final = RequestText(tok, prompt, skip, None), FinalText(tok, prompt, skip)
+            want = got = ""
+            for n, t in enumerate(ids, start=1):
+                reason = "length" if n == len(ids) and not aborted else None
+                want += each.feed([t], reason).text
+                piece, kept, matched = final.feed([t], reason)
+                assert kept == 1 and matched is None and (piece == "" or reason is not None)
+                got += piece
+            want, got = want + each.close(), got + final.close()
+            assert got == want, (ids, aborted)
+            if not aborted and not prompt:
+                assert got == tok.decode(ids, skip_special_tokens=skip)

@@ -164,3 +164,41 @@ def test_shutdown_releases_weights_and_pool():
     assert not e.runner.pool.k and e.runner.req_table.table.numel() == 0
     e.shutdown()  # twice is fine
     assert not e.is_alive()
+
+
+def test_generate_makes_text_once_per_request_and_streams_agree(monkeypatch):
+    """Engine.generate decodes each request's text at its end, not token by token on the scheduler's
+    thread; the text is what generate_stream (token by token) gives for the same greedy tokens."""
+    from radixserve.engine.detokenizer import IncrementalDetokenizer
+
+    e = make_engine(model="dummy:tiny-llama", max_total_tokens=4096)
+    try:
+        prompts = [[5 + i, 600 + 7 * i, 900, 31 * i + 2] for i in range(6)]
+        params = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True)
+
+        async def stream_all():
+            async def one(ids):
+                text, tokens = "", []
+                async for d in e.generate_stream(input_ids=ids, sampling_params=params):
+                    text, tokens = text + d.text, tokens + d.token_ids
+                return tokens, text
+            return await asyncio.gather(*(one(p) for p in prompts))
+        streamed = asyncio.run(stream_all())
+        calls = [0]
+        decode = IncrementalDetokenizer._decode
+
+        def counting(self, ids):
+            calls[0] += 1
+            return decode(self, ids)
+        monkeypatch.setattr(IncrementalDetokenizer, "_decode", counting)
+        outs = e.generate(input_ids=prompts, sampling_params=params)
+        assert [(o.token_ids, o.text) for o in outs] == streamed
+        assert all(len(o.token_ids) == 20 and o.text for o in outs)
+        assert calls[0] <= 4 * len(prompts), f"{calls[0]} decodes for {len(prompts)} requests: text made per token"
+        stop = streamed[0][1][3:6]
+        stopped = e.generate(input_ids=prompts[:1], sampling_params=SamplingParams(
+            max_new_tokens=20, temperature=0, ignore_eos=True, stop=[stop]))[0]
+        assert stopped.finish_reason == "stop"  # stop strings still match: their requests make text per token
+        assert stopped.text == streamed[0][1][:streamed[0][1].index(stop)]
+    finally:
+        e.shutdown()

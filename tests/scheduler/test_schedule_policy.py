@@ -91,3 +91,23 @@ def test_dfs_weight_groups_requests_by_subtree():
     assert sorted(pos[r] for r in (0, 2, 5)) in ([0, 1, 2], [3, 4, 5])
     assert sorted(pos[r] for r in (1, 3, 4)) in ([0, 1, 2], [3, 4, 5])
     assert pos[3] > pos[1] and pos[3] > pos[4]  # deeper matches first: they hit more of the cache
+
+
+def test_full_running_set_does_not_order_the_queue():
+    """With max_running_requests running, a step admits nobody, so it must not order (match in the
+    tree) the waiting queue: that cost grows with the queue and bought nothing."""
+    e = Engine("dummy:tiny-llama", max_total_tokens=4096, max_running_requests=4, check_integrity=True)
+    try:
+        seen: list[int] = []
+        match = e.kv.match_len
+
+        def counting(req):
+            seen.append(len(e.scheduler.running))
+            return match(req)
+        e.kv.match_len = counting
+        prompts = [[7, 8, 9, 10 + i, 20 + i] for i in range(24)]
+        outs = e.generate(input_ids=prompts, sampling_params=SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True))
+        assert all(len(o.token_ids) == 6 for o in outs)
+        assert seen and max(seen) < 4, "the queue was ordered while no request could be admitted"
+    finally:
+        e.shutdown()
