@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -27,34 +26,16 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_runtime import (DecodeStepTimer, copy_bandwidth, cuda_ms, decode_batch, rand_ids,  # noqa: E402
-                         release, timed_generate, weight_bytes)
+from gpu_runtime import (DecodeStepTimer, copy_bandwidth, cuda_ms, decode_batch, prefill_logits,  # noqa: E402
+                         rand_ids, release, timed_generate, weight_bytes)
 
 from radixserve import Engine  # noqa: E402
-from radixserve.core.forward_batch import ForwardBatch  # noqa: E402
 
 log = logging.getLogger("gpu_quant")
 BATCHES = (1, 8, 32, 64, 128, 256)
 SWEEP_CTX = 256
 KV_TOKENS = 80_000  # holds batch 256 x 256 tokens
 PREFILL = 64
-
-
-def prefill_logits(engine, ids: list[int]) -> torch.Tensor:
-    """Logits [T, vocab] float32 of one fresh prompt (no cached prefix), on CPU."""
-    runner = engine.runner
-    n, dev = len(ids), runner.device
-    slots = engine.kv.allocator.alloc(n)
-    row = runner.req_table.alloc()
-    runner.req_table.table[row, :n] = slots.to(dev)
-    fb = ForwardBatch(
-        input_ids=torch.tensor(ids, device=dev), positions=torch.arange(n, device=dev), out_slots=slots.to(dev),
-        req_rows=torch.tensor([row], device=dev), seq_lens=torch.tensor([n], device=dev),
-        extend_lens=torch.tensor([n], device=dev), extend_starts=torch.tensor([0], device=dev),
-        logits_indices=torch.arange(n, device=dev), max_seq_len=n, max_extend_len=n, is_decode=False)
-    logits = runner.forward(fb).float().cpu()
-    release(engine, [row], slots)
-    return logits
 
 
 def bench_method(method: str, args, bw: float, ids: list[int], ref_logits: torch.Tensor | None) -> dict:

@@ -69,6 +69,23 @@ def release(engine: Engine, rows: list[int], slots: torch.Tensor) -> None:
     engine.kv.allocator.free(slots)
 
 
+def prefill_logits(engine: Engine, ids: list[int]) -> torch.Tensor:
+    """Logits [T, vocab] float32 of one fresh prompt (no cached prefix), on CPU."""
+    runner = engine.runner
+    n, dev = len(ids), runner.device
+    slots = engine.kv.allocator.alloc(n)
+    row = runner.req_table.alloc()
+    runner.req_table.table[row, :n] = slots.to(dev)
+    fb = ForwardBatch(
+        input_ids=torch.tensor(ids, device=dev), positions=torch.arange(n, device=dev), out_slots=slots.to(dev),
+        req_rows=torch.tensor([row], device=dev), seq_lens=torch.tensor([n], device=dev),
+        extend_lens=torch.tensor([n], device=dev), extend_starts=torch.tensor([0], device=dev),
+        logits_indices=torch.arange(n, device=dev), max_seq_len=n, max_extend_len=n, is_decode=False)
+    logits = runner.forward(fb).float().cpu()
+    release(engine, [row], slots)
+    return logits
+
+
 def weight_bytes(model) -> tuple[int, int]:
     """(bytes read per batch-1 decode step: every weight once, the embedding table as the one row
     looked up, unless it is also the lm_head; embedding table bytes)."""
