@@ -32,12 +32,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_runtime import (DecodeStepTimer, copy_bandwidth, cuda_ms, decode_batch, prefill_logits,  # noqa: E402
-                         rand_ids, release, timed_generate, weight_bytes)
+from gpu_engine_parts import (decode_batch, prefill_logits, rand_ids, release, timed_generate,  # noqa: E402
+                              weight_bytes)
 
 from radixserve import Engine  # noqa: E402
 from radixserve.bench.report import save  # noqa: E402
-from radixserve.bench.timing import CpuStepTimer, failed_sections, gpu_chip, gpu_header, run_section  # noqa: E402
+from radixserve.bench.timing import (CpuStepTimer, DecodeStepTimer, copy_bandwidth, cuda_ms, failed_sections,  # noqa: E402
+                                     gpu_chip, gpu_header, run_section)
 from radixserve.models.moe import route  # noqa: E402
 
 log = logging.getLogger("gpu_moe")

@@ -26,8 +26,9 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_runtime import (DecodeStepTimer, copy_bandwidth, cuda_ms, decode_batch, prefill_logits,  # noqa: E402
-                         rand_ids, release, timed_generate, weight_bytes)
+from gpu_engine_parts import (decode_batch, prefill_logits, rand_ids, release, timed_generate,  # noqa: E402
+                              weight_bytes)
+from radixserve.bench.timing import DecodeStepTimer, copy_bandwidth, cuda_ms  # noqa: E402
 
 from radixserve import Engine  # noqa: E402
 
