@@ -144,7 +144,7 @@ def main() -> int:
     engine = Engine(**options)
     try:
         warmup(engine, engine.vocab_size)
-        offline = run_offline(engine, w, "offline Engine.generate").to_dict()
+        offline = run_offline(engine, w, "offline, in-process generate_stream").to_dict()
     finally:
         engine.shutdown()
         del engine

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The same serving workload on two source trees in one run (no behaviour or speed change expected
-# from a refactor): ShareGPT-shaped 1000 requests, offline Engine.generate and HTTP (split server,
+# from a refactor): ShareGPT-shaped 1000 requests, offline (in-process generate_stream per request) and HTTP (split server,
 # 256 streams), random Llama-3.1-8B weights. Each tree is run from its own sources via PYTHONPATH,
 # with its own benchmarks/gpu_serving.py (the server launcher must match the tree's engine entry point).
 #   benchmarks/run_gpu_before_after.sh BEFORE_TREE OUT_DIR TOKENIZER_DIR
