@@ -1,4 +1,5 @@
-"""The Ray ingress renders chat prompts as the engines do, template options included (no cluster)."""
+"""The Ray ingress renders chat prompts as the engines do, template options included (no cluster).
+The engine is a tiny random Llama with the embedded model's tokenizer: only its chat template is used."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ from radixserve.router.frontend import Frontend  # noqa: E402
 
 
 def test_ingress_and_router_prompts_equal_the_engine_s():
-    e = make_engine(max_total_tokens=1024)
+    e = make_engine(model="dummy:tiny-llama", max_total_tokens=1024)
     try:
         info = {"tokenizer": e.tokenizer, "config": e.config, "model_name": e.model_name,
                 "max_context_len": e.max_context_len, "vocab_size": e.vocab_size, "eos_ids": e.eos_ids,

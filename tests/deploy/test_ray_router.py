@@ -23,7 +23,7 @@ DEPLOYMENT = DeploymentID(name="RadixEngine", app_name="test")
 @pytest.fixture(scope="module")
 def dumps():
     """(an engine, the routing stats of its empty cache, the stats once it has served `prompt`, prompt)."""
-    engine = make_engine(max_total_tokens=4096)
+    engine = make_engine(model="dummy:tiny-llama", max_total_tokens=4096)  # the tree is the subject, not the model
     try:
         prompt = engine.apply_chat_template([{"role": "system", "content": SYSTEM},
                                              {"role": "user", "content": "Why is the sky blue?"}])

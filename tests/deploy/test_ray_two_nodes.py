@@ -1,6 +1,7 @@
 """radixserve on a simulated two-node Ray cluster (ray.cluster_utils.Cluster: two raylets on this
 machine, one CPU each): the two engine replicas (one CPU each) must land on different nodes, and
-the application answers the openai SDK as one engine would."""
+the application answers the openai SDK as one engine would. The model is a tiny random Llama
+(dummy:tiny-llama, the same seeded weights in every process): placement is the subject, not the model."""
 from __future__ import annotations
 
 import time
@@ -19,7 +20,7 @@ from radixserve import SamplingParams  # noqa: E402
 from radixserve.deploy.ray_serve import APP_NAME, RayDeployment, build_application  # noqa: E402
 
 pytestmark = pytest.mark.slow
-ENGINE = dict(device="cpu", dtype="float32", max_total_tokens=4096)
+ENGINE = dict(model="dummy:tiny-llama", device="cpu", dtype="float32", max_total_tokens=4096)
 PROMPTS = ["The capital of France is", "List of European capitals: Paris, Berlin, Madrid,", "1, 2, 3, 4, 5,",
            "Q: What is the largest planet in our solar system?\nA:"]
 

@@ -1,7 +1,10 @@
-"""`python -m radixserve serve` as a user runs it: a subprocess on the embedded model. SIGTERM lets
+"""`python -m radixserve serve` as a user runs it: a subprocess. SIGTERM lets
 the in-flight stream finish, refuses new work, shuts the engine down and exits 0; Ctrl-C (SIGINT)
 ends the in-flight stream with a final event and exits 0 without a traceback; a front end killed
-with SIGKILL, while the engine loads or while it serves, leaves no child process behind."""
+with SIGKILL, while the engine loads or while it serves, leaves no child process behind.
+
+The process lifecycle is the subject, not the model: the servers run dummy:tiny-llama (a tiny random
+Llama, a 400-token stream still takes seconds on CPU), except while loading, which must take time."""
 from __future__ import annotations
 
 import os
@@ -19,13 +22,14 @@ import pytest
 from port_fixtures import free_port_block, wait_serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ("--model", "dummy:tiny-llama")
 
 
 @pytest.mark.slow
 def test_serve_sigterm_finishes_in_flight_and_exits_0():
     port = free_port_block()
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port), "--api-key", "k",
+    proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port), "--api-key", "k", *TINY,
                              "--max-total-tokens", "2048", "--max-context-len", "512", "--log-level", "warning"],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -75,7 +79,7 @@ def test_killed_engine_process_fails_fast_and_exits_nonzero():
     find the server gone), and the front end exits non-zero within seconds instead of hanging."""
     port = free_port_block()
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "radixserve", "serve", "--port", str(port), *TINY,
                              "--max-total-tokens", "2048", "--max-context-len", "512", "--log-level", "warning"],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -141,7 +145,7 @@ def stream_events(url: str, max_tokens: int, events: list[bytes], first: threadi
 def test_ctrl_c_mid_stream_ends_it_with_a_final_event_and_exits_0(tmp_path):
     port, grace = free_port_block(), 30
     with open(tmp_path / "log", "w+") as log:
-        proc = start_server(port, log, "--graceful-shutdown-s", str(grace), "--log-level", "info")
+        proc = start_server(port, log, *TINY, "--graceful-shutdown-s", str(grace), "--log-level", "info")
         url = f"http://127.0.0.1:{port}"
         try:
             wait_serving(proc, url)
@@ -196,7 +200,7 @@ def test_no_child_outlives_a_front_end_killed_with_sigkill(phase, tmp_path):
     port = free_port_block()
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "log", "w+") as log:
-        proc = start_server(port, log, "--log-level", "warning")
+        proc = start_server(port, log, *(TINY if phase == "serving" else ()), "--log-level", "warning")
         try:
             if phase == "serving":
                 wait_serving(proc, url)
@@ -229,7 +233,7 @@ def test_a_second_signal_while_draining_exits_at_once_and_takes_the_children(tmp
     port = free_port_block()
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "log", "w+") as log:
-        proc = start_server(port, log, "--graceful-shutdown-s", "300", "--log-level", "info")
+        proc = start_server(port, log, *TINY, "--graceful-shutdown-s", "300", "--log-level", "info")
         try:
             wait_serving(proc, url)
             children = descendants(proc.pid)

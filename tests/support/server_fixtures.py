@@ -34,16 +34,10 @@ SPLIT = os.environ.get("RADIXSERVE_TEST_LAYOUT", "split") == "split"
 
 
 @pytest.fixture(scope="module")
-def engine():
-    """The engine the server serves: an EngineClient over an engine process (or an in-process Engine)."""
-    if SPLIT:
-        from radixserve.engine.client import EngineClient
-
-        eng = EngineClient(**ENGINE_OPTIONS)
-    else:
-        eng = Engine(**ENGINE_OPTIONS)
-    yield eng
-    eng.shutdown()
+def engine(shared_engine):
+    """The engine the server serves: an EngineClient over an engine process (or an in-process Engine),
+    one for all of tests/server/ (shared_engine, in tests/server/conftest.py)."""
+    return shared_engine
 
 
 @pytest.fixture(scope="module")
