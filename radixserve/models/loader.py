@@ -135,10 +135,6 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
                          "directory, a .gguf file, dummy:<name>, or None for the embedded model")
     if plan is not None and plan.fmt is None:
         quantize_model(net, plan.method)  # on the fly, layer by layer
-    if plan is not None and num_experts_of(config) and device.type == "cuda":
-        logger.warning("%s experts run through the torch loop (each expert that gets tokens dequantized at every "
-                       "forward): correct, but slower than the fused kernel of unquantized experts",
-                       plan.method.name)
     tok = load_tokenizer(tokenizer or tok_path) if with_tokenizer else None
     logger.info("loaded %s (%s, %s%s)", source, type(net).__name__, dtype,
                 f", {plan.method.name} weights ({plan.fmt or 'quantized at load'})" if plan else "")

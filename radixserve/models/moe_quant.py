@@ -12,8 +12,9 @@ the experts stacked in front (`expert_param`), in the layout of the matching lin
 - `Fp8Experts`: `<stack>` [E, N, K] float8_e4m3fn and `<stack>_weight_scale` [E, N] float32 (per
   output channel); weight-only: the activations stay in the model dtype.
 
-Quantized experts run the torch loop of kernels/fused_moe.py over the experts that got tokens,
-dequantizing only those experts' weights at each forward.
+Quantized experts run, on CUDA with fused ops, the fused kernel that dequantizes each expert's weight
+tiles in registers (kernels/fused_moe_quant.py; fp8 from compute capability 8.9), elsewhere the torch
+loop of kernels/fused_moe.py over the experts that got tokens, dequantizing only those experts' weights.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ UNQUANTIZED_EXPERTS = UnquantizedExperts()
 
 
 class _QuantizedExperts:
-    """What int4 and fp8 share: the loop over the experts that got tokens, each dequantized on the way."""
+    """What int4 and fp8 share: the fused kernel, or the loop over the experts that got tokens, each
+    dequantized on the way."""
 
     name = ""
     leaves: tuple[str, ...] = ()
@@ -69,7 +71,18 @@ class _QuantizedExperts:
     def dense(self, moe: nn.Module, stack: str, expert: int, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
+    def stack(self, moe: nn.Module, stack: str):
+        """`stack` as the fused kernel's QuantStack (kernels/fused_moe_quant.py)."""
+        raise NotImplementedError
+
+    def fused_on(self, device: torch.device) -> bool:
+        return True
+
     def apply(self, moe: nn.Module, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if moe.fused_ops and x.is_cuda and self.fused_on(x.device):
+            from radixserve.kernels.fused_moe_quant import fused_moe_quant
+            return fused_moe_quant(x, self.stack(moe, "experts_gate_up"), self.stack(moe, "experts_down"),
+                                   weights, ids)
         from radixserve.kernels.fused_moe import moe_ref_loop
 
         def expert_weights(e: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +138,11 @@ class Int4Experts(_QuantizedExperts):
         return int4_dequantize(q, getattr(moe, f"{stack}_scales")[expert], getattr(moe, f"{stack}_zeros")[expert],
                                self.group(q.shape[1] * 2)).to(dtype)
 
+    def stack(self, moe: nn.Module, stack: str):
+        from radixserve.kernels.fused_moe_quant import QuantStack
+        q = getattr(moe, f"{stack}_qweight")
+        return QuantStack(q, getattr(moe, f"{stack}_scales"), getattr(moe, f"{stack}_zeros"), self.group(q.shape[2] * 2))
+
     @torch.no_grad()
     def quantize(self, moe: nn.Module) -> None:
         """Round to nearest per expert (linear_methods.rtn_int4), one expert's float copy at a time."""
@@ -159,6 +177,13 @@ class Fp8Experts(_QuantizedExperts):
     def dense(self, moe: nn.Module, stack: str, expert: int, dtype: torch.dtype) -> torch.Tensor:
         w, scale = getattr(moe, stack)[expert], getattr(moe, f"{stack}_weight_scale")[expert]
         return (w.float() * scale[:, None]).to(dtype)
+
+    def stack(self, moe: nn.Module, stack: str):
+        from radixserve.kernels.fused_moe_quant import QuantStack
+        return QuantStack(getattr(moe, stack), getattr(moe, f"{stack}_weight_scale"), None, 0)
+
+    def fused_on(self, device: torch.device) -> bool:
+        return torch.cuda.get_device_capability(device) >= (8, 9)  # Triton's fp8 e4m3 conversions
 
     @torch.no_grad()
     def quantize(self, moe: nn.Module) -> None:

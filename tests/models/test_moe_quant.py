@@ -306,3 +306,24 @@ def test_tp2_refuses_expert_groups_split_across_ranks():
         Int4Experts(32).create_weights(moe)
     Int4Experts(16).create_weights(moe)
     assert moe.experts_down_scales.shape == (8, 64, 1)
+
+
+@pytest.mark.parametrize("method", [Int4Experts(16), Int4Experts(None), Fp8Experts()], ids=["int4-g16", "int4-row", "fp8"])
+def test_fused_kernel_on_the_methods_stacks_matches_the_torch_loop(method):
+    """What CUDA runs (the fused kernel on the method's stacks; here under TRITON_INTERPRET=1 on CPU)
+    equals what CPU runs (the torch loop over the dequantised experts)."""
+    from radixserve.kernels.fused_moe import MoeConfig
+    from radixserve.kernels.fused_moe_quant import fused_moe_quant
+    from radixserve.models.moe import route
+
+    moe = SparseMoE(64, 32, 4, 2, True, torch.float32, "cpu", single_rank())
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0, 0.15, generator=torch.Generator().manual_seed(2))
+    method.quantize(moe)
+    moe.method = method
+    x = torch.randn(9, 64, generator=torch.Generator().manual_seed(3))
+    weights, ids = route(moe.gate(x), moe.top_k, moe.renormalize)
+    fused = fused_moe_quant(x, method.stack(moe, "experts_gate_up"), method.stack(moe, "experts_down"), weights, ids,
+                            config=MoeConfig(16, 16, 16, 4, 1))
+    torch.testing.assert_close(fused, method.apply(moe, x, weights, ids), atol=1e-4, rtol=1e-4)
