@@ -119,7 +119,8 @@ def _qdown_kernel(h_ptr, w_ptr, s_ptr, z_ptr, rw_ptr, y_ptr, pairs_ptr, block_ex
 
 def _kind(stack: QuantStack) -> int:
     if stack.weight.dtype == torch.uint8:
-        if stack.zeros is None or stack.zeros.shape != stack.scales.shape or stack.scales.stride() != stack.zeros.stride():
+        zeros = stack.zeros
+        if zeros is None or zeros.shape != stack.scales.shape or stack.scales.stride() != zeros.stride():
             raise ValueError("int4 experts need zeros of the scales' shape and strides")
         return INT4
     if stack.weight.dtype == torch.float8_e4m3fn:

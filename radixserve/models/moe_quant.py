@@ -141,7 +141,8 @@ class Int4Experts(_QuantizedExperts):
     def stack(self, moe: nn.Module, stack: str):
         from radixserve.kernels.fused_moe_quant import QuantStack
         q = getattr(moe, f"{stack}_qweight")
-        return QuantStack(q, getattr(moe, f"{stack}_scales"), getattr(moe, f"{stack}_zeros"), self.group(q.shape[2] * 2))
+        return QuantStack(q, getattr(moe, f"{stack}_scales"), getattr(moe, f"{stack}_zeros"),
+                          self.group(q.shape[2] * 2))
 
     @torch.no_grad()
     def quantize(self, moe: nn.Module) -> None:

@@ -62,9 +62,15 @@ def _oracle(kind: str, model, fp8: bool):
             if isinstance(layer.mlp, SparseMoE):
                 hl.mlp.experts.gate_up_proj.copy_(_experts_dense(layer.mlp, "experts_gate_up"))
                 hl.mlp.experts.down_proj.copy_(_experts_dense(layer.mlp, "experts_down"))
+                if hasattr(layer.mlp, "shared_expert"):  # Qwen2-MoE: a dense (quantized) MLP beside the experts
+                    mine, theirs = layer.mlp.shared_expert, hl.mlp.shared_expert
+                    gate, up = _linear_dense(mine.gate_up_proj).chunk(2)
+                    pairs += [(theirs.gate_proj, gate), (theirs.up_proj, up),
+                              (theirs.down_proj, _linear_dense(mine.down_proj))]
             else:
                 gate, up = _linear_dense(layer.mlp.gate_up_proj).chunk(2)
-                pairs += [(hl.mlp.gate_proj, gate), (hl.mlp.up_proj, up), (hl.mlp.down_proj, _linear_dense(layer.mlp.down_proj))]
+                pairs += [(hl.mlp.gate_proj, gate), (hl.mlp.up_proj, up),
+                          (hl.mlp.down_proj, _linear_dense(layer.mlp.down_proj))]
             for mod, w in pairs:
                 mod.weight.copy_(w)
                 if fp8:
@@ -72,7 +78,7 @@ def _oracle(kind: str, model, fp8: bool):
     return hf
 
 
-@pytest.mark.parametrize("kind", ["qwen3-moe", "mixtral"])
+@pytest.mark.parametrize("kind", ["qwen3-moe", "mixtral", "qwen2-moe"])
 @pytest.mark.parametrize("method", ["int4", "fp8"])
 def test_quantized_at_load_experts_match_transformers(method, kind, tmp_path, tokenizer):
     """--quantization int4|fp8 on a MoE checkpoint quantizes the experts too (each within half a step
@@ -308,7 +314,8 @@ def test_tp2_refuses_expert_groups_split_across_ranks():
     assert moe.experts_down_scales.shape == (8, 64, 1)
 
 
-@pytest.mark.parametrize("method", [Int4Experts(16), Int4Experts(None), Fp8Experts()], ids=["int4-g16", "int4-row", "fp8"])
+@pytest.mark.parametrize("method", [Int4Experts(16), Int4Experts(None), Fp8Experts()],
+                         ids=["int4-g16", "int4-row", "fp8"])
 def test_fused_kernel_on_the_methods_stacks_matches_the_torch_loop(method):
     """What CUDA runs (the fused kernel on the method's stacks; here under TRITON_INTERPRET=1 on CPU)
     equals what CPU runs (the torch loop over the dequantised experts)."""
