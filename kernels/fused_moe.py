@@ -17,7 +17,7 @@ The GPU path (`fused_moe`):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,12 +63,18 @@ def fused_moe_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
     """Torch reference: the (token, slot) pairs sorted by expert, one gated MLP per expert that got
     any, its rows scaled by their routing weight and added into their token's row. -> [T, H] in x's dtype."""
     _check(x, w_gate_up, w_down, weights, ids)
+    return moe_ref_loop(x, lambda e: (w_gate_up[e], w_down[e]), w_gate_up.shape[0], weights, ids)
+
+
+def moe_ref_loop(x: torch.Tensor, expert_weights: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+                 num_experts: int, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """fused_moe_ref's loop with each expert's (gate_up [2I, H], down [H, I]) asked of `expert_weights`
+    only for the experts that got tokens (quantized experts dequantize just those; models/moe_quant.py)."""
     t, k = ids.shape
-    inter = w_gate_up.shape[1] // 2
     out = torch.zeros_like(x)
     flat = ids.reshape(-1)  # [T*k]
     order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
-    counts = torch.bincount(flat, minlength=w_gate_up.shape[0]).tolist()
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
     token_of = order // k  # [T*k] token of each sorted pair
     w_sorted = weights.reshape(-1)[order]
     start = 0
@@ -76,8 +82,9 @@ def fused_moe_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
         if n == 0:
             continue
         rows = token_of[start:start + n]
-        gate, up = F.linear(x[rows], w_gate_up[expert]).split(inter, dim=-1)  # [n, I] each
-        y = F.linear(F.silu(gate) * up, w_down[expert])  # [n, H]
+        w_gate_up, w_down = expert_weights(expert)
+        gate, up = F.linear(x[rows], w_gate_up).split(w_gate_up.shape[0] // 2, dim=-1)  # [n, I] each
+        y = F.linear(F.silu(gate) * up, w_down)  # [n, H]
         out.index_add_(0, rows, (y * w_sorted[start:start + n, None].to(y.dtype)).to(x.dtype))
         start += n
     return out

@@ -108,11 +108,17 @@ class Fp8Method:
     @torch.no_grad()
     def quantize(self, layer: nn.Module, weight: torch.Tensor) -> None:
         """Per-channel symmetric: scale = max |row| / 448."""
-        from radixserve.kernels.fp8_matmul import FP8_MAX
-        w = weight.float()
-        scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)  # [N]
-        layer.weight.data.copy_((w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn))
+        w8, scale = fp8_quantize(weight)
+        layer.weight.data.copy_(w8)
         layer.weight_scale.data.copy_(scale)
+
+
+def fp8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense [N, K] -> (float8_e4m3fn [N, K], scale [N] float32): per output channel, max |row| / 448."""
+    from radixserve.kernels.fp8_matmul import FP8_MAX
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)  # [N]
+    return (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
 
 
 class Int4Method:

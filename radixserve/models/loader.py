@@ -112,10 +112,11 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         config = _hf_config(model)
         plan = resolve_quantization(quantization, config, dtype)
         weights = safetensors_weights(model)
-        if plan is not None and plan.fmt is not None and num_experts_of(config):
-            raise ValueError(f"{model} is a quantized ({plan.fmt}) mixture-of-experts checkpoint; quantized experts "
-                             "are not supported yet: serve the bf16/fp16 checkpoint (optionally with "
-                             "--quantization fp8|int4, which quantizes all but the experts)")
+        if plan is not None and plan.fmt == "ct-fp8" and num_experts_of(config):
+            raise ValueError(f"{model} is an fp8 W8A8 mixture-of-experts checkpoint; quantized experts compute "
+                             "weight-only fp8 (activations in the model dtype), not the checkpoint's per-token fp8 "
+                             "activations: serve the bf16 checkpoint with --quantization fp8, or an int4 "
+                             "(GPTQ / AWQ / compressed-tensors pack-quantized) MoE checkpoint")
         if plan is not None and plan.fmt is not None:  # a quantized checkpoint: its tensors, decoded
             # NOTE: built on the CPU first, where the dense projections' torch.empty pages are never touched
             # (so never committed), then moved with the quantized parameters: the device never holds the
@@ -133,9 +134,6 @@ def load_model(model: str | None, dtype: torch.dtype | str, device: torch.device
         raise ValueError(f"model path {model} does not exist (or is not a directory / .gguf file); pass a HF model "
                          "directory, a .gguf file, dummy:<name>, or None for the embedded model")
     if plan is not None and plan.fmt is None:
-        if num_experts_of(config):
-            logger.warning("%s: the experts stay in %s (quantized experts are not supported yet); attention and "
-                           "any dense MLP layers are quantized", plan.method.name, dtype)
         quantize_model(net, plan.method)  # on the fly, layer by layer
     tok = load_tokenizer(tokenizer or tok_path) if with_tokenizer else None
     logger.info("loaded %s (%s, %s%s)", source, type(net).__name__, dtype,

@@ -1,8 +1,8 @@
 """Mixtral (8x7B, 8x22B): the Llama/Mistral attention block with a mixture-of-experts MLP.
 
 Router: softmax over `num_local_experts`, top `num_experts_per_tok` (2), renormalised over the
-selected ones. Checkpoint names `block_sparse_moe.experts.E.w1/w3/w2` (gate/up/down) are read as
-our `mlp.experts.E.gate_proj/up_proj/down_proj`.
+selected ones. Checkpoint names `block_sparse_moe.experts.E.w1/w3/w2.<leaf>` (gate/up/down; leaf: weight, or a
+quantized checkpoint's qweight / scales / ...) are read as our `mlp.experts.E.gate_proj/up_proj/down_proj`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from radixserve.models.moe import SparseMoE
 from radixserve.models.parallel import split_evenly
 from radixserve.models.weights import load_stacked_weights
 
-_RENAMES = ((".block_sparse_moe.", ".mlp."), (".w1.weight", ".gate_proj.weight"), (".w3.weight", ".up_proj.weight"),
-            (".w2.weight", ".down_proj.weight"))
+_RENAMES = ((".block_sparse_moe.", ".mlp."), (".w1.", ".gate_proj."), (".w3.", ".up_proj."), (".w2.", ".down_proj."))
 
 
 def hf_to_ours(name: str) -> str:

@@ -3,8 +3,9 @@
 Each token goes to its top-k experts; their outputs, weighted by the routing weights, are summed.
 Under tensor parallelism every rank holds all experts' slice of the intermediate dimension (gate|up
 rows, down columns) and the router whole; the partial outputs meet in one all-reduce, as in the
-dense ParallelGatedMLP. On CUDA with fused ops the experts run in the fused Triton kernel
+dense ParallelGatedMLP. On CUDA with fused ops dense experts run in the fused Triton kernel
 (kernels/fused_moe.py), elsewhere its torch reference (a loop over the experts that got tokens).
+How the experts are stored (dense, int4, fp8) and run is the block's expert method (moe_quant.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.distributed.group import TensorParallel
+from radixserve.models.moe_quant import UNQUANTIZED_EXPERTS, expert_param
 
 # HF expert projection name -> (our stacked parameter, shard within it)
 EXPERT_PARTS = {"gate_proj": ("experts_gate_up", 0), "up_proj": ("experts_gate_up", 1),
@@ -64,38 +66,37 @@ class SparseMoE(nn.Module):
         self.experts_down = nn.Parameter(torch.empty(num_experts, hidden, intermediate, **empty),
                                          requires_grad=False)  # [E, hidden, I]
         self.fused_ops = True
+        self.method = UNQUANTIZED_EXPERTS  # how the stacks are stored and run (models/moe_quant.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden] (summed over ranks)."""
         weights, ids = route(self.gate(x), self.top_k, self.renormalize)  # [T, k] each
-        if self.fused_ops and x.is_cuda:
-            from radixserve.kernels.fused_moe import fused_moe
-            out = fused_moe(x, self.experts_gate_up, self.experts_down, weights, ids)
-        else:
-            from radixserve.kernels.fused_moe import fused_moe_ref
-            out = fused_moe_ref(x, self.experts_gate_up, self.experts_down, weights, ids)
-        return self.tp.all_reduce(out)
+        return self.tp.all_reduce(self.method.apply(self, x, weights, ids))
 
-    # ---- loading: one checkpoint tensor per expert and projection (see weights.py)
+    # ---- loading: one checkpoint tensor per expert, projection and leaf (see weights.py)
 
     def expert_keys(self, leaf: str) -> list[tuple[int, int | None]]:
         """The (expert, shard) pieces parameter `leaf` is loaded from."""
-        shards = (0, 1) if leaf == "experts_gate_up" else (None,)
+        shards = (0, 1) if leaf.startswith("experts_gate_up") else (None,)
         return [(e, s) for e in range(self.num_experts) for s in shards]
 
-    def expert_target(self, expert: int, part: str, tensor: torch.Tensor
+    def expert_target(self, expert: int, part: str, tensor: torch.Tensor, leaf: str = "weight"
                       ) -> tuple[str, int | None, torch.Tensor, torch.Tensor] | None:
-        """HF expert `expert`'s projection `part` (gate_proj / up_proj / down_proj) -> (our parameter,
-        shard, the view of it to fill, this rank's slice of `tensor`); None for an unknown part or
+        """Leaf `leaf` (weight; or the expert method's qweight / scales / zeros / weight_scale) of HF
+        expert `expert`'s projection `part` (gate_proj / up_proj / down_proj) -> (our parameter, shard,
+        the view of it to fill, this rank's slice of `tensor`); None for an unknown part, leaf or
         expert. A tensor of the wrong full size is left whole for the loader's shape check."""
-        if part not in EXPERT_PARTS or not 0 <= expert < self.num_experts:
+        if part not in EXPERT_PARTS or leaf not in self.method.leaves or not 0 <= expert < self.num_experts:
             return None
-        leaf, shard = EXPERT_PARTS[part]
+        stack, shard = EXPERT_PARTS[part]
+        name = expert_param(stack, leaf)
+        param = getattr(self, name).data[expert]
         i, full, start = self.intermediate, self.intermediate * self.tp.size, self.tp.rank * self.intermediate
-        if shard is None:  # down [hidden, I]: this rank's input columns
-            if tensor.dim() == 2 and tensor.shape[1] == full:
-                tensor = tensor.narrow(1, start, i)
-            return leaf, None, self.experts_down.data[expert], tensor
-        if tensor.dim() == 2 and tensor.shape[0] == full:
+        if shard is None:  # down [hidden, I]: this rank's input columns (packed nibbles / groups per index)
+            per = self.method.cols_per_index(leaf)
+            if per is not None and tensor.dim() == 2 and tensor.shape[1] == -(-full // per):
+                tensor = tensor.narrow(1, start // per, -(-i // per))
+            return name, None, param, tensor
+        if tensor.dim() >= 1 and tensor.shape[0] == full:
             tensor = tensor.narrow(0, start, i)
-        return leaf, shard, self.experts_gate_up.data[expert, shard * i:(shard + 1) * i], tensor
+        return name, shard, param[shard * i:(shard + 1) * i], tensor

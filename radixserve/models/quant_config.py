@@ -6,6 +6,7 @@ weight is read, with the config field and what is supported.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import torch
@@ -16,6 +17,11 @@ ON_THE_FLY = ("fp8", "int4")  # quantize a float checkpoint (or dummy weights) a
 CHECKPOINT_METHODS = ("gptq", "awq", "compressed-tensors")  # decoded from the checkpoint's own tensors
 QUANTIZATIONS = ON_THE_FLY + CHECKPOINT_METHODS
 ON_THE_FLY_INT4_GROUP = 128
+
+
+# a compressed-tensors `ignore` entry naming mixture-of-experts routers (kept dense by every method:
+# models/moe.py Router), e.g. 're:.*mlp.gate$', 'model.layers.0.mlp.gate', 're:.*shared_expert_gate$'
+_ROUTER = re.compile(r"(mlp|block_sparse_moe|\.\*)\\?\.(shared_expert_)?gate\$?$|shared_expert_gate\$?$")
 
 
 class QuantPlan(NamedTuple):
@@ -102,9 +108,10 @@ def _compressed_tensors(qc: dict) -> QuantPlan:
     if len(groups) != 1:
         raise _bad("config_groups", sorted(groups), "exactly one scheme for every Linear")
     (name, scheme), = groups.items()
-    ignore = set(qc.get("ignore") or [])
-    if not ignore <= {"lm_head"}:
-        raise _bad("ignore", sorted(ignore), "['lm_head'] (every projection quantized alike)")
+    ignore = {entry for entry in qc.get("ignore") or [] if entry != "lm_head" and not _ROUTER.search(entry)}
+    if ignore:
+        raise _bad("ignore", sorted(ignore), "'lm_head' and mixture-of-experts routers (e.g. 're:.*mlp.gate$'); "
+                   "every projection and expert quantized alike")
     w, act = scheme.get("weights") or {}, scheme.get("input_activations")
     fmt = scheme.get("format") or qc.get("format")
     where = f"config_groups.{name}"

@@ -1,7 +1,8 @@
 """Copy HF-named tensors into a model whose q/k/v and gate/up projections are fused.
 
 Mixture-of-experts blocks (models/moe.py) stack their experts into [E, ...] parameters: a module with
-`expert_target` places each `<owner>.experts.<e>.<part>.weight` tensor itself.
+`expert_target` places each `<owner>.experts.<e>.<part>.<leaf>` tensor itself (leaf: weight, or a
+quantized expert method's qweight / scales / zeros / weight_scale; models/moe_quant.py).
 
 Under tensor parallelism each module cuts its rank's slice out of the checkpoint tensor
 (`shard_checkpoint`, `checkpoint_offset`; see parallel.py), so a rank copies only its part.
@@ -26,8 +27,8 @@ STACKED = {
     "up_proj": ("gate_up_proj", 1),
 }
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
-# one expert's projection of a mixture-of-experts MLP: <owner>.experts.<e>.<part>.weight
-EXPERT_NAME = re.compile(r"^(?P<owner>.+)\.experts\.(?P<expert>\d+)\.(?P<part>\w+)\.weight$")
+# one expert's projection of a mixture-of-experts MLP: <owner>.experts.<e>.<part>.<leaf>
+EXPERT_NAME = re.compile(r"^(?P<owner>.+)\.experts\.(?P<expert>\d+)\.(?P<part>\w+)\.(?P<leaf>\w+)$")
 
 
 def _shard_range(module: nn.Module, fused: str, shard: int) -> tuple[int, int]:
@@ -92,7 +93,7 @@ def load_stacked_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Te
             expert = EXPERT_NAME.match(name)
             owner = modules.get(expert["owner"]) if expert else None
             if owner is not None and hasattr(owner, "expert_target"):
-                found = owner.expert_target(int(expert["expert"]), expert["part"], tensor)
+                found = owner.expert_target(int(expert["expert"]), expert["part"], tensor, expert["leaf"])
                 if found is None:
                     unexpected.append(hf_name)
                     continue

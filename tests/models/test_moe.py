@@ -109,37 +109,11 @@ def test_batch_equals_one_at_a_time(served):
     assert together == alone
 
 
-def test_quantized_at_load_keeps_experts_dense(hf_dirs):
-    """--quantization int4 quantizes attention (and dense MLPs) and leaves the stacked experts as they are."""
-    model = load_model(hf_dirs["qwen3-moe"], "float32", "cpu", with_tokenizer=False, quantization="int4").model
-    dense = load_model(hf_dirs["qwen3-moe"], "float32", "cpu", with_tokenizer=False).model
-    assert model.layers[0].self_attn.qkv_proj.method.name == "int4"
-    assert model.layers[1].mlp.gate_up_proj.method.name == "int4"  # mlp_only_layers=[1]: a dense MLP
-    assert torch.equal(model.layers[0].mlp.experts_gate_up, dense.layers[0].mlp.experts_gate_up)
-    assert torch.equal(model.layers[2].mlp.gate.weight, dense.layers[2].mlp.gate.weight)
-    logits = _prefill_logits(model, _tokens(6, 4))
-    assert logits.shape == (6, 49152) and torch.isfinite(logits).all()
-
-
 def test_dummy_moe_configs_build():
     for name in ("tiny-qwen3-moe", "tiny-mixtral"):
         model = load_model(f"dummy:{name}", "float32", "cpu", with_tokenizer=False).model
         assert isinstance(model.layers[0].mlp, SparseMoE)
         assert _prefill_logits(model, _tokens(5, 9)).shape == (5, 49152)
-
-
-def test_quantized_moe_checkpoint_is_refused(hf_dirs, tmp_path):
-    """A GPTQ MoE checkpoint (as Qwen3-30B-A3B-GPTQ-Int4 ships) is refused at load, saying what works."""
-    import json
-    import shutil
-
-    path = shutil.copytree(hf_dirs["qwen3-moe"], tmp_path / "gptq")
-    config = json.loads((path / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True,
-                                     "desc_act": False, "checkpoint_format": "gptq"}
-    (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="quantized experts are not supported yet"):
-        load_model(str(path), "float32", "cpu", with_tokenizer=False)
 
 
 def test_chunked_prefill_matches_transformers(hf_dirs, hf_models):
